@@ -1,0 +1,3 @@
+"""ctl-lightning: similar and complementary fashion recommendations from product images alone."""
+
+__version__ = "0.1.0"
