@@ -1,0 +1,1 @@
+"""Annotations -> product store -> DataModules: everything before the model."""

@@ -1,0 +1,141 @@
+"""What every annotation reader shares: line reading, box checks and the on-error policy.
+
+A reader either stops at the first bad row with a ``FILE:LINE: problem`` error (``on_error="raise"``,
+the default) or skips it and counts it by reason (``on_error="skip"``). Nothing is dropped without
+being counted: the counts travel with the records in :class:`ParseResult` and end up in the
+product store's manifest and in the log.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Generic, Iterator, Sequence, TypeVar
+
+from ctl_lightning.errors import DataFormatError
+
+T = TypeVar("T")
+
+ON_ERROR_CHOICES = ("raise", "skip")
+
+# Boxes are normalized; annotation tools round, so allow a hair past the border.
+BOX_TOLERANCE = 1e-6
+
+
+class RowRejected(Exception):
+    """Internal signal: this row is bad for ``reason``; the policy decides whether to raise or skip."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+@dataclass
+class ParseResult(Generic[T]):
+    """Records read from one file, plus the rows skipped under ``on_error="skip"``, by reason."""
+
+    path: Path
+    records: list[T]
+    skipped: Counter = field(default_factory=Counter)
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def skip_summary(self) -> str:
+        """One line such as ``raw.tsv: skipped 3 rows (2 box outside [0,1], 1 empty label)``; empty if none."""
+        if not self.skipped:
+            return ""
+        reasons = ", ".join(f"{n} {reason}" for reason, n in self.skipped.most_common())
+        return f"{self.path}: skipped {self.n_skipped} rows ({reasons})"
+
+
+class RowPolicy:
+    """Applies ``on_error`` to rejected rows and keeps the skip counts."""
+
+    def __init__(self, path: Path, on_error: str):
+        if on_error not in ON_ERROR_CHOICES:
+            raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
+        self.path = path
+        self.on_error = on_error
+        self.skipped: Counter = Counter()
+
+    def reject(self, where: int | str, rejected: RowRejected) -> None:
+        if self.on_error == "raise":
+            raise DataFormatError(self.path, where, str(rejected))
+        self.skipped[rejected.reason] += 1
+
+
+def read_text_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)`` for non-blank lines; a UTF-8 BOM and CRLF endings are accepted."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(path, None, "file not found")
+    with open(path, encoding="utf-8-sig", newline=None) as handle:
+        for number, line in enumerate(handle, start=1):
+            text = line.rstrip("\r\n")
+            if text.strip():
+                yield number, text
+
+
+def read_text(path: str | Path) -> str:
+    """The whole file as text, BOM removed and line endings normalized."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(path, None, "file not found")
+    with open(path, encoding="utf-8-sig", newline=None) as handle:
+        return handle.read()
+
+
+def load_json_document(path: str | Path) -> object:
+    """Parse a whole-file JSON document; an empty file or invalid JSON is a ``FILE:LINE`` error."""
+    path = Path(path)
+    text = read_text(path)
+    if not text.strip():
+        raise DataFormatError(path, None, "file is empty")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataFormatError(path, error.lineno, f"invalid JSON: {error.msg}") from None
+
+
+def parse_coordinate(value: object, name: str) -> float:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise RowRejected("non-numeric coordinate", f"{name}={value!r}") from None
+    if not math.isfinite(number):
+        raise RowRejected("non-finite coordinate", f"{name}={value!r}")
+    return number
+
+
+def check_box(x: float, y: float, w: float, h: float) -> tuple[float, float, float, float]:
+    """Validate a normalized ``x, y, w, h`` box (origin top-left) and return it."""
+    if w <= 0 or h <= 0:
+        raise RowRejected("zero-area box", f"w={w:g}, h={h:g}")
+    if min(x, y) < -BOX_TOLERANCE or x + w > 1 + BOX_TOLERANCE or y + h > 1 + BOX_TOLERANCE:
+        raise RowRejected("box outside [0,1]", f"x={x:g}, y={y:g}, w={w:g}, h={h:g}")
+    return x, y, w, h
+
+
+def parse_xywh(values: Sequence[object], names: Sequence[str] = ("x", "y", "w", "h")) -> tuple[float, ...]:
+    return check_box(*(parse_coordinate(v, n) for v, n in zip(values, names)))
+
+
+def parse_label(value: object) -> str:
+    label = str(value).strip() if value is not None else ""
+    if not label:
+        raise RowRejected("empty label")
+    return label
+
+
+def require_rows(path: Path, n_rows: int, n_lines: int, what: str = "rows") -> None:
+    """An annotation file without data rows is always an error, whatever ``on_error`` says."""
+    if n_lines == 0:
+        raise DataFormatError(path, None, "file is empty")
+    if n_rows == 0:
+        raise DataFormatError(path, None, f"file has a header but no data {what}")
