@@ -1,0 +1,237 @@
+"""Write the embedded synthetic dataset in the real CTL and STL formats.
+
+Everything downstream (readers, product store, DataModules) runs on it exactly as on real data.
+Each outfit draws from its own random generator, seeded by ``(seed, outfit index)``, so the output
+is the same whether collages are rendered by one process or several, and the same seed always gives
+byte-identical annotation files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ctl_lightning.data.formats.ctl import RAW_FIELDS, product_key
+from ctl_lightning.data.synthetic.drawing import item_size, render_item
+from ctl_lightning.data.synthetic.styles import (
+    CTL_LABELS,
+    STL_CATEGORY_PATHS,
+    Style,
+    make_styles,
+)
+from ctl_lightning.io import replace_dir, temporary_sibling, write_json
+
+MANIFEST = "synthetic.json"
+GENERATOR_VERSION = 1
+
+# The real header is separated by spaces, the rows by tabs; the synthetic files keep that quirk.
+RAW_HEADER = "image_signature bounding_x  bounding_y  bounding_width  bounding_height label"
+
+ACCESSORIES = ("Handbags", "Jewelry", "Hats", "Sunglasses", "Watches", "Scarves & Shawls")
+ACCESSORY_WEIGHTS = np.array([0.34, 0.18, 0.14, 0.13, 0.1, 0.11])
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    out: Path
+    seed: int = 0
+    outfits: int = 2000
+    test_fraction: float = 0.2
+    styles: int = 16
+    canvas: int = 320
+    scenes: int = 300
+    workers: int = 0  # 0: one per core
+
+
+def compose_outfit(rng: np.random.Generator) -> list[str]:
+    """A plausible outfit: a top with a bottom or a dress, shoes, maybe a coat, and accessories."""
+    if rng.random() < 0.22:
+        items = ["Dresses"]
+    else:
+        items = ["Shirts & Tops", str(rng.choice(["Pants", "Skirts", "Shorts"], p=[0.55, 0.25, 0.2]))]
+    if rng.random() < 0.3:
+        items.append("Coats & Jackets")
+    items.append("Shoes")
+    n_accessories = int(rng.choice([1, 2, 3], p=[0.45, 0.4, 0.15]))
+    items += list(rng.choice(ACCESSORIES, size=n_accessories, replace=False, p=ACCESSORY_WEIGHTS))
+    return items
+
+
+def _layout(n: int, canvas: int, rng: np.random.Generator) -> list[tuple[int, int, int, int]]:
+    """Cells of a grid (shuffled) in which the items are placed: ``(left, top, width, height)``."""
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    cw, ch = canvas // cols, canvas // rows
+    cells = [(c * cw, r * ch, cw, ch) for r in range(rows) for c in range(cols)]
+    order = rng.permutation(len(cells))[:n]
+    return [cells[i] for i in order]
+
+
+def _place(category: str, cell, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    left, top, cw, ch = cell
+    w, h = item_size(category, int(ch * rng.uniform(0.68, 0.92)))
+    if w > cw * 0.92:
+        shrink = cw * 0.92 / w
+        w, h = max(8, int(w * shrink)), max(8, int(h * shrink))
+    x = left + int(rng.integers(0, max(1, cw - w)))
+    y = top + int(rng.integers(0, max(1, ch - h)))
+    return x, y, w, h
+
+
+def _signature(rng: np.random.Generator) -> str:
+    return rng.bytes(16).hex()
+
+
+_STYLES: list[Style] = []
+
+
+def _init_worker(styles: list[Style]) -> None:
+    _STYLES[:] = styles
+
+
+def _render_outfit(job: tuple[int, int, int, str]) -> tuple[str, int, list[tuple[str, tuple[float, ...]]]]:
+    """Draw outfit ``index`` into ``images_dir``; returns its signature, style and ``(label, box)`` rows."""
+    seed, index, canvas, images_dir = job
+    rng = np.random.default_rng([seed, 1, index])
+    signature = _signature(rng)
+    style = _STYLES[int(rng.integers(len(_STYLES)))]
+    categories = compose_outfit(rng)
+    image = Image.new("RGB", (canvas, canvas), (255, 255, 255))
+    rows = []
+    for category, cell in zip(categories, _layout(len(categories), canvas, rng)):
+        x, y, w, h = _place(category, cell, rng)
+        item = render_item(category, style, w, h, rng)
+        image.paste(item, (x, y), item)
+        rows.append((category, (x / canvas, y / canvas, w / canvas, h / canvas)))
+    image.save(Path(images_dir) / f"{signature}.jpg", quality=90)
+    return signature, style.index, rows
+
+
+def _render_scene(job: tuple[int, int, int, str]) -> tuple[str, int, list[tuple[str, str, tuple[float, ...]]]]:
+    """Draw STL scene ``index`` and a catalogue shot of each product in it."""
+    seed, index, canvas, root = job
+    rng = np.random.default_rng([seed, 2, index])
+    scene = _signature(rng)
+    style = _STYLES[int(rng.integers(len(_STYLES)))]
+    categories = list(rng.choice(list(STL_CATEGORY_PATHS), size=int(rng.integers(2, 5)), replace=False))
+    background = tuple(int(v) for v in rng.integers(215, 245, size=3))
+    image = Image.new("RGB", (canvas, canvas), background)
+    rows = []
+    for category, cell in zip(categories, _layout(len(categories), canvas, rng)):
+        x, y, w, h = _place(category, cell, rng)
+        item = render_item(category, style, w, h, rng)
+        image.paste(item, (x, y), item)
+        product = _signature(rng)
+        shot = Image.new("RGB", (int(max(w, h) * 1.15), int(max(w, h) * 1.15)), (255, 255, 255))
+        shot.paste(item, ((shot.width - w) // 2, (shot.height - h) // 2), item)
+        shot.save(Path(root) / "products" / f"{product}.jpg", quality=90)
+        rows.append((product, category, (x / canvas, y / canvas, (x + w) / canvas, (y + h) / canvas)))
+    image.save(Path(root) / "scenes" / f"{scene}.jpg", quality=90)
+    return scene, style.index, rows
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.7f}"
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def _run(fn, jobs, styles, workers: int, description: str):
+    if workers == 1:
+        _init_worker(styles)
+        return [fn(job) for job in tqdm(jobs, desc=description, unit="img")]
+    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(styles,)) as pool:
+        return list(tqdm(pool.map(fn, jobs, chunksize=16), total=len(jobs), desc=description, unit="img"))
+
+
+def _write_ctl(root: Path, outfits, n_test: int, rng: np.random.Generator) -> None:
+    train, test = outfits[: len(outfits) - n_test], outfits[len(outfits) - n_test :]
+    for name, part in (("raw_train.tsv", train), ("raw_test.tsv", test)):
+        lines = [RAW_HEADER]
+        for signature, _, rows in part:
+            lines += ["\t".join([signature, *map(_fmt, box), label]) for label, box in rows]
+        _write_lines(root / name, lines)
+    styles = ["product_key\tstyle"]
+    for signature, style, rows in outfits:
+        styles += [f"{product_key(signature, box)}\t{style}" for _, box in rows]
+    _write_lines(root / "synthetic_styles.tsv", styles)
+    _write_lines(root / "fitb_test.json", [json.dumps(_fitb_questions(test, rng), indent=1)])
+
+
+def _fitb_questions(outfits, rng: np.random.Generator) -> list[dict]:
+    """One question per outfit: blank one item; 3 wrong candidates of its category from other outfits."""
+
+    def item(signature: str, label: str, box) -> dict:
+        return dict(signature=signature, x=_fmt(box[0]), y=_fmt(box[1]), w=_fmt(box[2]), h=_fmt(box[3]), label=label)
+
+    by_label: dict[str, list[tuple[int, dict]]] = {}
+    for o, (signature, _, rows) in enumerate(outfits):
+        for label, box in rows:
+            by_label.setdefault(label, []).append((o, item(signature, label, box)))
+    questions = []
+    for o, (signature, _, rows) in enumerate(outfits):
+        blank = int(rng.integers(len(rows)))
+        label, box = rows[blank]
+        pool = [candidate for owner, candidate in by_label[label] if owner != o]
+        if len(rows) < 2 or len(pool) < 3:
+            continue
+        wrong = [pool[i] for i in rng.choice(len(pool), size=3, replace=False)]
+        question = [item(signature, lb, bx) for k, (lb, bx) in enumerate(rows) if k != blank]
+        questions.append({"question": question, "answers": [item(signature, label, box), *wrong]})
+    return questions
+
+
+def _write_stl(root: Path, scenes) -> None:
+    fashion, categories, styles = [], {}, ["product\tstyle"]
+    for scene, style, rows in scenes:
+        for product, category, ltrb in rows:
+            fashion.append(json.dumps({"product": product, "scene": scene, "bbox": [round(v, 7) for v in ltrb]}))
+            categories[product] = STL_CATEGORY_PATHS[category]
+            styles.append(f"{product}\t{style}")
+    _write_lines(root / "fashion.json", fashion)
+    _write_lines(root / "fashion-cat.json", [json.dumps(categories, indent=0)])
+    _write_lines(root / "synthetic_styles.tsv", styles)
+
+
+def is_complete(out: Path) -> bool:
+    return (Path(out) / MANIFEST).is_file()
+
+
+def generate(config: SynthConfig) -> Path:
+    """Write the dataset to ``config.out`` atomically (a temporary folder renamed at the end)."""
+    out = Path(config.out)
+    if config.outfits < 10:
+        raise ValueError(f"--outfits must be at least 10, got {config.outfits}")
+    tmp = temporary_sibling(out)
+    for sub in ("ctl/images", "stl/scenes", "stl/products"):
+        (tmp / sub).mkdir(parents=True)
+    workers = config.workers or max(1, min(4, os.cpu_count() or 1))
+    styles = make_styles(config.styles, CTL_LABELS + tuple(STL_CATEGORY_PATHS), np.random.default_rng([config.seed, 0]))
+    ctl_jobs = [(config.seed, i, config.canvas, str(tmp / "ctl" / "images")) for i in range(config.outfits)]
+    outfits = _run(_render_outfit, ctl_jobs, styles, workers, "synthetic CTL collages")
+    n_test = max(2, int(round(config.outfits * config.test_fraction)))
+    _write_ctl(tmp / "ctl", outfits, n_test, np.random.default_rng([config.seed, 3]))
+    stl_jobs = [(config.seed, i, config.canvas, str(tmp / "stl")) for i in range(config.scenes)]
+    _write_stl(tmp / "stl", _run(_render_scene, stl_jobs, styles, workers, "synthetic STL scenes"))
+    manifest = dict(
+        generator_version=GENERATOR_VERSION,
+        seed=config.seed,
+        outfits=config.outfits,
+        test_outfits=n_test,
+        styles=config.styles,
+        canvas=config.canvas,
+        scenes=config.scenes,
+        fields=list(RAW_FIELDS),
+    )
+    write_json(tmp / MANIFEST, manifest)
+    replace_dir(tmp, out)
+    return out
