@@ -1,0 +1,93 @@
+"""Datasets, collation and sampling over the product store.
+
+Items are row ids; collation turns a list of them into one batch read from the memory-mapped store.
+A triplet batch embeds each distinct product once: ``images`` holds the unique products and
+``triplets`` indexes anchors, positives and negatives into them, since triplets share images.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, RandomSampler
+
+from ctl_lightning.data.store import ProductStore
+
+
+class RowsDataset(Dataset):
+    """Items are rows of an int64 array: a triplet ``(a, p, n)`` or a single product row id."""
+
+    def __init__(self, rows: np.ndarray):
+        self.rows = np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.rows[index]
+
+
+class TripletCollate:
+    """``[B, 3]`` triplets -> ``{row_ids [U], labels [U], triplets [B, 3], images [U, H, W, 3] uint8}``.
+
+    With ``dedup=False`` every triplet member is its own entry (U = 3B); the loss is the same, only
+    more images are embedded. ``load_images=False`` leaves the pixels out when the model embeds from
+    its feature cache.
+    """
+
+    def __init__(self, store: ProductStore, labels: np.ndarray, load_images: bool = True, dedup: bool = True):
+        self.store = store
+        self.labels = labels
+        self.load_images = load_images
+        self.dedup = dedup
+
+    def __call__(self, samples: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        triplets = np.stack(samples)
+        if self.dedup:
+            rows, inverse = np.unique(triplets, return_inverse=True)
+        else:
+            rows, inverse = triplets.reshape(-1), np.arange(triplets.size)
+        batch = {
+            "row_ids": torch.from_numpy(rows),
+            "labels": torch.from_numpy(self.labels[rows]),
+            "triplets": torch.from_numpy(inverse.reshape(-1, 3)),
+        }
+        if self.load_images:
+            batch["images"] = torch.from_numpy(self.store.read(rows))
+        return batch
+
+
+class ProductCollate:
+    """Row ids -> ``{row_ids [B], images [B, H, W, 3] uint8}`` (images left out when not needed)."""
+
+    def __init__(self, store: ProductStore, load_images: bool = True):
+        self.store = store
+        self.load_images = load_images
+
+    def __call__(self, samples: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        rows = np.asarray(samples, dtype=np.int64)
+        batch = {"row_ids": torch.from_numpy(rows)}
+        if self.load_images:
+            batch["images"] = torch.from_numpy(self.store.read(rows))
+        return batch
+
+
+class EpochShuffle(RandomSampler):
+    """A permutation that depends only on ``(seed, epoch)``.
+
+    The default sampler draws from the global generator, so a run resumed at epoch k would see a
+    different order than an uninterrupted one. Lightning calls ``set_epoch`` each epoch; under DDP it
+    swaps this sampler for a ``DistributedSampler``, which is seeded the same way.
+    """
+
+    def __init__(self, data_source: Dataset, seed: int):
+        super().__init__(data_source)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()

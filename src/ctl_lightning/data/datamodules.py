@@ -1,0 +1,205 @@
+"""LightningDataModules: triplets for training, products for catalogs.
+
+``prepare_data`` (once per node) generates the synthetic dataset when needed and builds the product
+store; ``setup`` (every process) opens the store and samples the seeded triplets. Batches carry row
+ids, so embeddings can always be joined back to the store's metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from ctl_lightning.data.batches import EpochShuffle, ProductCollate, RowsDataset, TripletCollate
+from ctl_lightning.data.products import ProductTable
+from ctl_lightning.data.sources import CtlSource
+from ctl_lightning.data.store import ProductStore
+from ctl_lightning.data.triplets import (
+    FitbSet,
+    OutfitIndex,
+    compatibility_sets,
+    fitb_rows,
+    sample_triplets,
+    split_by_outfit,
+    triplets_from_items,
+)
+from ctl_lightning.errors import CtlError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluationSets:
+    """Everything the test metrics need, as row ids of the test split."""
+
+    table: ProductTable
+    rows: np.ndarray  # the products the test loop embeds
+    queries: np.ndarray  # test products: the queries of similar-product agreement
+    triplets: np.ndarray  # held-out triplets, one per test outfit
+    fitb: FitbSet | None
+    outfits: np.ndarray  # real outfits, padded with -1
+    fake_outfits: np.ndarray  # same categories, random items
+
+
+class _StoreDataModule(pl.LightningDataModule):
+    """Shared by both DataModules: store resolution and loader construction."""
+
+    def __init__(self, source: CtlSource, image_size: int | None, batch_size: int, eval_batch_size: int,
+                 num_workers: int, seed: int):  # fmt: skip
+        super().__init__()
+        if batch_size < 1 or eval_batch_size < 1:
+            raise CtlError(f"batch sizes must be positive, got batch_size={batch_size}, eval_batch_size={eval_batch_size}")
+        self.source = source
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.load_images = True  # the model turns this off when it embeds from its feature cache
+        self.store: ProductStore | None = None
+
+    @property
+    def resolved_image_size(self) -> int:
+        """``image_size``, or the backbone's own input size from its timm data config when unset."""
+        if self.image_size:
+            return int(self.image_size)
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if module is None or not getattr(module, "input_size", None):
+            raise CtlError("data.image_size is null and no model is attached to tell its input size; set data.image_size")
+        return int(module.input_size)
+
+    def prepare_data(self) -> None:
+        self.source.open_store(self.resolved_image_size)
+
+    def _open(self) -> ProductStore:
+        if self.store is None:
+            self.store = self.source.open_store(self.resolved_image_size)
+        return self.store
+
+    def _loader(self, rows: np.ndarray, collate, batch_size: int, shuffle: bool) -> DataLoader:
+        dataset = RowsDataset(rows)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=EpochShuffle(dataset, self.seed) if shuffle else None,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            # Worker seeds come from this generator, not the global one, so loading never
+            # shifts the global random state that dropout and resumed runs depend on.
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def products_loader(self, rows: np.ndarray) -> DataLoader:
+        """Unshuffled batches of the given products, for embedding them."""
+        return self._loader(rows, ProductCollate(self._open(), self.load_images), self.eval_batch_size, shuffle=False)
+
+
+class TripletsDataModule(_StoreDataModule):
+    """CTL outfits: sampled (or user-supplied) training triplets, held-out test sets, all products for predict."""
+
+    has_test_sets = True
+
+    def __init__(self, source: CtlSource, image_size: int | None = 64, batch_size: int = 64, eval_batch_size: int = 256,
+                 num_workers: int = 0, triplets_per_outfit: int = 4, val_fraction: float = 0.1, seed: int = 0,
+                 dedup: bool = True):  # fmt: skip
+        super().__init__(source, image_size, batch_size, eval_batch_size, num_workers, seed)
+        if triplets_per_outfit < 1:
+            raise CtlError(f"triplets_per_outfit must be at least 1, got {triplets_per_outfit}")
+        self.triplets_per_outfit = triplets_per_outfit
+        self.val_fraction = val_fraction
+        self.dedup = dedup
+        self.labels: np.ndarray | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """Training outfits: the classes of class-based losses (SoftTriple uses outfit ids)."""
+        return len(self._class_of_outfit())
+
+    def _class_of_outfit(self) -> dict[str, int]:
+        specs, _ = self.source.product_specs()
+        outfits = dict.fromkeys(s.group for s in specs if s.split == "train")
+        return {group: i for i, group in enumerate(outfits)}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.labels is not None:
+            return
+        store = self._open()
+        table = store.table
+        classes = self._class_of_outfit()
+        self.labels = np.array([classes.get(g, -1) if s == "train" else -1 for g, s in zip(table.groups, table.splits)], dtype=np.int64)
+        rng = np.random.default_rng(self.seed)
+        supplied = self.source.triplets()
+        if supplied is not None:
+            triplets = triplets_from_items(table, supplied.records, str(supplied.path))
+        else:
+            triplets = sample_triplets(OutfitIndex(table, "train"), self.triplets_per_outfit, rng)
+        self.train_triplets, self.val_triplets = split_by_outfit(triplets, table, self.val_fraction, rng)
+        test = OutfitIndex(table, "test")
+        outfits, fakes = compatibility_sets(test, rng)
+        test_rows = table.rows_in_split("test")
+        self.evaluation = EvaluationSets(
+            table=table,
+            # Similar products are searched in the whole catalog, as users would; without planted
+            # styles (real data) that metric is undefined, and the test products suffice.
+            rows=table.row_ids if (table.styles != "").any() else test_rows,
+            queries=test_rows,
+            triplets=sample_triplets(test, 1, rng),
+            fitb=fitb_rows(table, self.source.fitb(), f"{self.source.root}/{self.source.fitb_file}"),
+            outfits=outfits,
+            fake_outfits=fakes,
+        )
+        log.info(
+            f"{len(store)} products; {len(self.train_triplets)} train / {len(self.val_triplets)} val triplets; "
+            f"{len(self.evaluation.triplets)} held-out test triplets"
+        )
+
+    def _triplet_loader(self, triplets: np.ndarray, shuffle: bool) -> DataLoader:
+        collate = TripletCollate(self._open(), self.labels, self.load_images, self.dedup)
+        return self._loader(triplets, collate, self.batch_size, shuffle)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._triplet_loader(self.train_triplets, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._triplet_loader(self.val_triplets, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.products_loader(self.evaluation.rows)
+
+    @property
+    def predict_rows(self) -> np.ndarray:
+        """Every product of the store: predict writes the catalogs from them."""
+        return self._open().table.row_ids
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.products_loader(self.predict_rows)
+
+
+class ProductsDataModule(_StoreDataModule):
+    """All products of one split, unshuffled: the input of a catalog (e.g. STL products for similar search)."""
+
+    has_test_sets = False
+
+    def __init__(self, source: CtlSource, split: str | None = None, image_size: int | None = 64,
+                 eval_batch_size: int = 256, num_workers: int = 0, seed: int = 0):  # fmt: skip
+        super().__init__(source, image_size, eval_batch_size, eval_batch_size, num_workers, seed)
+        self.split = split
+
+    def setup(self, stage: str | None = None) -> None:
+        table = self._open().table
+        self.rows = table.row_ids if self.split is None else table.rows_in_split(self.split)
+        if len(self.rows) == 0:
+            raise CtlError(f"{self.source.root}: no products in split {self.split!r}")
+
+    @property
+    def predict_rows(self) -> np.ndarray:
+        return self.rows
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.products_loader(self.predict_rows)

@@ -1,0 +1,267 @@
+"""The product store: every product cropped, converted and resized once, as uint8 ``[N, H, W, 3]``.
+
+The seed system decoded and resized three JPEGs for every triplet, which made an epoch take 7 hours.
+Here ``prepare`` decodes each source image once; training and predict read the memory-mapped array
+by row id and never touch a JPEG.
+
+On disk (``<store>/``): ``images.u8`` (raw uint8, shape in the manifest), ``products.tsv`` (the
+metadata table) and ``manifest.json`` (fingerprint, shape, skipped items). The folder is built under
+a temporary name and renamed when complete, so a half-written store is never read as complete. It is
+rebuilt only when the fingerprint (annotations, image file stats, size) changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from ctl_lightning.data.products import ProductSpec, ProductTable
+from ctl_lightning.errors import CtlError
+from ctl_lightning.io import exclusive_lock, replace_dir, temporary_sibling, write_json
+
+log = logging.getLogger(__name__)
+
+STORE_VERSION = 1
+MANIFEST = "manifest.json"
+IMAGES = "images.u8"
+TABLE = "products.tsv"
+BACKGROUND = (255, 255, 255)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB for any input mode; transparency is composited over white, the collage background."""
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, BACKGROUND)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    if image.mode == "I;16":  # 16-bit grayscale: scale to 8 bits before converting
+        image = Image.fromarray((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8), "L")
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def crop_square(image: Image.Image, box: Sequence[float] | None, size: int) -> np.ndarray:
+    """Crop a normalized ``x, y, w, h`` box, pad it to a square with white, resize to ``size``.
+
+    Padding instead of stretching keeps each silhouette's proportions: trousers stay long and
+    sunglasses wide, which is much of what tells categories apart.
+    """
+    if box is not None:
+        W, H = image.size
+        x, y, w, h = box
+        left, top = int(round(x * W)), int(round(y * H))
+        right, bottom = max(left + 1, int(round((x + w) * W))), max(top + 1, int(round((y + h) * H)))
+        image = image.crop((left, top, min(right, W), min(bottom, H)))
+    side = max(image.size)
+    square = Image.new("RGB", (side, side), BACKGROUND)
+    square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+    return np.asarray(square.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
+def _decode(job: tuple[str, list, int]) -> tuple[str, np.ndarray | None, str]:
+    """Decode one source image and crop all its products; on failure return the reason instead."""
+    source, boxes, size = job
+    try:
+        with Image.open(source) as opened:
+            image = to_rgb(opened)
+            image.load()
+        return source, np.stack([crop_square(image, box, size) for box in boxes]), ""
+    except FileNotFoundError:
+        return source, None, "missing image"
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        return source, None, f"corrupt image ({type(error).__name__}: {error})"
+
+
+def fingerprint(specs: Sequence[ProductSpec], size: int) -> str:
+    """Hash of what the store depends on: products, image file stats (size, mtime) and crop size."""
+    digest = hashlib.sha256(f"store-v{STORE_VERSION}|size={size}".encode())
+    stats: dict[str, str] = {}
+    for spec in specs:
+        digest.update(json.dumps(asdict(spec), sort_keys=True).encode())
+        if spec.source not in stats:
+            try:
+                st = os.stat(spec.source)
+                stats[spec.source] = f"{st.st_size}:{st.st_mtime_ns}"
+            except OSError:
+                stats[spec.source] = "missing"
+            digest.update(f"{spec.source}={stats[spec.source]}".encode())
+    return digest.hexdigest()[:20]
+
+
+@dataclass
+class BuildReport:
+    """What a build kept and dropped; stored in the manifest and printed after ``prepare``."""
+
+    products: int = 0
+    excluded_products: int = 0
+    bad_images: dict[str, str] = field(default_factory=dict)  # path -> reason
+    annotation_skips: dict[str, dict[str, int]] = field(default_factory=dict)  # file -> reason -> count
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        out = [f"{self.products} products stored in {self.seconds:.1f} s"]
+        for path, reasons in self.annotation_skips.items():
+            detail = ", ".join(f"{n} {r}" for r, n in reasons.items())
+            out.append(f"skipped annotation rows in {path}: {detail}")
+        if self.bad_images:
+            out.append(f"excluded {self.excluded_products} products from {len(self.bad_images)} unreadable images:")
+            out += [f"  {path}: {reason}" for path, reason in sorted(self.bad_images.items())]
+        return out
+
+
+class ProductStore:
+    """A built store: the metadata table and a lazily opened memory map of the crops."""
+
+    def __init__(self, path: Path, manifest: dict, table: ProductTable):
+        self.path = Path(path)
+        self.manifest = manifest
+        self.table = table
+        self._images: np.memmap | None = None
+
+    @property
+    def size(self) -> int:
+        return int(self.manifest["size"])
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.manifest["fingerprint"])
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def images(self) -> np.memmap:
+        """``[N, H, W, 3]`` uint8, memory-mapped read-only; opened on first use in each process."""
+        if self._images is None:
+            n = len(self.table)
+            self._images = np.memmap(self.path / IMAGES, dtype=np.uint8, mode="r", shape=(n, self.size, self.size, 3))
+        return self._images
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """Crops of ``rows`` (any order), read in ascending order for sequential disk access."""
+        rows = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        out = np.empty((len(rows), self.size, self.size, 3), dtype=np.uint8)
+        out[order] = self.images[rows[order]]
+        return out
+
+    def __getstate__(self) -> dict:
+        # Pickling a memmap would copy the whole array into every DataLoader worker; reopen instead.
+        state = self.__dict__.copy()
+        state["_images"] = None
+        return state
+
+    @classmethod
+    def open(cls, path: str | Path) -> "ProductStore":
+        path = Path(path)
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            raise CtlError(f"{path}: not a product store (no {MANIFEST}); run `ctl-data prepare`")
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        table, row_ids = ProductTable.read_tsv(path / TABLE)
+        if not np.array_equal(row_ids, np.arange(len(table))):
+            raise CtlError(f"{path / TABLE}: row ids are not 0..{len(table) - 1} in order")
+        expected = len(table) * manifest["size"] ** 2 * 3
+        if (path / IMAGES).stat().st_size != expected:
+            raise CtlError(f"{path / IMAGES}: size does not match {len(table)} crops of {manifest['size']} px")
+        return cls(path, manifest, table)
+
+    @classmethod
+    def current(cls, path: Path, fp: str) -> "ProductStore | None":
+        """The store at ``path`` if it exists and was built from the same inputs, else None."""
+        try:
+            manifest = json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return cls.open(path) if manifest.get("fingerprint") == fp else None
+
+    @classmethod
+    def ensure(
+        cls,
+        specs: Sequence[ProductSpec],
+        path: str | Path,
+        size: int,
+        annotation_skips: dict[str, dict[str, int]] | None = None,
+        workers: int = 0,
+    ) -> "ProductStore":
+        """Open the store at ``path``, building it first if it is missing or stale."""
+        path = Path(path)
+        fp = fingerprint(specs, size)
+        store = cls.current(path, fp)
+        if store is not None:
+            return store
+        with exclusive_lock(path):
+            store = cls.current(path, fp)  # another process may have built it while we waited
+            if store is None:
+                store = cls._build(specs, path, size, fp, annotation_skips or {}, workers)
+        return store
+
+    @classmethod
+    def _build(cls, specs, path: Path, size: int, fp: str, annotation_skips, workers: int) -> "ProductStore":
+        if size < 8:
+            raise CtlError(f"image size must be at least 8 px, got {size}")
+        start = time.perf_counter()
+        by_source: dict[str, list[ProductSpec]] = {}
+        for spec in specs:
+            by_source.setdefault(spec.source, []).append(spec)
+        tmp = temporary_sibling(path)
+        capacity = len(specs)
+        images = np.memmap(tmp / IMAGES, dtype=np.uint8, mode="w+", shape=(max(1, capacity), size, size, 3))
+        kept: list[ProductSpec] = []
+        report = BuildReport(annotation_skips=annotation_skips)
+        jobs = [(source, [s.box for s in group], size) for source, group in by_source.items()]
+        workers = workers or min(4, os.cpu_count() or 1)
+        with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Inline() as pool:
+            decoded = pool.map(_decode, jobs, chunksize=32)
+            for source, crops, reason in tqdm(decoded, total=len(jobs), desc=f"prepare {path.name}", unit="img"):
+                group = by_source[source]
+                if crops is None:
+                    report.bad_images[source] = reason
+                    report.excluded_products += len(group)
+                    continue
+                images[len(kept) : len(kept) + len(group)] = crops
+                kept.extend(group)
+        images.flush()
+        del images
+        if not kept:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CtlError(f"no product image could be read for {path}; first problems: {list(report.bad_images.items())[:3]}")
+        os.truncate(tmp / IMAGES, len(kept) * size * size * 3)
+        table = ProductTable(kept)
+        table.write_tsv(tmp / TABLE)
+        report.products = len(kept)
+        report.seconds = time.perf_counter() - start
+        manifest = dict(version=STORE_VERSION, fingerprint=fp, size=size, count=len(kept), report=asdict(report))
+        write_json(tmp / MANIFEST, manifest)
+        replace_dir(tmp, path)
+        for line in report.lines():
+            log.info(line)
+        return cls.open(path)
+
+
+class _Inline:
+    """Stands in for a process pool when building with one worker."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    @staticmethod
+    def map(fn, jobs, chunksize: int = 1):
+        return map(fn, jobs)
