@@ -1,0 +1,1 @@
+"""Metrics shared by training, the baseline, the synthetic-data report and the recommendation checks."""

@@ -1,0 +1,113 @@
+"""Test metrics, computed from embeddings of the test products (DESIGN.md section 4).
+
+Every function takes L2-normalizable embeddings ``emb [M, D]`` of M products and ``position``, a
+lookup from store row id to the embedding's index (-1 where a row was not embedded); the evaluation
+sets are given as row ids. The same functions score trained embeddings and raw backbone features,
+so the baseline is measured exactly like the model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+
+
+def position_lookup(row_ids: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """``[n_rows]`` long tensor: index of each row id in ``row_ids``, -1 where absent."""
+    lookup = torch.full((n_rows,), -1, dtype=torch.long)
+    lookup[row_ids.cpu().long()] = torch.arange(len(row_ids))
+    return lookup
+
+
+def _gather(emb: torch.Tensor, position: torch.Tensor, rows) -> torch.Tensor:
+    idx = position[torch.as_tensor(np.asarray(rows), dtype=torch.long)]
+    if (idx < 0).any():
+        raise ValueError("an evaluation row was not embedded")
+    return emb[idx]
+
+
+def triplet_accuracy(emb: torch.Tensor, position: torch.Tensor, triplets: np.ndarray) -> float:
+    """Share of triplets with cos(anchor, positive) > cos(anchor, negative); ties count as wrong."""
+    emb = F.normalize(emb.float(), dim=1)
+    a, p, n = (_gather(emb, position, triplets[:, i]) for i in range(3))
+    return float(((a * p).sum(1) > (a * n).sum(1)).float().mean())
+
+
+def _mean_cosine_to_set(emb: torch.Tensor, position: torch.Tensor, items: np.ndarray, groups: np.ndarray) -> torch.Tensor:
+    """For each row i: mean cosine of ``items[i, j]`` to the valid (>= 0) entries of ``groups[i]``."""
+    valid = torch.as_tensor(groups >= 0)
+    g = _gather(emb, position, np.where(groups >= 0, groups, groups.max()))  # [n, L, D]
+    x = _gather(emb, position, items)  # [n, K, D]
+    sims = torch.einsum("nkd,nld->nkl", x, g) * valid[:, None, :]
+    return sims.sum(-1) / valid.sum(-1, keepdim=True).clamp(min=1)
+
+
+def fitb_accuracy(emb: torch.Tensor, position: torch.Tensor, questions: np.ndarray, answers: np.ndarray) -> float:
+    """Pick the candidate with the highest mean cosine to the question items; right when it is index 0."""
+    emb = F.normalize(emb.float(), dim=1)
+    scores = _mean_cosine_to_set(emb, position, answers, questions)
+    return float((scores.argmax(dim=1) == 0).float().mean())
+
+
+def _outfit_scores(emb: torch.Tensor, position: torch.Tensor, outfits: np.ndarray) -> np.ndarray:
+    """Mean pairwise cosine over the valid items of each outfit."""
+    valid = torch.as_tensor(outfits >= 0)
+    x = _gather(emb, position, np.where(outfits >= 0, outfits, outfits.max())) * valid[..., None]
+    sims = torch.einsum("nkd,nld->nkl", x, x)
+    n = valid.sum(1).float()
+    pair_sum = (sims.sum((1, 2)) - (x * x).sum((1, 2))) / 2
+    return (pair_sum / (n * (n - 1) / 2).clamp(min=1)).numpy()
+
+
+def compatibility_auc(emb: torch.Tensor, position: torch.Tensor, outfits: np.ndarray, fake_outfits: np.ndarray) -> float:
+    """ROC AUC of real outfits against outfits of random same-category items, scored by mean pairwise cosine."""
+    emb = F.normalize(emb.float(), dim=1)
+    real, fake = _outfit_scores(emb, position, outfits), _outfit_scores(emb, position, fake_outfits)
+    labels = np.r_[np.ones(len(real)), np.zeros(len(fake))]
+    return float(roc_auc_score(labels, np.r_[real, fake]))
+
+
+def style_agreement_at_k(emb: torch.Tensor, rows: np.ndarray, queries: np.ndarray, categories: np.ndarray, styles: np.ndarray, k: int = 5) -> float:
+    """Share of each query's k nearest same-category neighbours (itself excluded) that share its style.
+
+    ``emb[i]`` embeds row ``rows[i]``, the gallery; ``queries`` are row ids among ``rows``;
+    ``categories`` and ``styles`` are indexed by row id. Products without a planted style (real
+    data) are left out; NaN when no query has one.
+    """
+    emb = F.normalize(emb.float(), dim=1)
+    rows = np.asarray(rows)
+    is_query = np.isin(rows, queries)
+    cats, sty = categories[rows], styles[rows]
+    agreements = []
+    for category in np.unique(cats):
+        gallery = np.flatnonzero((cats == category) & (sty != ""))
+        asked = gallery[is_query[gallery]]
+        if len(asked) == 0 or len(gallery) < 2:
+            continue
+        sims = emb[torch.as_tensor(asked)] @ emb[torch.as_tensor(gallery)].T
+        sims[torch.arange(len(asked)), torch.as_tensor(np.searchsorted(gallery, asked))] = -float("inf")
+        top = sims.topk(min(k, len(gallery) - 1), dim=1).indices.numpy()
+        agreements.append((sty[gallery][top] == sty[asked][:, None]).mean(axis=1))
+    return float(np.concatenate(agreements).mean()) if agreements else float("nan")
+
+
+def test_metrics(compatible: torch.Tensor, similar: torch.Tensor, row_ids: torch.Tensor, sets) -> dict[str, float]:
+    """The four test metrics of one model; ``sets`` is the DataModule's :class:`EvaluationSets`.
+
+    Compatibility metrics use the ``compatible`` (head) embeddings; similar-product agreement uses
+    the ``similar`` ones (backbone features, the paper's similar-products embedding).
+    """
+    position = position_lookup(row_ids, len(sets.table))
+    compatible, similar = compatible.detach().float().cpu(), similar.detach().float().cpu()
+    metrics = {
+        "triplet_accuracy": triplet_accuracy(compatible, position, sets.triplets),
+        "fitb_accuracy": fitb_accuracy(compatible, position, sets.fitb.questions, sets.fitb.answers) if sets.fitb else float("nan"),
+        "compatibility_auc": compatibility_auc(compatible, position, sets.outfits, sets.fake_outfits),
+    }
+    order = position[torch.as_tensor(sets.rows)]
+    metrics["similar_style_at5"] = style_agreement_at_k(
+        similar[order], sets.rows, sets.queries, sets.table.categories, sets.table.styles, k=5
+    )
+    return metrics

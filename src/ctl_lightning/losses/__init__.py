@@ -1,0 +1,12 @@
+"""Losses over the embeddings of one batch, in pytorch-metric-learning's calling convention.
+
+Every loss is called as ``loss(embeddings, labels, triplets)``: ``embeddings [U, D]`` of the batch's
+unique products, ``labels [U]`` their outfit class, ``triplets [B, 3]`` indices into ``embeddings``.
+Triplet losses use the triplets, class losses (SoftTriple) the labels, so either can be swapped in
+with ``loss=...`` and both are scored by the same metrics.
+"""
+
+from ctl_lightning.losses.softtriple import SoftTripleLoss
+from ctl_lightning.losses.triplet import TripletLoss
+
+__all__ = ["SoftTripleLoss", "TripletLoss"]

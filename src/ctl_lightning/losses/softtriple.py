@@ -1,0 +1,63 @@
+"""SoftTriple loss (Qian et al., ICCV 2019) with outfit ids as classes.
+
+CTL has no product classes that express compatibility, but it has outfits: items worn together. Each
+training outfit is a class, so SoftTriple pulls an item towards its outfit's K centers and away from
+other outfits' centers. The number of centers grows with the number of outfits (``num_classes`` is
+filled in at run time from the training split), which is the price of that choice on large data.
+
+pytorch-metric-learning provides the loss. The paper's regulariser on the centers (weight tau) is
+added explicitly: pytorch-metric-learning only applies it when given one, and its own
+``SparseCentersRegularizer`` compares all ``(C*K)^2`` center pairs. The one here compares only the
+``C*K^2`` pairs within each class, which is the sum the paper defines.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning import losses
+from pytorch_metric_learning.regularizers import BaseRegularizer
+from torch import nn
+
+
+class SameClassCentersRegularizer(BaseRegularizer):
+    """The paper's ``sum_j sum_{t<s} sqrt(2 + eps - 2 <w_j^t, w_j^s>)``, averaged over those pairs."""
+
+    def __init__(self, num_classes: int, centers_per_class: int, **kwargs):
+        super().__init__(**kwargs)
+        if centers_per_class < 2:
+            raise ValueError(f"the centers regulariser needs at least 2 centers per class, got {centers_per_class}")
+        self.num_classes = num_classes
+        self.centers_per_class = centers_per_class
+        self.pairs = torch.triu_indices(centers_per_class, centers_per_class, offset=1)
+
+    def compute_loss(self, weights: torch.Tensor) -> dict:
+        centers = F.normalize(weights, dim=1).view(self.num_classes, self.centers_per_class, -1)
+        sims = torch.einsum("ckd,cld->ckl", centers, centers)[:, self.pairs[0], self.pairs[1]].reshape(-1)
+        reg = torch.sqrt(torch.clamp(2.0 + 1e-5 - 2.0 * sims, min=0.0))
+        return {"loss": {"losses": reg, "indices": torch.arange(len(reg), device=reg.device), "reduction_type": "element"}}
+
+
+class SoftTripleLoss(nn.Module):
+    """SoftTriple with the paper's defaults: lambda=20, gamma=0.1, tau=0.2, delta(margin)=0.01, K=10."""
+
+    def __init__(self, num_classes: int, embedding_dim: int, centers_per_class: int = 10, la: float = 20.0,
+                 gamma: float = 0.1, tau: float = 0.2, margin: float = 0.01):  # fmt: skip
+        super().__init__()
+        self.margin = margin
+        regularizer = SameClassCentersRegularizer(num_classes, centers_per_class)
+        self.loss = losses.SoftTripleLoss(
+            num_classes=num_classes, embedding_size=embedding_dim, centers_per_class=centers_per_class, la=la,
+            gamma=gamma, margin=margin, weight_regularizer=regularizer, weight_reg_weight=tau,
+        )  # fmt: skip
+
+    @property
+    def centers(self) -> nn.Parameter:
+        """``[embedding_dim, num_classes * K]``: learned, so they must reach the optimizer."""
+        return self.loss.fc
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, triplets: torch.Tensor) -> torch.Tensor:
+        known = labels >= 0
+        if not bool(known.all()):
+            raise ValueError("SoftTriple needs an outfit class for every product of the batch (got label -1)")
+        return self.loss(embeddings, labels)

@@ -1,0 +1,1 @@
+"""Backbones, the embedding head and the LightningModule that trains them."""

@@ -1,0 +1,208 @@
+"""The compatibility model: a timm backbone plus the embedding head, trained with a metric loss.
+
+Beyond the paper's recipe this module:
+
+* embeds each distinct product of a batch once (the DataModule deduplicates triplet members);
+* with a frozen backbone and no augmentation, computes backbone features of every product once at
+  the start of fit and trains the head on them (``feature_cache``); the seed recomputed them for
+  every image of every epoch;
+* measures the untrained baseline at the start of fit with the same metrics as the test, and keeps
+  it in the checkpoint;
+* saves the global random state in checkpoints, so a resumed run continues exactly like an
+  uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Callable
+
+import numpy as np
+import pytorch_lightning as pl
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ctl_lightning.errors import CtlError
+from ctl_lightning.evaluation.metrics import test_metrics, triplet_accuracy
+from ctl_lightning.models.backbones import create_backbone
+from ctl_lightning.models.heads import EmbeddingHead
+
+log = logging.getLogger(__name__)
+
+FEATURE_CACHE_CHOICES = ("auto", True, False)
+
+
+class CompatibilityModule(pl.LightningModule):
+    def __init__(
+        self,
+        loss: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        backbone: str = "tf_efficientnet_lite0",
+        pretrained: bool = True,
+        weights: str | None = None,
+        freeze_backbone: bool = True,
+        hidden_dim: int = 256,
+        embedding_dim: int = 128,
+        dropout: float = 0.4,
+        feature_cache: str | bool = "auto",
+        augment: bool = False,
+        input_size: int | None = None,
+        scheduler: Callable | None = None,
+        embed_batch_size: int = 256,
+    ):
+        super().__init__()
+        if feature_cache not in FEATURE_CACHE_CHOICES:
+            raise CtlError(f"model.feature_cache must be auto, true or false, got {feature_cache!r}")
+        self.backbone_name = backbone
+        self.backbone = create_backbone(backbone, pretrained=pretrained, weights=weights)
+        data_config = timm.data.resolve_model_data_config(self.backbone)
+        self.input_size = int(input_size or data_config["input_size"][-1])
+        self.register_buffer("mean", torch.tensor(data_config["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(data_config["std"]).view(1, 3, 1, 1), persistent=False)
+        self.head = EmbeddingHead(self.backbone.num_features, hidden_dim, embedding_dim, dropout)
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.freeze_backbone = freeze_backbone
+        self.augment = augment
+        self.feature_cache = feature_cache
+        self.embed_batch_size = embed_batch_size
+        if freeze_backbone:
+            self.backbone.requires_grad_(False)
+        self.cached_features: torch.Tensor | None = None
+        self.baseline: dict[str, float] = {}
+        self._test_outputs: list[dict[str, torch.Tensor]] = []
+
+    # ----------------------------------------------------------------------------------- embedding
+    def train(self, mode: bool = True) -> "CompatibilityModule":
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()  # a frozen backbone keeps its BatchNorm statistics
+        return self
+
+    def uses_feature_cache(self) -> bool:
+        eligible = self.freeze_backbone and not self.augment
+        if self.feature_cache is True and not eligible:
+            raise CtlError("model.feature_cache=true needs model.freeze_backbone=true and model.augment=false")
+        return eligible if self.feature_cache == "auto" else bool(self.feature_cache)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, H, W, 3]`` -> normalized float ``[B, 3, H, W]`` with the backbone's mean and std."""
+        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+        if self.augment and self.training:
+            flip = torch.rand(len(x), device=x.device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+
+    def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.preprocess(images)
+        if self.freeze_backbone:
+            with torch.no_grad():
+                return self.backbone(x)
+        return self.backbone(x)
+
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.cached_features is not None:
+            return self.cached_features[batch["row_ids"].to(self.cached_features.device)].to(self.device)
+        return self.backbone_features(batch["images"])
+
+    @torch.no_grad()
+    def embed_store(self, images: np.ndarray, rows: np.ndarray, description: str) -> torch.Tensor:
+        """Backbone features of ``rows`` of a ``[N, H, W, 3]`` uint8 array, in chunks, with a progress bar."""
+        was_training = self.backbone.training
+        self.backbone.eval()
+        chunks = []
+        for start in tqdm(range(0, len(rows), self.embed_batch_size), desc=description, unit="batch", leave=False):
+            part = np.sort(rows[start : start + self.embed_batch_size])
+            chunks.append(self.backbone(self.preprocess(torch.from_numpy(np.ascontiguousarray(images[part])))).float())
+        self.backbone.train(was_training and not self.freeze_backbone)
+        return torch.cat(chunks)
+
+    # ---------------------------------------------------------------------------------------- fit
+    def on_fit_start(self) -> None:
+        datamodule = self.trainer.datamodule
+        store, sets = datamodule.store, datamodule.evaluation
+        if self.uses_feature_cache():
+            self.cached_features = self.embed_store(store.images, store.table.row_ids, "feature cache")
+            datamodule.load_images = False
+            log.info(f"feature cache: {tuple(self.cached_features.shape)} backbone features; the head trains on them")
+        if not self.baseline:
+            test_rows = np.sort(sets.rows)
+            if self.cached_features is not None:
+                features = self.cached_features[torch.from_numpy(test_rows)]
+            else:
+                features = self.embed_store(store.images, test_rows, "baseline features")
+            row_ids = torch.from_numpy(test_rows)
+            self.baseline = test_metrics(features, features, row_ids, sets)
+
+    def _triplet_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        embeddings = self.head(self.features(batch))
+        loss = self.loss(embeddings, batch["labels"], batch["triplets"])
+        with torch.no_grad():
+            direct = torch.arange(len(embeddings))
+            accuracy = triplet_accuracy(embeddings.detach().cpu(), direct, batch["triplets"].cpu().numpy())
+        n, on_step, sync = len(batch["triplets"]), stage == "train", stage != "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=sync)
+        self.log(f"{stage}/triplet_accuracy", accuracy, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=n, sync_dist=sync)
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._triplet_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._triplet_step(batch, "val")
+
+    def configure_optimizers(self):
+        # Every trainable parameter, the loss's own included (SoftTriple's centers are learned).
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=params)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer), "monitor": "val/loss"}}
+
+    # ------------------------------------------------------------------------------ test / predict
+    def _embed_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        features = self.features(batch)
+        return {"row_ids": batch["row_ids"], "similar": features.float(), "compatible": self.head(features).float()}
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._test_outputs.append({k: v.detach() for k, v in self._embed_batch(batch).items()})
+
+    def on_test_epoch_end(self) -> None:
+        outputs = {k: torch.cat([o[k] for o in self._test_outputs]) for k in ("row_ids", "similar", "compatible")}
+        self._test_outputs.clear()
+        if self.trainer.world_size > 1:  # every rank gathers all test products and computes the same metrics
+            outputs = {k: v.flatten(0, 1) for k, v in self.all_gather(outputs).items()}
+        sets = self.trainer.datamodule.evaluation
+        results = test_metrics(outputs["compatible"], outputs["similar"], outputs["row_ids"].cpu(), sets)
+        metrics = {f"test/{k}": v for k, v in results.items()}
+        metrics.update({f"baseline/{k}": v for k, v in self.baseline.items()})
+        self.log_dict({k: v for k, v in metrics.items() if np.isfinite(v)}, sync_dist=False)
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        out = self._embed_batch(batch)
+        return {"row_ids": out["row_ids"], "similar": F.normalize(out["similar"], dim=1), "compatible": F.normalize(out["compatible"], dim=1)}
+
+    # -------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["baseline_metrics"] = dict(self.baseline)
+        # Plain types and tensors only, so the checkpoint loads with torch.load(weights_only=True).
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.baseline = dict(checkpoint.get("baseline_metrics", {}))
+        states = checkpoint.get("rng_states")
+        if states is not None:
+            torch.set_rng_state(states["torch"])
+            kind, keys, pos, has_gauss, cached = states["numpy"]
+            np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+            random.setstate(states["python"])
