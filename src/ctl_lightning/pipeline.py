@@ -1,0 +1,86 @@
+"""What train.py and eval.py run: Hydra ``instantiate`` calls in the order Lightning needs them.
+
+Kept free of model and data logic (that lives in the objects the configs name), in the manner of the
+lightning-hydra-template: compose -> instantiate -> fit -> test -> predict -> report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ctl_lightning.reporting import log_recommendation_grid, print_metric_table
+
+log = logging.getLogger(__name__)
+
+TEST_KEYS = ("triplet_accuracy", "fitb_accuracy", "compatibility_auc", "similar_style_at5")
+
+
+def runtime_values(node: DictConfig, **available: Any) -> dict[str, Any]:
+    """Values a config marks ``???`` because they are only known at run time (e.g. SoftTriple's
+    ``num_classes``); only those are filled in, so every other value stays the config's."""
+    return {k: v() if callable(v) else v for k, v in available.items() if k in node and OmegaConf.is_missing(node, k)}
+
+
+def _instantiate_dict(node: DictConfig | None) -> list:
+    """Callbacks and loggers are dicts of named configs, so each can be added or removed by name."""
+    return [instantiate(entry) for entry in (node or {}).values() if entry is not None and "_target_" in entry]
+
+
+def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    loss = instantiate(cfg.loss, **runtime_values(cfg.loss, num_classes=lambda: datamodule.num_classes,
+                                                  embedding_dim=cfg.model.embedding_dim))  # fmt: skip
+    model = instantiate(cfg.model, loss=loss, optimizer=instantiate(cfg.optimizer))
+    loggers = _instantiate_dict(cfg.get("logger"))
+    trainer = instantiate(cfg.trainer, callbacks=_instantiate_dict(cfg.get("callbacks")), logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return datamodule, model, trainer
+
+
+def _finite_or_none(value: Any) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def report(cfg: DictConfig, trainer: pl.Trainer, tested: dict[str, Any], extra: dict[str, Any]) -> dict[str, float | None]:
+    """Print the metric table, write ``metrics.json`` and the recommendation picture; return the metrics."""
+    logged = {k: _finite_or_none(v) for k, v in tested.items()}
+    metrics: dict[str, float | None] = {f"{prefix}/{key}": logged.get(f"{prefix}/{key}") for prefix in ("test", "baseline") for key in TEST_KEYS}
+    metrics.update(extra)
+    output_dir = Path(cfg.paths.output_dir)
+    if trainer.is_global_zero:
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        print_metric_table(metrics, TEST_KEYS)
+        log_recommendation_grid(output_dir / "catalogs", trainer.loggers, cfg.get("recommendation_examples", 4), cfg.get("seed") or 0)
+    return metrics
+
+
+def train(cfg: DictConfig) -> dict[str, float | None]:
+    datamodule, model, trainer = build(cfg)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    checkpoint = trainer.checkpoint_callback
+    best_val = float(checkpoint.best_model_score) if checkpoint is not None and checkpoint.best_model_score is not None else None
+    best_path = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+    tested = trainer.test(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
+    trainer.predict(model, datamodule=datamodule, ckpt_path=best_path, return_predictions=False)
+    return report(cfg, trainer, tested, {"val/triplet_accuracy": best_val, "best_checkpoint": best_path, "epochs": trainer.current_epoch})
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float | None]:
+    datamodule, model, trainer = build(cfg)
+    tested = {}
+    if datamodule.has_test_sets:
+        tested = trainer.test(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, verbose=False)[0]
+    trainer.predict(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, return_predictions=False)
+    return report(cfg, trainer, tested, {"checkpoint": str(cfg.ckpt_path)})

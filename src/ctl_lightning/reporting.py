@@ -1,0 +1,72 @@
+"""End-of-run reporting: the metric table on the console and a picture of recommendations.
+
+The picture is saved as ``recommendations.png`` in the run directory and sent to the loggers that
+take images (W&B, TensorBoard), so a run can be judged by eye as well as by its numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
+
+from ctl_lightning.errors import CtlError
+
+log = logging.getLogger(__name__)
+
+NAMES = {
+    "triplet_accuracy": "held-out triplet accuracy",
+    "fitb_accuracy": "FITB accuracy (4 candidates)",
+    "compatibility_auc": "compatibility AUC",
+    "similar_style_at5": "similar products: style agreement@5",
+}
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def print_metric_table(metrics: dict, keys: Sequence[str]) -> None:
+    table = Table(title="Test metrics (baseline: pretrained backbone features, no training)")
+    table.add_column("metric")
+    table.add_column("trained", justify="right")
+    table.add_column("baseline", justify="right")
+    table.add_column("gain", justify="right")
+    for key in keys:
+        trained, baseline = metrics.get(f"test/{key}"), metrics.get(f"baseline/{key}")
+        gain = None if trained is None or baseline is None else trained - baseline
+        table.add_row(NAMES.get(key, key), _fmt(trained), _fmt(baseline), "n/a" if gain is None else f"{gain:+.4f}")
+    Console().print(table)
+
+
+def log_recommendation_grid(catalog_dir: Path, loggers: Sequence, examples: int, seed: int) -> Path | None:
+    """Complementary recommendations for a few test products, drawn and sent to the image loggers."""
+    if examples <= 0 or not (catalog_dir / "compatible").is_dir():
+        return None
+    from ctl_lightning.retrieval.recommend import Recommender
+    from ctl_lightning.retrieval.render import Thumbnails, render_recommendations
+
+    try:
+        recommender = Recommender(catalog_dir)
+    except CtlError as error:
+        log.warning(f"no recommendation picture: {error}")
+        return None
+    pool = recommender.table.rows_in_split("test")
+    pool = pool if len(pool) else np.arange(len(recommender))
+    chosen = np.random.default_rng(seed).choice(pool, size=min(examples, len(pool)), replace=False)
+    recs = [recommender.recommend_complementary(recommender.product_query(int(recommender.similar.row_ids[p])), k=5) for p in chosen]
+    path = render_recommendations(recs, Thumbnails(recommender.similar.manifest["data"]["store"]), catalog_dir.parent / "recommendations.png")
+    for logger in loggers:
+        name = type(logger).__name__
+        if name == "WandbLogger":
+            logger.log_image(key="recommendations/complementary", images=[str(path)])
+        elif name == "TensorBoardLogger":
+            logger.experiment.add_image("recommendations/complementary", np.asarray(Image.open(path).convert("RGB")), dataformats="HWC")
+    log.info(f"recommendation picture: {path}")
+    return path

@@ -1,0 +1,169 @@
+"""Similar and complementary recommendations from a run's two catalogs.
+
+* similar: nearest neighbours in the ``similar`` catalog, within the query's category, without the
+  query itself or exact duplicates of it;
+* complementary: nearest neighbours in the ``compatible`` catalog, in the other categories; by
+  default the best item of each other category, then the best ``k`` categories (as the seed did).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ctl_lightning.errors import CtlError
+from ctl_lightning.retrieval.catalog import Catalog
+from ctl_lightning.retrieval.index import ExactIndex, make_index
+
+# Cosine at or above this is treated as the same image (an exact duplicate of the query).
+DUPLICATE_COSINE = 1.0 - 1e-5
+
+
+@dataclass
+class Query:
+    """What is being recommended for: a catalog product, or an outside image embedded by the model."""
+
+    similar: np.ndarray  # [D_similar], L2-normalized
+    compatible: np.ndarray  # [D_compatible], L2-normalized
+    category: str
+    row_id: int | None = None
+    key: str | None = None
+    image: str | None = None
+    box: tuple[float, float, float, float] | None = None
+    inferred_category: dict | None = None  # {"category", "confidence"} when not given by the user
+
+    def describe(self) -> dict:
+        out = {"category": self.category, "row_id": self.row_id, "key": self.key, "image": self.image, "box": self.box}
+        if self.inferred_category is not None:
+            out["inferred_category"] = self.inferred_category
+        return out
+
+
+@dataclass
+class Recommendation:
+    mode: str  # similar / complementary
+    query: dict
+    items: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class Recommender:
+    """Both catalogs of a run, loaded once (memory-mapped) with their per-category indexes."""
+
+    def __init__(self, catalog_dir: str | Path, engine: str = "exact", dtype: str = "float32"):
+        catalog_dir = Path(catalog_dir)
+        if (catalog_dir / "catalogs").is_dir():
+            catalog_dir = catalog_dir / "catalogs"
+        if not catalog_dir.is_dir():
+            raise CtlError(f"{catalog_dir}: no such catalog folder; pass a run directory written by train.py or eval.py")
+        self.dir = catalog_dir
+        self.similar = Catalog.load(catalog_dir / "similar")
+        self.compatible = Catalog.load(catalog_dir / "compatible")
+        if not np.array_equal(self.similar.row_ids, self.compatible.row_ids) or (
+            self.similar.manifest["model"]["state_fingerprint"] != self.compatible.manifest["model"]["state_fingerprint"]
+        ):
+            raise CtlError(f"{catalog_dir}: the similar and compatible catalogs come from different runs or data")
+        categories = self.similar.table.categories
+        self.index = {
+            "similar": make_index(engine, self.similar.embeddings, categories, dtype),
+            "compatible": make_index(engine, self.compatible.embeddings, categories, dtype),
+        }
+
+    @property
+    def table(self):
+        return self.similar.table
+
+    def __len__(self) -> int:
+        return len(self.similar)
+
+    def position(self, product: str | int) -> int:
+        """Catalog position of a product given by row id or by product key."""
+        text = str(product).strip()
+        position = self.similar.position_of(int(text)) if text.isdigit() else self.table.row_of(text)
+        if position is None:
+            raise CtlError(f"unknown product {product!r}: give a row id of the catalog or a product key (signature@x,y,w,h)")
+        return position
+
+    def product_query(self, product: str | int) -> Query:
+        p = self.position(product)
+        spec = self.table.spec(p)
+        return Query(
+            similar=np.asarray(self.similar.embeddings[p]),
+            compatible=np.asarray(self.compatible.embeddings[p]),
+            category=spec.category,
+            row_id=int(self.similar.row_ids[p]),
+            key=spec.key,
+            image=spec.source,
+            box=spec.box,
+        )
+
+    def item(self, position: int, score: float, rank: int) -> dict:
+        spec = self.table.spec(position)
+        return {
+            "rank": rank,
+            "row_id": int(self.similar.row_ids[position]),
+            "key": spec.key,
+            "category": spec.category,
+            "score": round(float(score), 6),
+            "image": spec.source,
+            "box": spec.box,
+            "group": spec.group,
+        }
+
+    def _check_k(self, k: int) -> None:
+        if k <= 0:
+            raise CtlError(f"k must be a positive number of recommendations, got {k}")
+
+    def recommend_similar(self, query: Query, k: int = 5) -> Recommendation:
+        self._check_k(k)
+        index: ExactIndex = self.index["similar"]
+        if index.size(query.category) == 0:
+            raise CtlError(f"category {query.category!r} has no items in the catalog")
+        scores, positions = index.search(query.similar[None], k + 8, query.category)
+        items = []
+        for score, position in zip(scores[0], positions[0]):
+            if query.row_id is not None and int(self.similar.row_ids[position]) == query.row_id:
+                continue
+            if score >= DUPLICATE_COSINE:
+                continue
+            items.append(self.item(position, score, len(items) + 1))
+            if len(items) == k:
+                break
+        return Recommendation("similar", query.describe(), items)
+
+    def recommend_complementary(self, query: Query, k: int = 5, per_category: int = 1) -> Recommendation:
+        """``per_category=n``: at most n items of each other category; ``0``: a plain top-k across them."""
+        self._check_k(k)
+        if per_category < 0:
+            raise CtlError(f"per-category must be 0 (no limit) or positive, got {per_category}")
+        index: ExactIndex = self.index["compatible"]
+        others = [c for c in index.partitions if c != query.category]
+        if not others:
+            raise CtlError(f"the catalog has no category other than {query.category!r}")
+        take = per_category or k
+        found = []
+        for category in others:
+            scores, positions = index.search(query.compatible[None], take, category)
+            found += list(zip(scores[0], positions[0]))
+        found.sort(key=lambda pair: -pair[0])
+        items = [self.item(position, score, rank + 1) for rank, (score, position) in enumerate(found[:k])]
+        return Recommendation("complementary", query.describe(), items)
+
+    def infer_category(self, similar_vector: np.ndarray, k: int = 15) -> dict:
+        """k-nearest-neighbour vote (weighted by cosine) over the similar catalog, all categories."""
+        index: ExactIndex = self.index["similar"]
+        candidates = []
+        for category in index.partitions:
+            scores, positions = index.search(similar_vector[None], k, category)
+            candidates += [(float(s), category) for s in scores[0]]
+        candidates.sort(key=lambda pair: -pair[0])
+        votes: dict[str, float] = {}
+        for score, category in candidates[:k]:
+            votes[category] = votes.get(category, 0.0) + max(score, 0.0)
+        best = max(votes, key=votes.get)
+        total = sum(votes.values()) or 1.0
+        return {"category": best, "confidence": round(votes[best] / total, 4), "votes": {c: round(v / total, 4) for c, v in votes.items()}}

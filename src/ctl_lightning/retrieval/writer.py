@@ -1,0 +1,89 @@
+"""Predict -> catalogs, through Lightning's ``BasePredictionWriter``.
+
+Each rank streams its batches to a shard on disk (row ids and both embeddings), so memory stays
+flat however large the catalog. After the last batch, rank 0 merges the shards by row id into the
+``similar`` and ``compatible`` catalogs and checks that every product appears exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import BasePredictionWriter
+
+from ctl_lightning.retrieval.catalog import KINDS, CatalogBuilder, file_fingerprint, state_fingerprint
+
+DESCRIPTIONS = {
+    "similar": "backbone features: the paper's similar-products embedding",
+    "compatible": "embedding head output: complementary (compatible) products",
+}
+MERGE_CHUNK = 65_536
+
+
+class CatalogWriter(BasePredictionWriter):
+    def __init__(self, output_dir: str | Path, run_dir: str | Path | None = None):
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir)
+        self.run_dir = Path(run_dir) if run_dir else self.output_dir.parent
+        self._files: dict = {}
+        self.written: dict[str, Path] = {}
+
+    def _shard_dir(self, rank: int) -> Path:
+        return self.output_dir / ".shards" / f"rank{rank}"
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        shard = self._shard_dir(trainer.global_rank)
+        shutil.rmtree(shard, ignore_errors=True)
+        shard.mkdir(parents=True)
+        self._files = {name: open(shard / f"{name}.bin", "wb") for name in ("row_ids", *KINDS)}
+        self._dims: dict[str, int] = {}
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
+        self._files["row_ids"].write(prediction["row_ids"].cpu().numpy().astype(np.int64).tobytes())
+        for kind in KINDS:
+            vectors = prediction[kind].float().cpu().numpy()
+            self._dims[kind] = vectors.shape[1]
+            self._files[kind].write(vectors.tobytes())
+
+    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for handle in self._files.values():
+            handle.close()
+        (self._shard_dir(trainer.global_rank) / "dims.json").write_text(json.dumps(self._dims))
+        trainer.strategy.barrier("catalog-shards-written")
+        if trainer.is_global_zero:
+            self._merge(trainer, pl_module)
+        trainer.strategy.barrier("catalog-merged")
+
+    def _merge(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        store = datamodule.store
+        shards = sorted((self.output_dir / ".shards").glob("rank*"))
+        dims = json.loads((shards[0] / "dims.json").read_text())
+        config_file = self.run_dir / ".hydra" / "config.yaml"
+        manifest = {
+            "model": {
+                "backbone": getattr(pl_module, "backbone_name", type(pl_module).__name__),
+                "state_fingerprint": state_fingerprint(pl_module),
+                "checkpoint": str(Path(trainer.ckpt_path).resolve()) if trainer.ckpt_path else None,
+            },
+            "config": {"path": str(config_file.resolve()) if config_file.is_file() else None, "fingerprint": file_fingerprint(config_file)},
+            "data": {"store": str(store.path.resolve()), "fingerprint": store.fingerprint, "image_size": store.size},
+            "run_dir": str(self.run_dir.resolve()),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        for kind in KINDS:
+            builder = CatalogBuilder(self.output_dir / kind, datamodule.predict_rows, dims[kind])
+            for shard in shards:
+                row_ids = np.fromfile(shard / "row_ids.bin", dtype=np.int64)
+                if len(row_ids) == 0:
+                    continue
+                vectors = np.memmap(shard / f"{kind}.bin", dtype=np.float32, mode="r", shape=(len(row_ids), dims[kind]))
+                for start in range(0, len(row_ids), MERGE_CHUNK):
+                    builder.put(row_ids[start : start + MERGE_CHUNK], vectors[start : start + MERGE_CHUNK])
+            self.written[kind] = builder.finish(store.table, {**manifest, "kind": kind, "dim": dims[kind], "embedding": DESCRIPTIONS[kind]})
+        shutil.rmtree(self.output_dir / ".shards", ignore_errors=True)
