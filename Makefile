@@ -24,5 +24,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(ARGS)
 
+# Streamlit app on localhost: the latest `make train` run, or RUN_DIR=outputs/train/runs/<time>.
+app: $(STAMP)
+	$(PY) -m streamlit run src/ctl_lightning/app/streamlit_app.py --server.headless true -- $(if $(RUN_DIR),--run-dir $(RUN_DIR),)
+
 clean-data:
 	rm -rf data/synthetic

@@ -29,6 +29,12 @@ def runtime_values(node: DictConfig, **available: Any) -> dict[str, Any]:
     return {k: v() if callable(v) else v for k, v in available.items() if k in node and OmegaConf.is_missing(node, k)}
 
 
+def resolved_run_config(cfg: DictConfig) -> dict[str, Any]:
+    """The run's config, resolved, without Hydra's own section (present when composed by tests)."""
+    return {key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+            for key, value in cfg.items() if key != "hydra"}  # fmt: skip
+
+
 def _instantiate_dict(node: DictConfig | None) -> list:
     """Callbacks and loggers are dicts of named configs, so each can be added or removed by name."""
     return [instantiate(entry) for entry in (node or {}).values() if entry is not None and "_target_" in entry]
@@ -44,7 +50,7 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     loggers = _instantiate_dict(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=_instantiate_dict(cfg.get("callbacks")), logger=loggers or False)
     for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(resolved_run_config(cfg))
     return datamodule, model, trainer
 
 

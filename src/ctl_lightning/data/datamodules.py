@@ -15,7 +15,12 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from ctl_lightning.data.batches import EpochShuffle, ProductCollate, RowsDataset, TripletCollate
+from ctl_lightning.data.batches import (
+    EpochShuffle,
+    ProductCollate,
+    RowsDataset,
+    TripletCollate,
+)
 from ctl_lightning.data.products import ProductTable
 from ctl_lightning.data.sources import CtlSource
 from ctl_lightning.data.store import ProductStore

@@ -69,7 +69,7 @@ def crop_square(image: Image.Image, box: Sequence[float] | None, size: int) -> n
     side = max(image.size)
     square = Image.new("RGB", (side, side), BACKGROUND)
     square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
-    return np.asarray(square.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+    return np.array(square.resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
 def _decode(job: tuple[str, list, int]) -> tuple[str, np.ndarray | None, str]:

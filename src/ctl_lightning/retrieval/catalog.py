@@ -13,6 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -25,10 +26,10 @@ CATALOG_VERSION = 1
 KINDS = ("similar", "compatible")
 
 
-def state_fingerprint(module: torch.nn.Module) -> str:
-    """Hash of a model's weights: ties a catalog to the exact model that embedded it."""
+def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
+    """Hash of a model's state dict: ties a catalog to the exact weights that embedded it."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:20]

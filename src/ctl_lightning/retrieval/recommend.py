@@ -15,6 +15,7 @@ import numpy as np
 
 from ctl_lightning.errors import CtlError
 from ctl_lightning.retrieval.catalog import Catalog
+from ctl_lightning.retrieval.embedder import ImageEmbedder, open_image
 from ctl_lightning.retrieval.index import ExactIndex, make_index
 
 # Cosine at or above this is treated as the same image (an exact duplicate of the query).
@@ -68,6 +69,7 @@ class Recommender:
         ):
             raise CtlError(f"{catalog_dir}: the similar and compatible catalogs come from different runs or data")
         categories = self.similar.table.categories
+        self._embedder: ImageEmbedder | None = None
         self.index = {
             "similar": make_index(engine, self.similar.embeddings, categories, dtype),
             "compatible": make_index(engine, self.compatible.embeddings, categories, dtype),
@@ -100,6 +102,23 @@ class Recommender:
             image=spec.source,
             box=spec.box,
         )
+
+    def image_query(self, image: str | Path, category: str | None = None, box=None) -> Query:
+        """A query from an outside image, embedded by the catalog's own model.
+
+        Without ``category`` the category is inferred by a nearest-neighbour vote over the similar
+        catalog, and the query reports it with its confidence.
+        """
+        if self._embedder is None:
+            self._embedder = ImageEmbedder.from_catalog(self.compatible)
+        similar, compatible = self._embedder.embed(open_image(image), box)
+        inferred = None
+        if category is None:
+            inferred = self.infer_category(similar)
+            category = inferred["category"]
+        elif self.index["similar"].size(category) == 0:
+            raise CtlError(f"category {category!r} has no items; the catalog has {', '.join(self.index['similar'].partitions)}")
+        return Query(similar, compatible, category, image=str(image), box=box, inferred_category=inferred)
 
     def item(self, position: int, score: float, rank: int) -> dict:
         spec = self.table.spec(position)

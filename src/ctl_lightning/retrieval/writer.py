@@ -16,7 +16,12 @@ import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 
-from ctl_lightning.retrieval.catalog import KINDS, CatalogBuilder, file_fingerprint, state_fingerprint
+from ctl_lightning.retrieval.catalog import (
+    KINDS,
+    CatalogBuilder,
+    file_fingerprint,
+    state_fingerprint,
+)
 
 DESCRIPTIONS = {
     "similar": "backbone features: the paper's similar-products embedding",
@@ -68,7 +73,7 @@ class CatalogWriter(BasePredictionWriter):
         manifest = {
             "model": {
                 "backbone": getattr(pl_module, "backbone_name", type(pl_module).__name__),
-                "state_fingerprint": state_fingerprint(pl_module),
+                "state_fingerprint": state_fingerprint(pl_module.state_dict()),
                 "checkpoint": str(Path(trainer.ckpt_path).resolve()) if trainer.ckpt_path else None,
             },
             "config": {"path": str(config_file.resolve()) if config_file.is_file() else None, "fingerprint": file_fingerprint(config_file)},

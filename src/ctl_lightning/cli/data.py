@@ -1,0 +1,108 @@
+"""``ctl-data``: generate the synthetic dataset, build product stores, count categories.
+
+    ctl-data synth --out DIR [--seed N] [--outfits N]
+    ctl-data prepare DIR [--size 64] [--on-error skip]
+    ctl-data stats PATH
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from ctl_lightning.cli.errors import friendly_errors
+from ctl_lightning.errors import CtlError
+
+
+def _synth(args: argparse.Namespace) -> None:
+    from ctl_lightning.data.synthetic import SynthConfig, generate
+
+    out = generate(SynthConfig(out=Path(args.out), seed=args.seed, outfits=args.outfits, styles=args.styles, scenes=args.scenes))
+    print(f"synthetic dataset written to {out} (CTL in {out / 'ctl'}, STL in {out / 'stl'})")
+
+
+def _source_for(folder: Path, kind: str, on_error: str, store_dir: str | None):
+    from ctl_lightning.data.sources import CtlSource, StlSource
+
+    if kind == "auto":
+        if (folder / "raw_train.tsv").is_file() or (folder / "raw_test.tsv").is_file():
+            kind = "ctl"
+        elif (folder / "fashion.json").is_file():
+            kind = "stl"
+        else:
+            raise CtlError(f"{folder}: neither raw_train.tsv/raw_test.tsv (CTL) nor fashion.json (STL) found; pass --kind")
+    if kind == "stl":
+        return StlSource(folder, on_error=on_error, store_dir=store_dir)
+    train = "raw_train.tsv" if (folder / "raw_train.tsv").is_file() else "raw_test.tsv"
+    test = "raw_test.tsv" if train == "raw_train.tsv" and (folder / "raw_test.tsv").is_file() else None
+    return CtlSource(folder, train_file=train, test_file=test, on_error=on_error, store_dir=store_dir)
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    source = _source_for(Path(args.folder), args.kind, args.on_error, args.store_dir)
+    store = source.open_store(args.size, workers=args.workers)
+    from ctl_lightning.data.store import BuildReport
+
+    report = BuildReport(**store.manifest["report"])
+    print(f"product store {store.path}: {len(store)} products, {store.size} px, fingerprint {store.fingerprint}")
+    for line in report.lines()[1:]:
+        print(line)
+
+
+def _stats(args: argparse.Namespace) -> None:
+    from ctl_lightning.data.formats.stats import file_stats
+
+    stats = file_stats(args.path, args.on_error)
+    table = Table(title=f"{args.path} ({stats.kind})")
+    table.add_column("category")
+    table.add_column("count", justify="right")
+    table.add_column("share", justify="right")
+    total = sum(stats.counts.values())
+    for category, count in stats.counts.most_common():
+        table.add_row(category, f"{count:,}", f"{count / total:.1%}")
+    table.add_row("Total", f"{total:,}", "100.0%", end_section=True)
+    console = Console()
+    console.print(table)
+    console.print(", ".join(f"{k}: {v:,}" for k, v in stats.totals.items()))
+    if stats.skipped:
+        console.print(stats.skipped)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ctl-data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("synth", help="write the synthetic dataset in the real CTL and STL formats")
+    s.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--outfits", type=int, default=2000, help="CTL outfits, train and test together")
+    s.add_argument("--styles", type=int, default=16, help="latent styles")
+    s.add_argument("--scenes", type=int, default=300, help="STL scenes")
+    s.set_defaults(run=_synth)
+    s = sub.add_parser("prepare", help="build (or check) the product store of a CTL or STL folder")
+    s.add_argument("folder")
+    s.add_argument("--kind", choices=("auto", "ctl", "stl"), default="auto")
+    s.add_argument("--size", type=int, default=64, help="crop size in pixels")
+    s.add_argument("--on-error", choices=("raise", "skip"), default="raise", help="bad annotation rows: stop, or skip and count")
+    s.add_argument("--store-dir", default=None, help="where stores go (default: FOLDER/store)")
+    s.add_argument("--workers", type=int, default=0, help="decoding processes (0: one per core, at most 4)")
+    s.set_defaults(run=_prepare)
+    s = sub.add_parser("stats", help="per-category counts of a CTL or STL annotation file")
+    s.add_argument("path")
+    s.add_argument("--on-error", choices=("raise", "skip"), default="raise")
+    s.set_defaults(run=_stats)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with friendly_errors("ctl-data"):
+        args.run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""``ctl-recommend``: similar or complementary products from a run's catalogs.
+
+    ctl-recommend similar --catalog RUN_DIR --product ID --k 5 --out OUT
+    ctl-recommend complementary --catalog RUN_DIR --image photo.jpg --out OUT
+
+Writes OUT/recommendations.json (query and ranked items with scores, categories, row ids and image
+paths) and OUT/recommendations.png (the query and its items).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ctl_lightning.cli.errors import friendly_errors
+from ctl_lightning.errors import CtlError
+
+
+def _box(text: str | None):
+    if text is None:
+        return None
+    try:
+        x, y, w, h = (float(v) for v in text.split(","))
+    except ValueError:
+        raise CtlError(f"--box must be x,y,w,h (normalized), got {text!r}") from None
+    from ctl_lightning.data.formats.common import RowRejected, check_box
+
+    try:
+        return check_box(x, y, w, h)
+    except RowRejected as rejected:
+        raise CtlError(f"--box {text}: {rejected}") from None
+
+
+def run(args: argparse.Namespace) -> Path:
+    from ctl_lightning.retrieval.recommend import Recommender
+    from ctl_lightning.retrieval.render import Thumbnails, render_recommendations
+
+    if args.k <= 0:
+        raise CtlError(f"--k must be positive, got {args.k}")
+    recommender = Recommender(args.catalog, engine=args.engine)
+    if args.image:
+        query = recommender.image_query(args.image, args.category, _box(args.box))
+    else:
+        query = recommender.product_query(args.product)
+    if args.mode == "similar":
+        result = recommender.recommend_similar(query, args.k)
+    else:
+        result = recommender.recommend_complementary(query, args.k, args.per_category)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {**result.to_json(), "catalog": str(recommender.dir.resolve()), "engine": args.engine}
+    tmp = out / ".recommendations.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(out / "recommendations.json")
+    render_recommendations([result], Thumbnails(recommender.similar.manifest["data"]["store"]), out / "recommendations.png")
+    inferred = result.query.get("inferred_category")
+    if inferred:
+        print(f"inferred category: {inferred['category']} (confidence {inferred['confidence']:.0%})")
+    for item in result.items:
+        print(f"{item['rank']:>2}. {item['score']:.4f}  {item['category']:<22} row {item['row_id']}  {item['key']}")
+    print(f"wrote {out / 'recommendations.json'} and {out / 'recommendations.png'}")
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ctl-recommend", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="mode", required=True)
+    for mode, text in (("similar", "same category, similar look"), ("complementary", "other categories that go with it")):
+        s = sub.add_parser(mode, help=text)
+        s.add_argument("--catalog", required=True, help="a run directory (or its catalogs/ folder)")
+        what = s.add_mutually_exclusive_group(required=True)
+        what.add_argument("--product", help="a row id or a product key (signature@x,y,w,h)")
+        what.add_argument("--image", help="your own image, embedded with the catalog's model")
+        s.add_argument("--box", help="with --image: normalized x,y,w,h of the item to use")
+        s.add_argument("--category", help="with --image: the query's category (default: inferred)")
+        s.add_argument("--k", type=int, default=5)
+        s.add_argument("--out", default="recommendations", help="output folder")
+        s.add_argument("--engine", choices=("exact", "faiss"), default="exact")
+        if mode == "complementary":
+            s.add_argument("--per-category", type=int, default=1, help="items per other category; 0: plain top-k")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    with friendly_errors("ctl-recommend"):
+        run(args)
+
+
+if __name__ == "__main__":
+    main()

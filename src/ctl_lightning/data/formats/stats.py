@@ -1,0 +1,78 @@
+"""Per-category counts of any CTL or STL annotation file (``ctl-data stats``).
+
+They reproduce the paper's Table 1 (STL ``fashion-cat.json``) and Table 2 (CTL products) from the
+annotation files themselves.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ctl_lightning.data.formats.common import ParseResult, read_text_lines
+from ctl_lightning.data.formats.ctl import (
+    read_ctl_fitb,
+    read_ctl_raw,
+    read_ctl_triplets,
+)
+from ctl_lightning.data.formats.stl import read_stl_categories, read_stl_products
+from ctl_lightning.errors import DataFormatError
+
+
+@dataclass
+class FileStats:
+    kind: str
+    counts: Counter
+    totals: dict[str, int] = field(default_factory=dict)
+    skipped: str = ""
+
+
+def detect_kind(path: Path) -> str:
+    """ctl-raw, ctl-triplets, ctl-fitb, stl-products or stl-categories, from the file's first line."""
+    first = next(read_text_lines(path), (0, ""))[1]
+    if not first.strip():
+        raise DataFormatError(path, None, "file is empty")
+    stripped = first.lstrip()
+    if stripped.startswith("["):
+        return "ctl-fitb"
+    if stripped.startswith("{"):
+        return "stl-products" if '"bbox"' in first or '"scene"' in first else "stl-categories"
+    fields = len(first.split("\t"))
+    if stripped.lower().startswith("image_signature"):
+        fields = len(next((t for n, t in read_text_lines(path) if n > 1), first).split("\t"))
+    if fields == 18:
+        return "ctl-triplets"
+    if fields == 6:
+        return "ctl-raw"
+    raise DataFormatError(path, 1, f"cannot tell the format: {fields} tab-separated fields is neither CTL raw (6) nor triplets (18)")
+
+
+def file_stats(path: str | Path, on_error: str = "raise") -> FileStats:
+    path = Path(path)
+    kind = detect_kind(path)
+    result: ParseResult
+    if kind == "ctl-raw":
+        result = read_ctl_raw(path, on_error)
+        counts = Counter(item.label for item in result.records)
+        totals = {"products": len(result.records), "outfits": len({i.signature for i in result.records}), "labels": len(counts)}
+    elif kind == "ctl-triplets":
+        result = read_ctl_triplets(path, on_error)
+        counts = Counter(t[1].label for t in result.records)  # the positive's (= negative's) category
+        totals = {"triplets": len(result.records), "labels": len(counts)}
+    elif kind == "ctl-fitb":
+        result = read_ctl_fitb(path, on_error)
+        counts = Counter(q.answers[0].label for q in result.records)  # the blank's category
+        totals = {"questions": len(result.records), "labels": len(counts)}
+    elif kind == "stl-products":
+        result = read_stl_products(path, on_error)
+        categories_file = path.with_name("fashion-cat.json")
+        category_of = dict(read_stl_categories(categories_file).records) if categories_file.is_file() else {}
+        products = {p.product for p in result.records}
+        counts = Counter(category_of.get(p, "(no category file)") for p in products)
+        totals = {"pairs": len(result.records), "products": len(products), "scenes": len({p.scene for p in result.records})}
+    else:
+        result = read_stl_categories(path, on_error)
+        counts = Counter(category for _, category in result.records)
+        totals = {"products": len(result.records), "categories": len(counts)}
+    return FileStats(kind, counts, totals, result.skip_summary())

@@ -1,0 +1,62 @@
+"""Shared fixtures: the real annotation files, configs composed like train.py does, and one small
+complete training run (synthetic data -> store -> fit -> test -> catalogs) reused by many tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+SHARED_DATA = Path(os.environ.get("CTL_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+# Small enough for CI, large enough that every category has negatives in the test split.
+TINY = ["data.source.outfits=150", "data.source.scenes=30", "data.image_size=32", "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false", "recommendation_examples=2"]  # fmt: skip
+
+
+def shared_file(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.is_file():
+        pytest.skip(f"real annotation file {path} is not available (set CTL_SHARED_DATA)")
+    return path
+
+
+def compose_config(config_name: str, output_dir: Path, data_dir: Path, overrides: list[str] = ()) -> DictConfig:
+    """The config train.py / eval.py would run with, writing into ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name=config_name, return_hydra_config=True,
+                      overrides=[f"paths.root_dir={output_dir}", f"paths.data_dir={data_dir}", *overrides])  # fmt: skip
+        HydraConfig().set_config(cfg)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """One synthetic-data folder for the whole session (generated on first use, then reused)."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, data_dir) -> Path:
+    """Output folder of a complete one-epoch training run on tiny synthetic data."""
+    from ctl_lightning.pipeline import train
+
+    output = tmp_path_factory.mktemp("tiny_run")
+    cfg = compose_config("train", output, data_dir, TINY)
+    (output / ".hydra").mkdir(exist_ok=True)
+    from omegaconf import OmegaConf
+
+    OmegaConf.save({k: v for k, v in cfg.items() if k != "hydra"}, output / ".hydra" / "config.yaml")
+    train(cfg)
+    return output
