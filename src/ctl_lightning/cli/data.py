@@ -69,7 +69,8 @@ def _stats(args: argparse.Namespace) -> None:
     console.print(table)
     console.print(", ".join(f"{k}: {v:,}" for k, v in stats.totals.items()))
     if stats.skipped:
-        console.print(stats.skipped)
+        # One unbroken line, as printed, so that it can be grepped; paths are not rich markup.
+        console.print(stats.skipped, soft_wrap=True, markup=False, highlight=False)
 
 
 def parser() -> argparse.ArgumentParser:

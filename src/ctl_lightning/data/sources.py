@@ -207,10 +207,10 @@ class _Synthetic:
         super().__init__(self.synth.out / self.kind, **kwargs)  # type: ignore[call-arg]
 
     def ensure(self) -> None:
-        if is_complete(self.synth.out):
+        if is_complete(self.synth.out, self.synth):
             return
         with exclusive_lock(self.synth.out):
-            if not is_complete(self.synth.out):
+            if not is_complete(self.synth.out, self.synth):
                 log.info(f"generating the synthetic dataset into {self.synth.out}")
                 generate(self.synth)
 

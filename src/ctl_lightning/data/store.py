@@ -42,15 +42,19 @@ BACKGROUND = (255, 255, 255)
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """RGB for any input mode; transparency is composited over white, the collage background."""
-    if image.mode == "P" and "transparency" in image.info:
+    # A PNG transparency chunk (tRNS) can mark a colour transparent in P, L and RGB images alike.
+    if image.mode in ("P", "L", "RGB") and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
         rgba = image.convert("RGBA")
         canvas = Image.new("RGB", rgba.size, BACKGROUND)
         canvas.paste(rgba, mask=rgba.getchannel("A"))
         return canvas
-    if image.mode == "I;16":  # 16-bit grayscale: scale to 8 bits before converting
-        image = Image.fromarray((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8), "L")
+    # 16-bit grayscale (I;16, I;16B from TIFFs, I from older Pillow's PNGs): Pillow's own conversion
+    # clips at 255 and turns it white, so scale it to 8 bits first.
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+        image = Image.fromarray((values >> 8).astype(np.uint8), "L")
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
@@ -63,9 +67,12 @@ def crop_square(image: Image.Image, box: Sequence[float] | None, size: int) -> n
     if box is not None:
         W, H = image.size
         x, y, w, h = box
-        left, top = int(round(x * W)), int(round(y * H))
-        right, bottom = max(left + 1, int(round((x + w) * W))), max(top + 1, int(round((y + h) * H)))
-        image = image.crop((left, top, min(right, W), min(bottom, H)))
+        # A thin box on the right or bottom border can round to a start of W (or H): keep one pixel
+        # inside the image, or the crop would be empty and the product a blank white square.
+        left, top = min(int(round(x * W)), W - 1), min(int(round(y * H)), H - 1)
+        right = max(left + 1, min(int(round((x + w) * W)), W))
+        bottom = max(top + 1, min(int(round((y + h) * H)), H))
+        image = image.crop((left, top, right, bottom))
     side = max(image.size)
     square = Image.new("RGB", (side, side), BACKGROUND)
     square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
@@ -115,7 +122,8 @@ class BuildReport:
     def lines(self) -> list[str]:
         out = [f"{self.products} products stored in {self.seconds:.1f} s"]
         for path, reasons in self.annotation_skips.items():
-            detail = ", ".join(f"{n} {r}" for r, n in reasons.items())
+            # Most frequent first, as the readers' own skip summaries print them.
+            detail = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items(), key=lambda item: -item[1]))
             out.append(f"skipped annotation rows in {path}: {detail}")
         if self.bad_images:
             out.append(f"excluded {self.excluded_products} products from {len(self.bad_images)} unreadable images:")
@@ -147,6 +155,14 @@ class ProductStore:
     def images(self) -> np.memmap:
         """``[N, H, W, 3]`` uint8, memory-mapped read-only; opened on first use in each process."""
         if self._images is None:
+            # Each DataLoader worker maps the file by path: if the store was rebuilt since this
+            # object read its table, the rows would silently no longer match their metadata.
+            try:
+                current = json.loads((self.path / MANIFEST).read_text(encoding="utf-8")).get("fingerprint")
+            except (OSError, ValueError):
+                current = None
+            if current != self.fingerprint:
+                raise CtlError(f"{self.path}: the product store was rebuilt or removed while in use; open it again")
             n = len(self.table)
             self._images = np.memmap(self.path / IMAGES, dtype=np.uint8, mode="r", shape=(n, self.size, self.size, 3))
         return self._images
@@ -185,9 +201,10 @@ class ProductStore:
         """The store at ``path`` if it exists and was built from the same inputs, else None."""
         try:
             manifest = json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            # A store damaged after its build (images.u8 deleted or cut short) is rebuilt, not an error.
+            return cls.open(path) if manifest.get("fingerprint") == fp else None
+        except (OSError, ValueError, CtlError):
             return None
-        return cls.open(path) if manifest.get("fingerprint") == fp else None
 
     @classmethod
     def ensure(
@@ -200,14 +217,20 @@ class ProductStore:
     ) -> "ProductStore":
         """Open the store at ``path``, building it first if it is missing or stale."""
         path = Path(path)
+        annotation_skips = annotation_skips or {}
         fp = fingerprint(specs, size)
         store = cls.current(path, fp)
-        if store is not None:
+        if store is not None and store.manifest["report"]["annotation_skips"] == annotation_skips:
             return store
         with exclusive_lock(path):
             store = cls.current(path, fp)  # another process may have built it while we waited
             if store is None:
-                store = cls._build(specs, path, size, fp, annotation_skips or {}, workers)
+                store = cls._build(specs, path, size, fp, annotation_skips, workers)
+            elif store.manifest["report"]["annotation_skips"] != annotation_skips:
+                # Rows skipped beside unchanged products leave the crops valid, but the report must
+                # count them or they would be dropped silently.
+                store.manifest["report"]["annotation_skips"] = annotation_skips
+                write_json(path / MANIFEST, store.manifest)
         return store
 
     @classmethod
@@ -218,6 +241,10 @@ class ProductStore:
         by_source: dict[str, list[ProductSpec]] = {}
         for spec in specs:
             by_source.setdefault(spec.source, []).append(spec)
+        # Builds that crashed or were interrupted leave their temporary folders (as large as the
+        # store); none can still be running, since builders hold the lock we hold.
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = temporary_sibling(path)
         capacity = len(specs)
         images = np.memmap(tmp / IMAGES, dtype=np.uint8, mode="w+", shape=(max(1, capacity), size, size, 3))

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, Iterator, Sequence, TypeVar
 
-from ctl_lightning.errors import DataFormatError
+from ctl_lightning.errors import CtlError, DataFormatError
 
 T = TypeVar("T")
 
@@ -46,12 +47,15 @@ class ParseResult(Generic[T]):
     def n_skipped(self) -> int:
         return sum(self.skipped.values())
 
+    def skip_reasons(self) -> str:
+        """Such as ``2 box outside [0,1], 1 empty label``, most frequent first."""
+        return ", ".join(f"{n} {reason}" for reason, n in self.skipped.most_common())
+
     def skip_summary(self) -> str:
         """One line such as ``raw.tsv: skipped 3 rows (2 box outside [0,1], 1 empty label)``; empty if none."""
         if not self.skipped:
             return ""
-        reasons = ", ".join(f"{n} {reason}" for reason, n in self.skipped.most_common())
-        return f"{self.path}: skipped {self.n_skipped} rows ({reasons})"
+        return f"{self.path}: skipped {self.n_skipped} rows ({self.skip_reasons()})"
 
 
 class RowPolicy:
@@ -64,10 +68,22 @@ class RowPolicy:
         self.on_error = on_error
         self.skipped: Counter = Counter()
 
-    def reject(self, where: int | str, rejected: RowRejected) -> None:
+    def reject(self, where: int | str | None, rejected: RowRejected, subject: str = "") -> None:
+        """``subject`` names the entry when the line alone does not (``question 3`` of a one-line JSON file)."""
         if self.on_error == "raise":
-            raise DataFormatError(self.path, where, str(rejected))
+            raise DataFormatError(self.path, where, f"{subject}: {rejected}" if subject else str(rejected))
         self.skipped[rejected.reason] += 1
+
+
+def _not_utf8(path: Path, error: UnicodeDecodeError) -> DataFormatError:
+    """The decoder works on blocks, not lines: find the line of the first bad byte again."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                return DataFormatError(path, number, f"not UTF-8 text (byte 0x{raw[bad.start]:02x} at column {bad.start + 1})")
+    return DataFormatError(path, None, f"not UTF-8 text ({error.reason})")
 
 
 def read_text_lines(path: str | Path) -> Iterator[tuple[int, str]]:
@@ -76,10 +92,13 @@ def read_text_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     if not path.is_file():
         raise DataFormatError(path, None, "file not found")
     with open(path, encoding="utf-8-sig", newline=None) as handle:
-        for number, line in enumerate(handle, start=1):
-            text = line.rstrip("\r\n")
-            if text.strip():
-                yield number, text
+        try:
+            for number, line in enumerate(handle, start=1):
+                text = line.rstrip("\r\n")
+                if text.strip():
+                    yield number, text
+        except UnicodeDecodeError as error:
+            raise _not_utf8(path, error) from None
 
 
 def read_text(path: str | Path) -> str:
@@ -88,7 +107,10 @@ def read_text(path: str | Path) -> str:
     if not path.is_file():
         raise DataFormatError(path, None, "file not found")
     with open(path, encoding="utf-8-sig", newline=None) as handle:
-        return handle.read()
+        try:
+            return handle.read()
+        except UnicodeDecodeError as error:
+            raise _not_utf8(path, error) from None
 
 
 def load_json_document(path: str | Path) -> object:
@@ -101,6 +123,34 @@ def load_json_document(path: str | Path) -> object:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise DataFormatError(path, error.lineno, f"invalid JSON: {error.msg}") from None
+
+
+_JSON_SEPARATORS = re.compile(r"[\s,:]*")
+
+
+def json_entry_lines(text: str) -> dict[object, int]:
+    """Line on which each top-level entry of a JSON list (by index) or object (by key) starts.
+
+    ``json`` keeps no positions, but a bad question or product should be reported by line like a TSV
+    row; the document is known to be valid when this runs, so a plain scan suffices.
+    """
+    decoder = json.JSONDecoder()
+    start = _JSON_SEPARATORS.match(text).end()
+    is_object = text[start : start + 1] == "{"
+    lines: dict[object, int] = {}
+    pos, line, counted = start + 1, 1, 0
+    index = 0
+    while True:
+        pos = _JSON_SEPARATORS.match(text, pos).end()
+        if pos >= len(text) or text[pos] in "]}":
+            return lines
+        line += text.count("\n", counted, pos)
+        counted = pos
+        entry, pos = decoder.raw_decode(text, pos)
+        if is_object:
+            pos = decoder.raw_decode(text, _JSON_SEPARATORS.match(text, pos).end())[1]
+        lines[entry if is_object else index] = line
+        index += 1
 
 
 def parse_coordinate(value: object, name: str) -> float:
@@ -120,6 +170,21 @@ def check_box(x: float, y: float, w: float, h: float) -> tuple[float, float, flo
     if min(x, y) < -BOX_TOLERANCE or x + w > 1 + BOX_TOLERANCE or y + h > 1 + BOX_TOLERANCE:
         raise RowRejected("box outside [0,1]", f"x={x:g}, y={y:g}, w={w:g}, h={h:g}")
     return x, y, w, h
+
+
+def box_from_text(text: str | None, what: str = "box") -> tuple[float, float, float, float] | None:
+    """A user-typed normalized ``x,y,w,h`` box (commas or spaces), or None for empty input."""
+    text = "" if text is None else str(text).strip()
+    if not text:
+        return None
+    try:
+        x, y, w, h = (float(v) for v in re.split(r"[,\s]+", text))
+    except ValueError:
+        raise CtlError(f"{what} must be four numbers x,y,w,h between 0 and 1, got {text!r}") from None
+    try:
+        return check_box(x, y, w, h)
+    except RowRejected as rejected:
+        raise CtlError(f"{what} {text}: {rejected}") from None
 
 
 def parse_xywh(values: Sequence[object], names: Sequence[str] = ("x", "y", "w", "h")) -> tuple[float, ...]:

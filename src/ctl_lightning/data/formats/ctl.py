@@ -21,9 +21,11 @@ from ctl_lightning.data.formats.common import (
     ParseResult,
     RowPolicy,
     RowRejected,
+    json_entry_lines,
     load_json_document,
     parse_label,
     parse_xywh,
+    read_text,
     read_text_lines,
 )
 from ctl_lightning.errors import DataFormatError
@@ -89,7 +91,7 @@ def _read_tsv(path: str | Path, n_fields: int, on_error: str, parse) -> ParseRes
         raise DataFormatError(path, None, "file has a header but no data rows")
     result = ParseResult(path, records, policy.skipped)
     if not records:
-        raise DataFormatError(path, None, f"every data row was rejected; {result.skip_summary()}")
+        raise DataFormatError(path, None, f"every data row was rejected ({result.skip_reasons()})")
     return result
 
 
@@ -125,7 +127,7 @@ def _item_from_json(obj: object) -> CtlItem:
 
 
 def read_ctl_fitb(path: str | Path, on_error: str = "raise") -> ParseResult[FitbQuestion]:
-    """Read a FITB JSON file. Errors name the question index, since JSON items carry no line numbers."""
+    """Read a FITB JSON file. Errors give the question's line and its index (real files may be one line)."""
     path = Path(path)
     data = load_json_document(path)
     if not isinstance(data, list):
@@ -134,20 +136,25 @@ def read_ctl_fitb(path: str | Path, on_error: str = "raise") -> ParseResult[Fitb
         raise DataFormatError(path, None, "file has no questions")
     policy = RowPolicy(path, on_error)
     questions = []
+    lines: dict[object, int] | None = None
     for index, entry in enumerate(data):
         try:
             if not isinstance(entry, dict) or "question" not in entry or "answers" not in entry:
                 raise RowRejected("malformed question", "expected keys 'question' and 'answers'")
+            if not isinstance(entry["question"], list) or not isinstance(entry["answers"], list):
+                raise RowRejected("malformed question", "'question' and 'answers' must be lists of items")
             if not entry["answers"]:
                 raise RowRejected("malformed question", "no answers")
             question = tuple(_item_from_json(item) for item in entry["question"])
             answers = tuple(_item_from_json(item) for item in entry["answers"])
             questions.append(FitbQuestion(question, answers))
         except RowRejected as rejected:
-            policy.reject(f"question {index}", rejected)
+            if lines is None and on_error == "raise":
+                lines = json_entry_lines(read_text(path))
+            policy.reject((lines or {}).get(index), rejected, subject=f"question {index}")
     result = ParseResult(path, questions, policy.skipped)
     if not questions:
-        raise DataFormatError(path, None, f"every question was rejected; {result.skip_summary()}")
+        raise DataFormatError(path, None, f"every question was rejected ({result.skip_reasons()})")
     return result
 
 

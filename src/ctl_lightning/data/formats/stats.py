@@ -40,7 +40,12 @@ def detect_kind(path: Path) -> str:
         return "stl-products" if '"bbox"' in first or '"scene"' in first else "stl-categories"
     fields = len(first.split("\t"))
     if stripped.lower().startswith("image_signature"):
-        fields = len(next((t for n, t in read_text_lines(path) if n > 1), first).split("\t"))
+        lines = read_text_lines(path)
+        next(lines)
+        data = next(lines, None)
+        if data is None:
+            raise DataFormatError(path, None, "file has a header but no data rows")
+        fields = len(data[1].split("\t"))
     if fields == 18:
         return "ctl-triplets"
     if fields == 6:

@@ -17,9 +17,11 @@ from ctl_lightning.data.formats.common import (
     RowPolicy,
     RowRejected,
     check_box,
+    json_entry_lines,
     load_json_document,
     parse_coordinate,
     parse_label,
+    read_text,
     read_text_lines,
 )
 from ctl_lightning.errors import DataFormatError
@@ -74,7 +76,7 @@ def read_stl_products(path: str | Path, on_error: str = "raise") -> ParseResult[
         raise DataFormatError(path, None, "file is empty")
     result = ParseResult(path, records, policy.skipped)
     if not records:
-        raise DataFormatError(path, None, f"every row was rejected; {result.skip_summary()}")
+        raise DataFormatError(path, None, f"every row was rejected ({result.skip_reasons()})")
     return result
 
 
@@ -88,12 +90,15 @@ def read_stl_categories(path: str | Path, on_error: str = "raise") -> ParseResul
         raise DataFormatError(path, None, "file has no products")
     policy = RowPolicy(path, on_error)
     pairs = []
+    lines: dict[object, int] | None = None
     for product, category_path in data.items():
         try:
             pairs.append((product, parse_label(str(category_path or "").split("|")[-1])))
         except RowRejected as rejected:
-            policy.reject(f"product {product}", rejected)
+            if lines is None and on_error == "raise":
+                lines = json_entry_lines(read_text(path))
+            policy.reject((lines or {}).get(product), rejected, subject=f"product {product}")
     result = ParseResult(path, pairs, policy.skipped)
     if not pairs:
-        raise DataFormatError(path, None, f"every product was rejected; {result.skip_summary()}")
+        raise DataFormatError(path, None, f"every product was rejected ({result.skip_reasons()})")
     return result

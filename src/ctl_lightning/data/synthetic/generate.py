@@ -26,10 +26,11 @@ from ctl_lightning.data.synthetic.styles import (
     Style,
     make_styles,
 )
+from ctl_lightning.errors import CtlError
 from ctl_lightning.io import replace_dir, temporary_sibling, write_json
 
 MANIFEST = "synthetic.json"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # bump when the output changes, so that cached datasets are regenerated
 
 # The real header is separated by spaces, the rows by tabs; the synthetic files keep that quirk.
 RAW_HEADER = "image_signature bounding_x  bounding_y  bounding_width  bounding_height label"
@@ -59,7 +60,8 @@ def compose_outfit(rng: np.random.Generator) -> list[str]:
     if rng.random() < 0.3:
         items.append("Coats & Jackets")
     items.append("Shoes")
-    n_accessories = int(rng.choice([1, 2, 3], p=[0.45, 0.4, 0.15]))
+    # CTL collages hold 4 to 8 products: a dress with shoes needs two accessories.
+    n_accessories = max(int(rng.choice([1, 2, 3], p=[0.45, 0.4, 0.15])), 4 - len(items))
     items += list(rng.choice(ACCESSORIES, size=n_accessories, replace=False, p=ACCESSORY_WEIGHTS))
     return items
 
@@ -202,15 +204,33 @@ def _write_stl(root: Path, scenes) -> None:
     _write_lines(root / "synthetic_styles.tsv", styles)
 
 
-def is_complete(out: Path) -> bool:
-    return (Path(out) / MANIFEST).is_file()
+def is_complete(out: Path, config: SynthConfig | None = None) -> bool:
+    """A finished dataset written by this generator version and, if given, with ``config``'s settings.
+
+    An older version or other settings (the folder name does not hold them all) make it stale.
+    """
+    try:
+        manifest = json.loads((Path(out) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if manifest.get("generator_version") != GENERATOR_VERSION:
+        return False
+    if config is None:
+        return True
+    wanted = dict(seed=config.seed, outfits=config.outfits, styles=config.styles, canvas=config.canvas, scenes=config.scenes)
+    return all(manifest.get(k) == v for k, v in wanted.items())
 
 
 def generate(config: SynthConfig) -> Path:
     """Write the dataset to ``config.out`` atomically (a temporary folder renamed at the end)."""
     out = Path(config.out)
+    # CtlError, not ValueError: these come straight from the command line and must not end in a traceback.
     if config.outfits < 10:
-        raise ValueError(f"--outfits must be at least 10, got {config.outfits}")
+        raise CtlError(f"--outfits must be at least 10, got {config.outfits}")
+    if config.styles < 2:
+        raise CtlError(f"--styles must be at least 2, got {config.styles}")
+    if config.scenes < 1:
+        raise CtlError(f"--scenes must be at least 1, got {config.scenes}")
     tmp = temporary_sibling(out)
     for sub in ("ctl/images", "stl/scenes", "stl/products"):
         (tmp / sub).mkdir(parents=True)
