@@ -4,6 +4,8 @@ complete training run (synthetic data -> store -> fit -> test -> catalogs) reuse
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,15 @@ def tiny_run(tmp_path_factory, data_dir) -> Path:
     OmegaConf.save({k: v for k, v in cfg.items() if k != "hydra"}, output / ".hydra" / "config.yaml")
     train(cfg)
     return output
+
+
+def run_script(script: str, *overrides: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run train.py / eval.py as a user would, from the repository root."""
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true", **(env or {})}
+    return subprocess.run([sys.executable, str(REPO / script), *overrides], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=environment)  # fmt: skip
+
+
+def script_paths(output: Path, data: Path) -> list[str]:
+    """Overrides that keep a script's data and outputs inside the test's folders."""
+    return [f"paths.root_dir={output}", f"paths.data_dir={data}", f"hydra.run.dir={output}/run", f"hydra.sweep.dir={output}/sweep"]

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ctl_lightning.errors import CtlError
 from ctl_lightning.reporting import log_recommendation_grid, print_metric_table
 
 log = logging.getLogger(__name__)
@@ -26,7 +28,7 @@ TEST_KEYS = ("triplet_accuracy", "fitb_accuracy", "compatibility_auc", "similar_
 def runtime_values(node: DictConfig, **available: Any) -> dict[str, Any]:
     """Values a config marks ``???`` because they are only known at run time (e.g. SoftTriple's
     ``num_classes``); only those are filled in, so every other value stays the config's."""
-    return {k: v() if callable(v) else v for k, v in available.items() if k in node and OmegaConf.is_missing(node, k)}
+    return {k: v() if callable(v) else v for k, v in available.items() if k in node.keys() and OmegaConf.is_missing(node, k)}
 
 
 def resolved_run_config(cfg: DictConfig) -> dict[str, Any]:
@@ -75,12 +77,38 @@ def report(cfg: DictConfig, trainer: pl.Trainer, tested: dict[str, Any], extra: 
 def train(cfg: DictConfig) -> dict[str, float | None]:
     datamodule, model, trainer = build(cfg)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    checkpoint = trainer.checkpoint_callback
-    best_val = float(checkpoint.best_model_score) if checkpoint is not None and checkpoint.best_model_score is not None else None
-    best_path = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+    monitored = [c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
+    best = monitored[0] if monitored else None
+    best_val = float(best.best_model_score) if best is not None and best.best_model_score is not None else None
+    best_path = best.best_model_path if best is not None and best.best_model_path else None
     tested = trainer.test(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
     trainer.predict(model, datamodule=datamodule, ckpt_path=best_path, return_predictions=False)
     return report(cfg, trainer, tested, {"val/triplet_accuracy": best_val, "best_checkpoint": best_path, "epochs": trainer.current_epoch})
+
+
+def with_training_config(cfg: DictConfig, groups: tuple[str, ...] = ("data", "model", "loss")) -> DictConfig:
+    """``cfg`` with the data/model/loss sections of the run that wrote ``cfg.ckpt_path``, except the
+    groups overridden on this command line. The model is not re-downloaded: the checkpoint holds
+    its weights (and the untrained baseline)."""
+    checkpoint = Path(str(cfg.ckpt_path))
+    if not checkpoint.is_file():
+        raise CtlError(f"checkpoint {checkpoint} not found")
+    saved = checkpoint.parent.parent / ".hydra" / "config.yaml"
+    overridden = set()
+    if HydraConfig.initialized():
+        overridden = {o.split("=")[0].lstrip("+~").split(".")[0] for o in HydraConfig.get().overrides.task}
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        if saved.is_file():
+            training = OmegaConf.load(saved)
+            for group in groups:
+                if group not in overridden and group in training:
+                    cfg[group] = training[group]
+        else:
+            log.warning(f"{saved} not found: using this command line's data/model/loss configs")
+        cfg.model.pretrained = False
+        cfg.model.weights = None
+    return cfg
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float | None]:

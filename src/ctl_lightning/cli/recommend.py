@@ -14,22 +14,8 @@ import json
 from pathlib import Path
 
 from ctl_lightning.cli.errors import friendly_errors
+from ctl_lightning.data.formats.common import box_from_text
 from ctl_lightning.errors import CtlError
-
-
-def _box(text: str | None):
-    if text is None:
-        return None
-    try:
-        x, y, w, h = (float(v) for v in text.split(","))
-    except ValueError:
-        raise CtlError(f"--box must be x,y,w,h (normalized), got {text!r}") from None
-    from ctl_lightning.data.formats.common import RowRejected, check_box
-
-    try:
-        return check_box(x, y, w, h)
-    except RowRejected as rejected:
-        raise CtlError(f"--box {text}: {rejected}") from None
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -40,7 +26,7 @@ def run(args: argparse.Namespace) -> Path:
         raise CtlError(f"--k must be positive, got {args.k}")
     recommender = Recommender(args.catalog, engine=args.engine)
     if args.image:
-        query = recommender.image_query(args.image, args.category, _box(args.box))
+        query = recommender.image_query(args.image, args.category, box_from_text(args.box, what="--box"))
     else:
         query = recommender.product_query(args.product)
     if args.mode == "similar":

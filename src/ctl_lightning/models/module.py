@@ -74,6 +74,7 @@ class CompatibilityModule(pl.LightningModule):
         if freeze_backbone:
             self.backbone.requires_grad_(False)
         self.cached_features: torch.Tensor | None = None
+        self._cache_source: str | None = None  # fingerprint of the store the cache was computed from
         self.baseline: dict[str, float] = {}
         self._test_outputs: list[dict[str, torch.Tensor]] = []
 
@@ -123,13 +124,29 @@ class CompatibilityModule(pl.LightningModule):
         return torch.cat(chunks)
 
     # ---------------------------------------------------------------------------------------- fit
+    def _ensure_feature_cache(self) -> None:
+        """Backbone features of every product, computed once and reused by fit, test and predict."""
+        datamodule = self.trainer.datamodule
+        store = datamodule.store
+        if self.cached_features is not None and self._cache_source != store.fingerprint:
+            self.cached_features = None  # features of another store (e.g. predicting a second dataset)
+        if self.cached_features is None and self.uses_feature_cache():
+            self.cached_features = self.embed_store(store.images, store.table.row_ids, "feature cache")
+            self._cache_source = store.fingerprint
+            log.info(f"feature cache: {tuple(self.cached_features.shape)} backbone features, computed once")
+        if self.cached_features is not None:
+            datamodule.load_images = False
+
+    def on_test_start(self) -> None:
+        self._ensure_feature_cache()
+
+    def on_predict_start(self) -> None:
+        self._ensure_feature_cache()
+
     def on_fit_start(self) -> None:
+        self._ensure_feature_cache()
         datamodule = self.trainer.datamodule
         store, sets = datamodule.store, datamodule.evaluation
-        if self.uses_feature_cache():
-            self.cached_features = self.embed_store(store.images, store.table.row_ids, "feature cache")
-            datamodule.load_images = False
-            log.info(f"feature cache: {tuple(self.cached_features.shape)} backbone features; the head trains on them")
         if not self.baseline:
             test_rows = np.sort(sets.rows)
             if self.cached_features is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -21,6 +22,8 @@ import torch
 from ctl_lightning.data.products import ProductTable
 from ctl_lightning.errors import CtlError
 from ctl_lightning.io import replace_dir, temporary_sibling, write_json
+
+log = logging.getLogger(__name__)
 
 CATALOG_VERSION = 1
 KINDS = ("similar", "compatible")
@@ -90,6 +93,9 @@ class CatalogBuilder:
         self.tmp = temporary_sibling(self.path)
         self.embeddings = np.lib.format.open_memmap(self.tmp / "embeddings.npy", mode="w+", dtype=np.float32, shape=(len(self.row_ids), dim))
         self.times_put = np.zeros(len(self.row_ids), dtype=np.int32)
+        # An all-zero vector (e.g. a backbone's ReLU features of a nearly blank crop) cannot be
+        # normalized; it stays zero, scores 0 against everything, and is counted in the manifest.
+        self.zero_vectors = 0
 
     def put(self, row_ids: np.ndarray, vectors: np.ndarray) -> None:
         positions = np.searchsorted(self.row_ids, row_ids)
@@ -98,6 +104,7 @@ class CatalogBuilder:
         if unknown.any():
             raise CtlError(f"{self.path}: row ids {row_ids[unknown][:5].tolist()} are not products of this catalog")
         self.embeddings[positions] = vectors
+        self.zero_vectors += int((np.linalg.norm(vectors, axis=1) < 1e-6).sum())
         np.add.at(self.times_put, positions, 1)
 
     def finish(self, table: ProductTable, manifest: dict) -> Path:
@@ -108,6 +115,9 @@ class CatalogBuilder:
         del self.embeddings
         np.save(self.tmp / "row_ids.npy", self.row_ids)
         table.write_tsv(self.tmp / "products.tsv", self.row_ids)
-        write_json(self.tmp / "manifest.json", {"format": "ctl-catalog", "version": CATALOG_VERSION, "count": len(self.row_ids), **manifest})
+        write_json(self.tmp / "manifest.json", {"format": "ctl-catalog", "version": CATALOG_VERSION, "count": len(self.row_ids),
+                                                 "zero_vectors": self.zero_vectors, **manifest})
         replace_dir(self.tmp, self.path)
+        if self.zero_vectors:
+            log.warning(f"{self.path}: {self.zero_vectors} products have an all-zero embedding (blank crops?); they match nothing")
         return self.path
