@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from ctl_lightning.errors import CtlError
 from ctl_lightning.reporting import log_recommendation_grid, print_metric_table
 
 log = logging.getLogger(__name__)
+
+# A frozen backbone stays in eval mode on purpose: its BatchNorm statistics are the pretrained ones.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 TEST_KEYS = ("triplet_accuracy", "fitb_accuracy", "compatibility_auc", "similar_style_at5")
 

@@ -138,15 +138,17 @@ class TripletsDataModule(_StoreDataModule):
         table = store.table
         classes = self._class_of_outfit()
         self.labels = np.array([classes.get(g, -1) if s == "train" else -1 for g, s in zip(table.groups, table.splits)], dtype=np.int64)
-        rng = np.random.default_rng(self.seed)
+        # One random stream per purpose: the held-out sets stay the same whatever the training
+        # settings (triplets per outfit, validation share), so runs and sweeps are comparable.
+        streams = {name: np.random.default_rng([self.seed, i]) for i, name in enumerate(("train", "val", "heldout", "compat"))}
         supplied = self.source.triplets()
         if supplied is not None:
             triplets = triplets_from_items(table, supplied.records, str(supplied.path))
         else:
-            triplets = sample_triplets(OutfitIndex(table, "train"), self.triplets_per_outfit, rng)
-        self.train_triplets, self.val_triplets = split_by_outfit(triplets, table, self.val_fraction, rng)
+            triplets = sample_triplets(OutfitIndex(table, "train"), self.triplets_per_outfit, streams["train"])
+        self.train_triplets, self.val_triplets = split_by_outfit(triplets, table, self.val_fraction, streams["val"])
         test = OutfitIndex(table, "test")
-        outfits, fakes = compatibility_sets(test, rng)
+        outfits, fakes = compatibility_sets(test, streams["compat"])
         test_rows = table.rows_in_split("test")
         self.evaluation = EvaluationSets(
             table=table,
@@ -154,7 +156,7 @@ class TripletsDataModule(_StoreDataModule):
             # styles (real data) that metric is undefined, and the test products suffice.
             rows=table.row_ids if (table.styles != "").any() else test_rows,
             queries=test_rows,
-            triplets=sample_triplets(test, 1, rng),
+            triplets=sample_triplets(test, 1, streams["heldout"]),
             fitb=fitb_rows(table, self.source.fitb(), f"{self.source.root}/{self.source.fitb_file}"),
             outfits=outfits,
             fake_outfits=fakes,

@@ -1,0 +1,79 @@
+"""The fast paths give the numbers of the slow ones: the frozen-backbone feature cache and the
+per-batch deduplication of triplet members."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from conftest import TINY, compose_config
+
+from ctl_lightning.data.batches import TripletCollate
+from ctl_lightning.pipeline import build
+
+
+class LossRecorder(pl.Callback):
+    def __init__(self):
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+
+
+def _training_losses(data_dir, tmp_path, *overrides: str) -> tuple[list[float], object]:
+    cfg = compose_config("train", tmp_path, data_dir, [*TINY, "trainer.max_epochs=2", "trainer.deterministic=true", *overrides])
+    datamodule, model, trainer = build(cfg)
+    recorder = LossRecorder()
+    trainer.callbacks.append(recorder)
+    trainer.fit(model, datamodule=datamodule)
+    return recorder.losses, model
+
+
+def test_feature_cache_trains_exactly_like_recomputing_the_backbone(data_dir, tmp_path):
+    cached, cached_model = _training_losses(data_dir, tmp_path / "cached", "model.feature_cache=true")
+    direct, direct_model = _training_losses(data_dir, tmp_path / "direct", "model.feature_cache=false")
+    assert cached_model.cached_features is not None and direct_model.cached_features is None
+    assert len(cached) == len(direct) > 10
+    np.testing.assert_allclose(cached, direct, atol=1e-5, rtol=0)
+    for (name, a), (_, b) in zip(cached_model.head.state_dict().items(), direct_model.head.state_dict().items()):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0, msg=name)
+
+
+def test_feature_cache_is_automatic_only_when_it_is_exact():
+    from ctl_lightning.errors import CtlError
+    from ctl_lightning.losses import TripletLoss
+    from ctl_lightning.models.module import CompatibilityModule
+
+    def module(**kwargs):
+        return CompatibilityModule(loss=TripletLoss(), optimizer=torch.optim.Adam, pretrained=False, **kwargs)
+
+    assert module().uses_feature_cache()
+    assert not module(freeze_backbone=False).uses_feature_cache()
+    assert not module(augment=True).uses_feature_cache()
+    assert not module(feature_cache=False).uses_feature_cache()
+    with pytest.raises(CtlError, match="feature_cache=true needs"):
+        module(freeze_backbone=False, feature_cache=True).uses_feature_cache()
+
+
+def test_dedup_gives_the_same_loss_and_embeds_fewer_images(data_dir, tmp_path):
+    """Deduplication changes how many images are embedded, not the loss: for the same model (in eval
+    mode, where an embedding depends on its image alone) every batch's loss is identical. In train
+    mode BatchNorm statistics and dropout masks are drawn over the batch's rows, by design."""
+    cfg = compose_config("train", tmp_path, data_dir, TINY)
+    datamodule, model, _ = build(cfg)
+    datamodule.setup("fit")
+    model.eval()
+    store, labels = datamodule.store, datamodule.labels
+    unique_rows = total_rows = 0
+    with torch.no_grad():
+        for start in range(0, len(datamodule.train_triplets), 64):
+            samples = list(datamodule.train_triplets[start : start + 64])
+            deduped = TripletCollate(store, labels, dedup=True)(samples)
+            repeated = TripletCollate(store, labels, dedup=False)(samples)
+            losses = [model.loss(model.head(model.backbone_features(b["images"])), b["labels"], b["triplets"]) for b in (deduped, repeated)]
+            torch.testing.assert_close(losses[0], losses[1], atol=1e-6, rtol=0)
+            unique_rows += len(deduped["row_ids"])
+            total_rows += len(repeated["row_ids"])
+    assert total_rows == 3 * len(datamodule.train_triplets)
+    assert unique_rows < total_rows
