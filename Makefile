@@ -24,6 +24,13 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(ARGS)
 
+# Benchmarks: every figure as a ratio against its reference, written to experiments/benchmarks/.
+bench: $(STAMP)
+	$(PY) -m ctl_lightning.benchmarks
+
+bench-quick: $(STAMP)
+	$(PY) -m ctl_lightning.benchmarks --quick --out .bench-data/quick
+
 # Streamlit app on localhost: the latest `make train` run, or RUN_DIR=outputs/train/runs/<time>.
 app: $(STAMP)
 	$(PY) -m streamlit run src/ctl_lightning/app/streamlit_app.py --server.headless true -- $(if $(RUN_DIR),--run-dir $(RUN_DIR),)

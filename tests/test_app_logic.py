@@ -41,13 +41,14 @@ def test_parse_args_takes_run_dir_and_ignores_the_rest():
     assert logic.parse_args([]).run_dir is None
 
 
-def test_find_runs_newest_catalogs_first_across_train_and_eval(tmp_path):
+def test_find_runs_prefers_the_latest_training_run(tmp_path):
     older = fake_run(tmp_path / "outputs" / "train" / "runs" / "2024-01-01_00-00-00", mtime=1_000_000)
-    newer = fake_run(tmp_path / "outputs" / "eval" / "runs" / "2023-01-01_00-00-00", mtime=2_000_000)
+    newer = fake_run(tmp_path / "outputs" / "train" / "runs" / "2024-02-01_00-00-00", mtime=1_500_000)
+    evaluated = fake_run(tmp_path / "outputs" / "eval" / "runs" / "2023-01-01_00-00-00", mtime=2_000_000)
     (tmp_path / "outputs" / "train" / "runs" / "2025-01-01_unfinished").mkdir()  # no catalogs: not a candidate
     fake_run(tmp_path / "outputs" / "train" / "multiruns" / "2025-02-02" / "0", mtime=3_000_000)  # sweeps: not served
     runs = logic.find_runs([tmp_path, tmp_path])  # a root named twice is searched once
-    assert runs == [newer, older]
+    assert runs == [newer, older, evaluated]
     assert logic.latest_run([tmp_path]) == newer
     assert logic.latest_run([tmp_path / "nowhere"]) is None
 

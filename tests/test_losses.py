@@ -81,3 +81,13 @@ def test_softtriple_needs_a_class_for_every_product(batch):
     embeddings, labels, triplets = batch
     with pytest.raises(ValueError, match="label -1"):
         SoftTripleLoss(num_classes=4, embedding_dim=16)(embeddings, torch.full((9,), -1), triplets)
+
+
+def test_softtriple_relaxed_similarity_equals_the_librarys():
+    from pytorch_metric_learning import losses
+
+    ours = SoftTripleLoss(num_classes=7, embedding_dim=16).loss
+    library = losses.SoftTripleLoss(num_classes=7, embedding_size=16)
+    library.fc.data.copy_(ours.fc.data)
+    embeddings = torch.randn(5, 16)
+    torch.testing.assert_close(ours.get_logits(embeddings), library.get_logits(embeddings), atol=1e-6, rtol=0)

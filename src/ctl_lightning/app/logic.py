@@ -70,9 +70,10 @@ def search_roots(cwd: str | Path | None = None) -> list[Path]:
 
 
 def find_runs(roots: Iterable[str | Path]) -> list[Path]:
-    """Run directories with both catalogs under ``outputs/train/runs`` and ``outputs/*/runs``, newest first.
+    """Run directories with both catalogs under ``outputs/train/runs`` and ``outputs/*/runs``.
 
-    Newest means the most recently written catalogs, so an eval.py run that rebuilt catalogs counts.
+    Training runs come first (the app serves the latest ``make train`` by default), then the others;
+    within each, the most recently written catalogs first.
     """
     found: dict[Path, Path] = {}
     for root in roots:
@@ -80,7 +81,7 @@ def find_runs(roots: Iterable[str | Path]) -> list[Path]:
             for run in Path(root).glob(pattern):
                 if run.is_dir() and has_catalogs(run):
                     found.setdefault(run.resolve(), run)
-    return sorted(found.values(), key=lambda run: (max(catalog_stamp(run)), run.name), reverse=True)
+    return sorted(found.values(), key=lambda run: (run.parent.parent.name == "train", max(catalog_stamp(run)), run.name), reverse=True)
 
 
 def latest_run(roots: Iterable[str | Path]) -> Path | None:

@@ -89,7 +89,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=64, help="crop size in pixels")
     s.add_argument("--on-error", choices=("raise", "skip"), default="raise", help="bad annotation rows: stop, or skip and count")
     s.add_argument("--store-dir", default=None, help="where stores go (default: FOLDER/store)")
-    s.add_argument("--workers", type=int, default=0, help="decoding processes (0: one per core, at most 4)")
+    s.add_argument("--workers", type=int, default=0, help="decoding processes (0: one per core)")
     s.set_defaults(run=_prepare)
     s = sub.add_parser("stats", help="per-category counts of a CTL or STL annotation file")
     s.add_argument("path")

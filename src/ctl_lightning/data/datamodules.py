@@ -55,7 +55,7 @@ class _StoreDataModule(pl.LightningDataModule):
     """Shared by both DataModules: store resolution and loader construction."""
 
     def __init__(self, source: CtlSource, image_size: int | None, batch_size: int, eval_batch_size: int,
-                 num_workers: int, seed: int):  # fmt: skip
+                 num_workers: int, seed: int, pin_memory: bool = False):  # fmt: skip
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
             raise CtlError(f"batch sizes must be positive, got batch_size={batch_size}, eval_batch_size={eval_batch_size}")
@@ -65,6 +65,7 @@ class _StoreDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.seed = seed
+        self.pin_memory = pin_memory  # page-locked batches: asynchronous copies to a GPU
         self.load_images = True  # the model turns this off when it embeds from its feature cache
         self.store: ProductStore | None = None
 
@@ -95,6 +96,7 @@ class _StoreDataModule(pl.LightningDataModule):
             collate_fn=collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
             # Worker seeds come from this generator, not the global one, so loading never
             # shifts the global random state that dropout and resumed runs depend on.
             generator=torch.Generator().manual_seed(self.seed),
@@ -112,8 +114,8 @@ class TripletsDataModule(_StoreDataModule):
 
     def __init__(self, source: CtlSource, image_size: int | None = 64, batch_size: int = 64, eval_batch_size: int = 256,
                  num_workers: int = 0, triplets_per_outfit: int = 4, val_fraction: float = 0.1, seed: int = 0,
-                 dedup: bool = True):  # fmt: skip
-        super().__init__(source, image_size, batch_size, eval_batch_size, num_workers, seed)
+                 dedup: bool = True, pin_memory: bool = False):  # fmt: skip
+        super().__init__(source, image_size, batch_size, eval_batch_size, num_workers, seed, pin_memory)
         if triplets_per_outfit < 1:
             raise CtlError(f"triplets_per_outfit must be at least 1, got {triplets_per_outfit}")
         self.triplets_per_outfit = triplets_per_outfit
@@ -194,8 +196,8 @@ class ProductsDataModule(_StoreDataModule):
     has_test_sets = False
 
     def __init__(self, source: CtlSource, split: str | None = None, image_size: int | None = 64,
-                 eval_batch_size: int = 256, num_workers: int = 0, seed: int = 0):  # fmt: skip
-        super().__init__(source, image_size, eval_batch_size, eval_batch_size, num_workers, seed)
+                 eval_batch_size: int = 256, num_workers: int = 0, seed: int = 0, pin_memory: bool = False):  # fmt: skip
+        super().__init__(source, image_size, eval_batch_size, eval_batch_size, num_workers, seed, pin_memory)
         self.split = split
 
     def setup(self, stage: str | None = None) -> None:

@@ -75,14 +75,17 @@ class ProductTable:
         return [self.spec(int(r)) for r in rows]
 
     def write_tsv(self, path: Path, rows: Sequence[int] | None = None) -> None:
-        rows = self.row_ids if rows is None else rows
+        """Write the table (or ``rows`` of it, in that order) column-wise: catalogs of 100k rows in a blink."""
+        rows = self.row_ids if rows is None else np.asarray(rows, dtype=np.int64)
+        boxes = self.boxes[rows]
+        has_box = ~np.isnan(boxes).any(axis=1)
+        box_columns = [[f"{v:.7f}" if ok else "" for v, ok in zip(boxes[:, j].tolist(), has_box)] for j in range(4)]
+        columns = [rows.astype(str), self.keys[rows], self.groups[rows], self.categories[rows], self.splits[rows],
+                   self.sources[rows], *box_columns, self.styles[rows]]  # fmt: skip
         with open(path, "w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
             writer.writerow(TABLE_COLUMNS)
-            for row in rows:
-                s = self.spec(int(row))
-                box = ("", "", "", "") if s.box is None else tuple(f"{v:.7f}" for v in s.box)
-                writer.writerow([int(row), s.key, s.group, s.category, s.split, s.source, *box, s.style])
+            writer.writerows(zip(*columns))
 
     @classmethod
     def read_tsv(cls, path: Path) -> tuple["ProductTable", np.ndarray]:

@@ -28,11 +28,17 @@ def _gather(emb: torch.Tensor, position: torch.Tensor, rows) -> torch.Tensor:
     return emb[idx]
 
 
+def triplet_wins(emb: torch.Tensor, anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """Per triplet: cos(anchor, positive) > cos(anchor, negative) (ties lose), on ``emb``'s device."""
+    emb = F.normalize(emb.float(), dim=1)
+    a = emb[anchors]
+    return (a * emb[positives]).sum(1) > (a * emb[negatives]).sum(1)
+
+
 def triplet_accuracy(emb: torch.Tensor, position: torch.Tensor, triplets: np.ndarray) -> float:
     """Share of triplets with cos(anchor, positive) > cos(anchor, negative); ties count as wrong."""
-    emb = F.normalize(emb.float(), dim=1)
-    a, p, n = (_gather(emb, position, triplets[:, i]) for i in range(3))
-    return float(((a * p).sum(1) > (a * n).sum(1)).float().mean())
+    a, p, n = (_gather(torch.arange(len(emb)), position, triplets[:, i]) for i in range(3))
+    return float(triplet_wins(emb, a, p, n).float().mean())
 
 
 def _mean_cosine_to_set(emb: torch.Tensor, position: torch.Tensor, items: np.ndarray, groups: np.ndarray) -> torch.Tensor:

@@ -27,13 +27,28 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ctl_lightning.errors import CtlError
-from ctl_lightning.evaluation.metrics import test_metrics, triplet_accuracy
+from ctl_lightning.evaluation.metrics import test_metrics, triplet_wins
 from ctl_lightning.models.backbones import create_backbone
 from ctl_lightning.models.heads import EmbeddingHead
 
 log = logging.getLogger(__name__)
 
 FEATURE_CACHE_CHOICES = ("auto", True, False)
+
+
+def normalization(mean, std) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``scale, bias`` with ``x * scale + bias == (x / 255 - mean) / std``."""
+    mean, std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    return 1.0 / (255.0 * std), -mean / std
+
+
+def normalize_images(images: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[B, H, W, 3]`` -> float ``[B, 3, H, W]`` in one fused pass after the conversion.
+
+    The permuted view of HWC pixels already has the channels-last layout convolutions prefer, and
+    ``float()`` and ``addcmul`` keep it: no extra copy.
+    """
+    return torch.addcmul(bias, images.permute(0, 3, 1, 2).float(), scale)
 
 
 class CompatibilityModule(pl.LightningModule):
@@ -61,8 +76,9 @@ class CompatibilityModule(pl.LightningModule):
         self.backbone = create_backbone(backbone, pretrained=pretrained, weights=weights)
         data_config = timm.data.resolve_model_data_config(self.backbone)
         self.input_size = int(input_size or data_config["input_size"][-1])
-        self.register_buffer("mean", torch.tensor(data_config["mean"]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(data_config["std"]).view(1, 3, 1, 1), persistent=False)
+        scale, bias = normalization(data_config["mean"], data_config["std"])
+        self.register_buffer("input_scale", scale, persistent=False)
+        self.register_buffer("input_bias", bias, persistent=False)
         self.head = EmbeddingHead(self.backbone.num_features, hidden_dim, embedding_dim, dropout)
         self.loss = loss
         self.optimizer_factory = optimizer
@@ -93,11 +109,11 @@ class CompatibilityModule(pl.LightningModule):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``[B, H, W, 3]`` -> normalized float ``[B, 3, H, W]`` with the backbone's mean and std."""
-        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+        x = normalize_images(images.to(self.device, non_blocking=True), self.input_scale, self.input_bias)
         if self.augment and self.training:
             flip = torch.rand(len(x), device=x.device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return x
 
     def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         x = self.preprocess(images)
@@ -112,14 +128,14 @@ class CompatibilityModule(pl.LightningModule):
         return self.backbone_features(batch["images"])
 
     @torch.no_grad()
-    def embed_store(self, images: np.ndarray, rows: np.ndarray, description: str) -> torch.Tensor:
-        """Backbone features of ``rows`` of a ``[N, H, W, 3]`` uint8 array, in chunks, with a progress bar."""
+    def embed_store(self, store, rows: np.ndarray, description: str) -> torch.Tensor:
+        """Backbone features of ``rows`` of a product store, in chunks, with a progress bar."""
         was_training = self.backbone.training
         self.backbone.eval()
         chunks = []
         for start in tqdm(range(0, len(rows), self.embed_batch_size), desc=description, unit="batch", leave=False):
             part = np.sort(rows[start : start + self.embed_batch_size])
-            chunks.append(self.backbone(self.preprocess(torch.from_numpy(np.ascontiguousarray(images[part])))).float())
+            chunks.append(self.backbone(self.preprocess(torch.from_numpy(store.read(part)))).float())
         self.backbone.train(was_training and not self.freeze_backbone)
         return torch.cat(chunks)
 
@@ -127,11 +143,13 @@ class CompatibilityModule(pl.LightningModule):
     def _ensure_feature_cache(self) -> None:
         """Backbone features of every product, computed once and reused by fit, test and predict."""
         datamodule = self.trainer.datamodule
+        if getattr(datamodule, "store", None) is None:
+            return  # plain dataloaders (no product store): embed every batch's images
         store = datamodule.store
         if self.cached_features is not None and self._cache_source != store.fingerprint:
             self.cached_features = None  # features of another store (e.g. predicting a second dataset)
         if self.cached_features is None and self.uses_feature_cache():
-            self.cached_features = self.embed_store(store.images, store.table.row_ids, "feature cache")
+            self.cached_features = self.embed_store(store, store.table.row_ids, "feature cache")
             self._cache_source = store.fingerprint
             log.info(f"feature cache: {tuple(self.cached_features.shape)} backbone features, computed once")
         if self.cached_features is not None:
@@ -146,22 +164,24 @@ class CompatibilityModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         self._ensure_feature_cache()
         datamodule = self.trainer.datamodule
+        if getattr(datamodule, "evaluation", None) is None:
+            return  # no held-out sets to measure a baseline on
         store, sets = datamodule.store, datamodule.evaluation
         if not self.baseline:
             test_rows = np.sort(sets.rows)
             if self.cached_features is not None:
                 features = self.cached_features[torch.from_numpy(test_rows)]
             else:
-                features = self.embed_store(store.images, test_rows, "baseline features")
+                features = self.embed_store(store, test_rows, "baseline features")
             row_ids = torch.from_numpy(test_rows)
             self.baseline = test_metrics(features, features, row_ids, sets)
 
     def _triplet_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         embeddings = self.head(self.features(batch))
         loss = self.loss(embeddings, batch["labels"], batch["triplets"])
-        with torch.no_grad():
-            direct = torch.arange(len(embeddings))
-            accuracy = triplet_accuracy(embeddings.detach().cpu(), direct, batch["triplets"].cpu().numpy())
+        with torch.no_grad():  # on the device: no host synchronization per step
+            t = batch["triplets"]
+            accuracy = triplet_wins(embeddings.detach(), t[:, 0], t[:, 1], t[:, 2]).float().mean()
         n, on_step, sync = len(batch["triplets"]), stage == "train", stage != "train"
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=sync)
         self.log(f"{stage}/triplet_accuracy", accuracy, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=n, sync_dist=sync)

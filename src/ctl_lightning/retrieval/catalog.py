@@ -80,44 +80,69 @@ class Catalog:
         return cls(path, embeddings, row_ids, table, manifest)
 
 
-class CatalogBuilder:
-    """Fills a catalog's embeddings chunk by chunk (memory stays flat), then publishes it atomically.
+@dataclass
+class Shard:
+    """One rank's predictions for one catalog: row ids (increasing) and a raw float32 ``[n, dim]`` file."""
 
-    ``row_ids`` are the products the catalog must hold; every one of them must be put exactly once,
-    which :meth:`finish` verifies before anything becomes visible.
+    row_ids: np.ndarray
+    vectors: Path
+    dim: int
+
+    def read(self, lo: int, hi: int) -> np.ndarray:
+        """Rows ``lo:hi`` of the shard, read from disk (never memory-mapped: memory stays flat)."""
+        count = (hi - lo) * self.dim
+        return np.fromfile(self.vectors, dtype=np.float32, count=count, offset=lo * self.dim * 4).reshape(hi - lo, self.dim)
+
+
+def write_catalog(path: Path, expected_rows: np.ndarray, shards: list[Shard], table: ProductTable, manifest: dict,
+                  block_bytes: int = 32 << 20) -> Path:  # fmt: skip
+    """Merge shards into a catalog folder, block by block in row-id order, and publish it atomically.
+
+    Every expected row must come from exactly one shard entry, which is verified before anything is
+    written. Memory holds one block (``block_bytes``) however large the catalog: shards are read
+    with plain reads and the output written sequentially, not through memory maps whose pages would
+    count as the process's own.
     """
-
-    def __init__(self, path: Path, row_ids: np.ndarray, dim: int):
-        self.path = Path(path)
-        self.row_ids = np.sort(np.asarray(row_ids, dtype=np.int64))
-        self.tmp = temporary_sibling(self.path)
-        self.embeddings = np.lib.format.open_memmap(self.tmp / "embeddings.npy", mode="w+", dtype=np.float32, shape=(len(self.row_ids), dim))
-        self.times_put = np.zeros(len(self.row_ids), dtype=np.int32)
-        # An all-zero vector (e.g. a backbone's ReLU features of a nearly blank crop) cannot be
-        # normalized; it stays zero, scores 0 against everything, and is counted in the manifest.
-        self.zero_vectors = 0
-
-    def put(self, row_ids: np.ndarray, vectors: np.ndarray) -> None:
-        positions = np.searchsorted(self.row_ids, row_ids)
-        positions = np.minimum(positions, len(self.row_ids) - 1)
-        unknown = self.row_ids[positions] != row_ids
+    path = Path(path)
+    rows = np.sort(np.asarray(expected_rows, dtype=np.int64))
+    dim = shards[0].dim
+    positions = []
+    for shard in shards:
+        pos = np.minimum(np.searchsorted(rows, shard.row_ids), max(len(rows) - 1, 0))
+        unknown = rows[pos] != shard.row_ids if len(rows) else np.ones(len(pos), bool)
         if unknown.any():
-            raise CtlError(f"{self.path}: row ids {row_ids[unknown][:5].tolist()} are not products of this catalog")
-        self.embeddings[positions] = vectors
-        self.zero_vectors += int((np.linalg.norm(vectors, axis=1) < 1e-6).sum())
-        np.add.at(self.times_put, positions, 1)
-
-    def finish(self, table: ProductTable, manifest: dict) -> Path:
-        missing, repeated = int((self.times_put == 0).sum()), int((self.times_put > 1).sum())
-        if missing or repeated:
-            raise CtlError(f"{self.path}: {missing} products missing and {repeated} embedded more than once; catalog not written")
-        self.embeddings.flush()
-        del self.embeddings
-        np.save(self.tmp / "row_ids.npy", self.row_ids)
-        table.write_tsv(self.tmp / "products.tsv", self.row_ids)
-        write_json(self.tmp / "manifest.json", {"format": "ctl-catalog", "version": CATALOG_VERSION, "count": len(self.row_ids),
-                                                 "zero_vectors": self.zero_vectors, **manifest})
-        replace_dir(self.tmp, self.path)
-        if self.zero_vectors:
-            log.warning(f"{self.path}: {self.zero_vectors} products have an all-zero embedding (blank crops?); they match nothing")
-        return self.path
+            raise CtlError(f"{path}: row ids {shard.row_ids[unknown][:5].tolist()} are not products of this catalog")
+        if (np.diff(pos) <= 0).any():
+            raise CtlError(f"{path}: a shard's row ids are not increasing; predict must not shuffle")
+        positions.append(pos)
+    counts = np.bincount(np.concatenate(positions), minlength=len(rows)) if positions else np.zeros(len(rows), int)
+    missing, repeated = int((counts == 0).sum()), int((counts > 1).sum())
+    if missing or repeated:
+        raise CtlError(f"{path}: {missing} products missing and {repeated} embedded more than once; catalog not written")
+    tmp = temporary_sibling(path)
+    header = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=np.float32, shape=(len(rows), dim))
+    offset = header.offset
+    del header  # only the header was written; the data follows in order
+    zero_vectors = 0
+    block = max(1, block_bytes // (4 * dim))
+    with open(tmp / "embeddings.npy", "r+b") as handle:
+        handle.seek(offset)
+        for start in range(0, len(rows), block):
+            stop = min(start + block, len(rows))
+            buffer = np.empty((stop - start, dim), dtype=np.float32)
+            for shard, pos in zip(shards, positions):
+                lo, hi = np.searchsorted(pos, [start, stop])
+                if hi > lo:
+                    buffer[pos[lo:hi] - start] = shard.read(int(lo), int(hi))
+            # An all-zero vector (e.g. a backbone's ReLU features of a nearly blank crop) cannot be
+            # normalized; it stays zero, scores 0 against everything, and is counted in the manifest.
+            zero_vectors += int((np.linalg.norm(buffer, axis=1) < 1e-6).sum())
+            handle.write(buffer.tobytes())
+    np.save(tmp / "row_ids.npy", rows)
+    table.write_tsv(tmp / "products.tsv", rows)
+    write_json(tmp / "manifest.json", {"format": "ctl-catalog", "version": CATALOG_VERSION, "count": len(rows),
+                                       "zero_vectors": zero_vectors, **manifest})  # fmt: skip
+    replace_dir(tmp, path)
+    if zero_vectors:
+        log.warning(f"{path}: {zero_vectors} products have an all-zero embedding (blank crops?); they match nothing")
+    return path

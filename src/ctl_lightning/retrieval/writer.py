@@ -1,8 +1,9 @@
 """Predict -> catalogs, through Lightning's ``BasePredictionWriter``.
 
 Each rank streams its batches to a shard on disk (row ids and both embeddings), so memory stays
-flat however large the catalog. After the last batch, rank 0 merges the shards by row id into the
-``similar`` and ``compatible`` catalogs and checks that every product appears exactly once.
+flat however large the catalog. After the last batch, rank 0 merges the shards block by block in
+row-id order into the ``similar`` and ``compatible`` catalogs, having checked that every product
+appears exactly once.
 """
 
 from __future__ import annotations
@@ -18,16 +19,16 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 
 from ctl_lightning.retrieval.catalog import (
     KINDS,
-    CatalogBuilder,
+    Shard,
     file_fingerprint,
     state_fingerprint,
+    write_catalog,
 )
 
 DESCRIPTIONS = {
     "similar": "backbone features: the paper's similar-products embedding",
     "compatible": "embedding head output: complementary (compatible) products",
 }
-MERGE_CHUNK = 65_536
 
 
 class CatalogWriter(BasePredictionWriter):
@@ -37,6 +38,7 @@ class CatalogWriter(BasePredictionWriter):
         self.run_dir = Path(run_dir) if run_dir else self.output_dir.parent
         self._files: dict = {}
         self.written: dict[str, Path] = {}
+        self.merge_seconds = 0.0  # time rank 0 spent merging shards into the catalogs
 
     def _shard_dir(self, rank: int) -> Path:
         return self.output_dir / ".shards" / f"rank{rank}"
@@ -61,7 +63,9 @@ class CatalogWriter(BasePredictionWriter):
         (self._shard_dir(trainer.global_rank) / "dims.json").write_text(json.dumps(self._dims))
         trainer.strategy.barrier("catalog-shards-written")
         if trainer.is_global_zero:
+            start = time.perf_counter()
             self._merge(trainer, pl_module)
+            self.merge_seconds = time.perf_counter() - start
         trainer.strategy.barrier("catalog-merged")
 
     def _merge(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -81,14 +85,9 @@ class CatalogWriter(BasePredictionWriter):
             "run_dir": str(self.run_dir.resolve()),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        row_ids = [np.fromfile(shard / "row_ids.bin", dtype=np.int64) for shard in shards]
         for kind in KINDS:
-            builder = CatalogBuilder(self.output_dir / kind, datamodule.predict_rows, dims[kind])
-            for shard in shards:
-                row_ids = np.fromfile(shard / "row_ids.bin", dtype=np.int64)
-                if len(row_ids) == 0:
-                    continue
-                vectors = np.memmap(shard / f"{kind}.bin", dtype=np.float32, mode="r", shape=(len(row_ids), dims[kind]))
-                for start in range(0, len(row_ids), MERGE_CHUNK):
-                    builder.put(row_ids[start : start + MERGE_CHUNK], vectors[start : start + MERGE_CHUNK])
-            self.written[kind] = builder.finish(store.table, {**manifest, "kind": kind, "dim": dims[kind], "embedding": DESCRIPTIONS[kind]})
+            parts = [Shard(ids, shard / f"{kind}.bin", dims[kind]) for ids, shard in zip(row_ids, shards) if len(ids)]
+            self.written[kind] = write_catalog(self.output_dir / kind, datamodule.predict_rows, parts, store.table,
+                                               {**manifest, "kind": kind, "dim": dims[kind], "embedding": DESCRIPTIONS[kind]})  # fmt: skip
         shutil.rmtree(self.output_dir / ".shards", ignore_errors=True)

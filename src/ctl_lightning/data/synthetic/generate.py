@@ -234,7 +234,7 @@ def generate(config: SynthConfig) -> Path:
     tmp = temporary_sibling(out)
     for sub in ("ctl/images", "stl/scenes", "stl/products"):
         (tmp / sub).mkdir(parents=True)
-    workers = config.workers or max(1, min(4, os.cpu_count() or 1))
+    workers = config.workers or max(1, os.cpu_count() or 1)
     styles = make_styles(config.styles, CTL_LABELS + tuple(STL_CATEGORY_PATHS), np.random.default_rng([config.seed, 0]))
     ctl_jobs = [(config.seed, i, config.canvas, str(tmp / "ctl" / "images")) for i in range(config.outfits)]
     outfits = _run(_render_outfit, ctl_jobs, styles, workers, "synthetic CTL collages")

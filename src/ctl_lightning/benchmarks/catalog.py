@@ -1,0 +1,82 @@
+"""Catalog build: predict (store -> model -> sharded writer -> merged catalogs) against pure inference.
+
+Pure inference is the model alone on normalized tensors already in memory, at the same batch size:
+the ceiling for predict. Peak memory is measured in a fresh process per catalog size.
+
+    python -m ctl_lightning.benchmarks.catalog ROOT OUTFITS SIZE   # one build, prints its peak RSS
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from ctl_lightning.benchmarks import setup
+from ctl_lightning.benchmarks.timing import measure, rate
+from ctl_lightning.retrieval.writer import CatalogWriter
+
+
+def _predict(model, dm, out: Path) -> None:
+    writer = CatalogWriter(out / "catalogs", run_dir=out)
+    trainer = pl.Trainer(callbacks=[writer], logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.predict(model, datamodule=dm, return_predictions=False)
+
+
+def throughput(dm, repeats: int) -> dict:
+    model = setup.model(feature_cache=False).eval()
+    rows = dm.predict_rows
+    with torch.inference_mode():
+        tensors = [model.preprocess(torch.from_numpy(dm.store.read(rows[i : i + dm.eval_batch_size]))) for i in range(0, len(rows), dm.eval_batch_size)]
+
+    def pure():
+        with torch.inference_mode():
+            for x in tensors:
+                model.head(model.backbone(x))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        predict = rate(len(rows), measure(lambda: _predict(model, dm, Path(tmp)), repeats=repeats))
+    inference = rate(len(rows), measure(pure, repeats=repeats))
+    return {"products": int(len(rows)), "batch_size": dm.eval_batch_size, "predict": predict, "pure_inference": inference,
+            "ratio": predict["per_s"] / inference["per_s"]}  # fmt: skip
+
+
+def peak_rss_mib(root: Path, outfits: int, image_size: int) -> dict:
+    """Build one catalog in a fresh process; its peak resident memory and the catalog's size."""
+    result = subprocess.run([sys.executable, "-m", "ctl_lightning.benchmarks.catalog", str(root), str(outfits), str(image_size)],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def main() -> None:
+    root, outfits, image_size = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    dm = setup.datamodule(root, outfits, image_size=image_size)
+    model = setup.model(feature_cache=False)
+    before_kib = _status_kib("VmRSS")
+    # Reset the high-water mark (Linux clear_refs 5), so the peak is that of predict alone.
+    Path("/proc/self/clear_refs").write_text("5")
+    with tempfile.TemporaryDirectory() as tmp:
+        _predict(model, dm, Path(tmp))
+        size = sum(f.stat().st_size for f in Path(tmp).rglob("*.npy"))
+    peak_kib = _status_kib("VmHWM")
+    print(json.dumps({"outfits": outfits, "products": int(len(dm.predict_rows)), "image_size": image_size,
+                      "catalog_mib": size / 2**20, "rss_before_predict_mib": before_kib / 1024,
+                      "peak_rss_during_predict_mib": peak_kib / 1024,
+                      "peak_rss_process_lifetime_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

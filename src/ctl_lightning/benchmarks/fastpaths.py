@@ -1,0 +1,73 @@
+"""The frozen-backbone feature cache and the per-batch deduplication of triplet members."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytorch_lightning as pl
+
+from ctl_lightning.benchmarks.loading import _StepTimer
+from ctl_lightning.data.products import ProductTable
+from ctl_lightning.data.triplets import OutfitIndex, sample_triplets
+
+
+def _epoch_seconds(model, dm, steps: int | None, skip: int = 2) -> tuple[float, int]:
+    """Seconds for ``steps`` training steps (after ``skip`` warm-up steps) and the steps of a full epoch."""
+    timer = _StepTimer(skip)
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=(steps + skip) if steps else 1.0, limit_val_batches=0,
+                         enable_checkpointing=False, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, callbacks=[timer])  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    return timer.times[0], len(dm.train_dataloader())
+
+
+def feature_cache(dm_factory, model_factory, uncached_steps: int, repeats: int) -> dict:
+    """Epochs after the first, with the cache (head only) against recomputing the frozen backbone.
+
+    The cached epoch is timed whole; the uncached one from ``uncached_steps`` steps, scaled to the
+    epoch's step count (every step embeds a batch's unique products, so steps cost alike).
+    """
+    cached_runs, uncached_runs = [], []
+    build_s = None
+    for _ in range(repeats):
+        dm = dm_factory()
+        model = model_factory(feature_cache=True)
+        start = time.perf_counter()
+        seconds, epoch_steps = _epoch_seconds(model, dm, None)
+        build_s = time.perf_counter() - start - seconds
+        cached_runs.append(seconds * epoch_steps / (epoch_steps - 2))
+        dm = dm_factory()
+        seconds, _ = _epoch_seconds(model_factory(feature_cache=False), dm, uncached_steps)
+        uncached_runs.append(seconds * epoch_steps / uncached_steps)
+    cached, uncached = float(np.median(cached_runs)), float(np.median(uncached_runs))
+    return {
+        "epoch_steps": epoch_steps,
+        "cached_epoch_s": cached,
+        "uncached_epoch_s": uncached,
+        "speedup": uncached / cached,
+        "cached_runs_s": cached_runs,
+        "uncached_runs_s": uncached_runs,
+        "uncached_measured_steps": uncached_steps,
+        "first_epoch_extra_s (cache build, fit start)": build_s,
+    }
+
+
+def _forward_passes(triplets: np.ndarray, batch_size: int, seed: int = 0) -> dict:
+    order = np.random.default_rng(seed).permutation(len(triplets))
+    unique = total = 0
+    for start in range(0, len(order), batch_size):
+        batch = triplets[order[start : start + batch_size]]
+        unique += len(np.unique(batch))
+        total += batch.size
+    return {"triplets": int(len(triplets)), "images_without_dedup": int(total), "images_with_dedup": int(unique),
+            "saved_fraction": 1 - unique / total}  # fmt: skip
+
+
+def dedup(dm, real_table: ProductTable | None, batch_size: int) -> dict:
+    """Share of forward passes saved by embedding each distinct product of a batch once."""
+    out = {"synthetic_default": _forward_passes(np.concatenate([dm.train_triplets, dm.val_triplets]), batch_size)}
+    if real_table is not None:
+        triplets = sample_triplets(OutfitIndex(real_table, "train"), 1, np.random.default_rng(0))
+        out["ctl_raw_test_annotations"] = _forward_passes(triplets, batch_size)
+    return out

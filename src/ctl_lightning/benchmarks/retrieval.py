@@ -1,0 +1,63 @@
+"""Retrieval: the exact engine against faiss IndexFlatIP and the memory-bandwidth bound.
+
+A single query is memory-bound: it must read every vector of the rows it scans once. The bound is
+those bytes divided by the streaming bandwidth measured in the same run (a float32 sum over a large
+array, the cheapest full read). A batch of queries is compute-bound and is compared with faiss.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ctl_lightning.benchmarks.timing import measure
+from ctl_lightning.retrieval.index import ExactIndex, FaissIndex
+
+DIM = 128
+
+
+def streaming_bandwidth(n_bytes: int = 1 << 30, repeats: int = 5) -> dict:
+    """Bytes per second of one full read (a sum) over a ``n_bytes`` float32 array, across all threads."""
+    array = torch.ones(n_bytes // 4, dtype=torch.float32)
+    timing = measure(lambda: array.sum(), repeats=repeats)
+    return {"bytes": n_bytes, "gb_per_s": n_bytes / timing["median_s"] / 1e9, **timing}
+
+
+def _catalog(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    vectors = np.empty((n, DIM), dtype=np.float32)
+    for start in range(0, n, 1 << 18):
+        chunk = rng.standard_normal((min(1 << 18, n - start), DIM), dtype=np.float32)
+        vectors[start : start + len(chunk)] = chunk / np.linalg.norm(chunk, axis=1, keepdims=True)
+    return vectors, np.zeros(n, dtype=np.int64)
+
+
+def bench_catalog(n: int, bandwidth_gbs: float, repeats: int, batch: int = 256) -> dict:
+    vectors, categories = _catalog(n)
+    rng = np.random.default_rng(1)
+    single = rng.standard_normal((1, DIM), dtype=np.float32)
+    queries = rng.standard_normal((batch, DIM), dtype=np.float32)
+    exact, flat = ExactIndex(vectors, categories), FaissIndex(vectors, categories)
+    half = ExactIndex(vectors, categories, dtype="float16")
+    for index in (exact, flat, half):  # build the blocks / indexes outside the timed region
+        index.search(single, 10, "0")
+    bound_s = n * DIM * 4 / (bandwidth_gbs * 1e9)
+    out = {"rows": n, "bytes_scanned": n * DIM * 4, "bound_single_s": bound_s}
+    for name, index in (("exact", exact), ("faiss_flat", flat), ("exact_float16", half)):
+        out[f"{name}_single"] = measure(lambda: index.search(single, 10, "0"), repeats=repeats)
+        out[f"{name}_batch{batch}"] = measure(lambda: index.search(queries, 10, "0"), repeats=max(2, repeats // 2))
+    out["exact_single_vs_bound"] = out["exact_single"]["median_s"] / bound_s
+    out["exact_float16_single_vs_float32_bound"] = out["exact_float16_single"]["median_s"] / bound_s
+    out["faiss_batch_over_exact_batch"] = out[f"faiss_flat_batch{batch}"]["median_s"] / out[f"exact_batch{batch}"]["median_s"]
+    full = exact.search(queries, 10, "0")[1]
+    reduced = half.search(queries, 10, "0")[1]
+    out["float16_recall_at_10"] = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(full, reduced)]))
+    via_faiss = flat.search(queries, 10, "0")[1]
+    out["faiss_identical_top10_share"] = float(np.mean([np.array_equal(a, b) for a, b in zip(full, via_faiss)]))
+    out["faiss_top10_overlap"] = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(full, via_faiss)]))
+    return out
+
+
+def run(sizes: tuple[int, ...], repeats: int) -> dict:
+    bandwidth = streaming_bandwidth()
+    return {"bandwidth": bandwidth, "catalogs": [bench_catalog(n, bandwidth["gb_per_s"], repeats) for n in sizes]}
