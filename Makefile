@@ -33,7 +33,7 @@ bench-quick: $(STAMP)
 
 # Streamlit app on localhost: the latest `make train` run, or RUN_DIR=outputs/train/runs/<time>.
 app: $(STAMP)
-	$(PY) -m streamlit run src/ctl_lightning/app/streamlit_app.py --server.headless true -- $(if $(RUN_DIR),--run-dir $(RUN_DIR),)
+	$(PY) -m streamlit run src/ctl_lightning/app/streamlit_app.py --server.headless true --client.toolbarMode viewer -- $(if $(RUN_DIR),--run-dir $(RUN_DIR),)
 
 clean-data:
 	rm -rf data/synthetic

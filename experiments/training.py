@@ -35,7 +35,8 @@ KEYS = ["test/triplet_accuracy", "test/fitb_accuracy", "test/compatibility_auc",
 def run(name: str, overrides: list[str], mode: str, index: int) -> list[dict]:
     folder = OUT / f"exp{index}"
     shutil.rmtree(folder, ignore_errors=True)
-    shutil.rmtree(REPO / "outputs" / "experiments" / "fresh-data", ignore_errors=True)
+    if any("fresh-data" in o for o in overrides):  # that run starts from an empty data folder
+        shutil.rmtree(REPO / "outputs" / "experiments" / "fresh-data", ignore_errors=True)
     command = ["python", "train.py", *overrides, f"hydra.run.dir={folder}/run", f"hydra.sweep.dir={folder}/sweep",
                "trainer.enable_progress_bar=false"]  # fmt: skip
     start = time.perf_counter()

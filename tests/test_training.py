@@ -149,3 +149,21 @@ def test_resumed_run_ends_like_an_uninterrupted_one_and_seeded_runs_repeat(data_
             continue
         assert again[key] == straight[key], f"seeded deterministic runs differ in {key}"
         assert resumed[key] == pytest.approx(straight[key], abs=1e-7), f"resumed run differs in {key}"
+
+
+def test_tensorboard_logger_records_the_test_metrics(data_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    metrics = _train(tmp_path, data_dir, "logger=tensorboard")
+    events = list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events
+    scalars, images = {}, set()
+    for event_file in events:
+        accumulator = EventAccumulator(str(event_file))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            scalars[tag] = accumulator.Scalars(tag)[-1].value
+        images.update(accumulator.Tags()["images"])
+    assert scalars["test/triplet_accuracy"] == pytest.approx(metrics["test/triplet_accuracy"], abs=1e-6)
+    assert "val/triplet_accuracy" in scalars and "train/loss_epoch" in scalars
+    assert "recommendations/complementary" in images

@@ -86,7 +86,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition (under 2 minutes)")
     parser.add_argument("--out", default=str(REPO / "experiments" / "benchmarks"))
     parser.add_argument("--data", default=str(REPO / ".bench-data"), help="where generated inputs are kept")
+    parser.add_argument("--report", metavar="RESULTS_JSON", help="only rewrite the Markdown report from earlier results")
     args = parser.parse_args(argv)
+    if args.report:
+        source = Path(args.report)
+        target = source.with_name("RESULTS-quick.md" if source.stem.endswith("quick") else "RESULTS.md")
+        print(write_report(json.loads(source.read_text()), target))
+        return
     plan = QUICK if args.quick else FULL
     results = run(plan, Path(args.data))
     results["mode"] = "quick" if args.quick else "full"

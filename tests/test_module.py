@@ -1,0 +1,48 @@
+"""The LightningModule's contract with its backbone: input size, normalization, frozen parts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ctl_lightning.data.datamodules import TripletsDataModule
+from ctl_lightning.data.sources import SyntheticCtl
+from ctl_lightning.errors import CtlError
+from ctl_lightning.losses import TripletLoss
+from ctl_lightning.models.module import CompatibilityModule
+
+
+def _module(**kwargs) -> CompatibilityModule:
+    return CompatibilityModule(loss=TripletLoss(), optimizer=torch.optim.Adam, pretrained=False, **kwargs)
+
+
+def test_mean_std_and_input_size_come_from_the_backbones_data_config():
+    lite = _module()  # tf_efficientnet_lite0: mean = std = 0.5, 224 px
+    assert lite.input_size == 224
+    pixels = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 4, 4, 3)
+    x = lite.preprocess(pixels)
+    assert x.shape == (2, 3, 4, 4) and torch.allclose(x[0], torch.tensor(-1.0)) and torch.allclose(x[1], torch.tensor(1.0))
+    resnet = _module(backbone="resnet18")  # ImageNet mean/std
+    x = resnet.preprocess(torch.full((1, 2, 2, 3), 128, dtype=torch.uint8))
+    expected = (128 / 255 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    assert torch.allclose(x[0, :, 0, 0], expected, atol=1e-5)
+    assert _module(input_size=96).input_size == 96
+
+
+def test_head_shape_and_frozen_backbone():
+    module = _module(hidden_dim=64, embedding_dim=32, dropout=0.1)
+    head = [type(m).__name__ for m in module.head]
+    assert head == ["Linear", "BatchNorm1d", "Dropout", "Linear"] and module.head[-1].out_features == 32
+    assert not any(p.requires_grad for p in module.backbone.parameters())
+    module.train()
+    assert not module.backbone.training and module.head.training  # frozen BatchNorm statistics stay put
+    trainable = _module(freeze_backbone=False)
+    assert all(p.requires_grad for p in trainable.backbone.parameters())
+
+
+def test_unset_image_size_needs_a_model_to_ask(tmp_path):
+    datamodule = TripletsDataModule(SyntheticCtl(tmp_path), image_size=None)
+    with pytest.raises(CtlError, match="data.image_size is null"):
+        datamodule.resolved_image_size
+    with pytest.raises(CtlError, match="feature_cache"):
+        _module(feature_cache="sometimes")
