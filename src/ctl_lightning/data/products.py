@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -70,9 +70,6 @@ class ProductTable:
         """The metadata of one row as a plain dict (JSON-ready)."""
         spec = self.spec(row)
         return {"row_id": int(row), **{f.name: getattr(spec, f.name) for f in fields(ProductSpec)}}
-
-    def subset(self, rows: Iterable[int]) -> list[ProductSpec]:
-        return [self.spec(int(r)) for r in rows]
 
     def write_tsv(self, path: Path, rows: Sequence[int] | None = None) -> None:
         """Write the table (or ``rows`` of it, in that order) column-wise: catalogs of 100k rows in a blink."""

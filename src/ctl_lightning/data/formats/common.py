@@ -196,11 +196,3 @@ def parse_label(value: object) -> str:
     if not label:
         raise RowRejected("empty label")
     return label
-
-
-def require_rows(path: Path, n_rows: int, n_lines: int, what: str = "rows") -> None:
-    """An annotation file without data rows is always an error, whatever ``on_error`` says."""
-    if n_lines == 0:
-        raise DataFormatError(path, None, "file is empty")
-    if n_rows == 0:
-        raise DataFormatError(path, None, f"file has a header but no data {what}")
