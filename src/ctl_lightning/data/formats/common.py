@@ -74,6 +74,15 @@ class RowPolicy:
             raise DataFormatError(self.path, where, f"{subject}: {rejected}" if subject else str(rejected))
         self.skipped[rejected.reason] += 1
 
+    def reject_entry(self, key: object, rejected: RowRejected, subject: str) -> None:
+        """:meth:`reject` for an entry of a whole-file JSON document (a list index or object key).
+
+        JSON keeps no positions, so the entry's line is found by rescanning the file, only when the
+        policy is about to raise (once); skipping needs no line.
+        """
+        line = json_entry_lines(read_text(self.path)).get(key) if self.on_error == "raise" else None
+        self.reject(line, rejected, subject)
+
 
 def _not_utf8(path: Path, error: UnicodeDecodeError) -> DataFormatError:
     """The decoder works on blocks, not lines: find the line of the first bad byte again."""

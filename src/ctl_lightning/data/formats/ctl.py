@@ -21,11 +21,9 @@ from ctl_lightning.data.formats.common import (
     ParseResult,
     RowPolicy,
     RowRejected,
-    json_entry_lines,
     load_json_document,
     parse_label,
     parse_xywh,
-    read_text,
     read_text_lines,
 )
 from ctl_lightning.errors import DataFormatError
@@ -136,7 +134,6 @@ def read_ctl_fitb(path: str | Path, on_error: str = "raise") -> ParseResult[Fitb
         raise DataFormatError(path, None, "file has no questions")
     policy = RowPolicy(path, on_error)
     questions = []
-    lines: dict[object, int] | None = None
     for index, entry in enumerate(data):
         try:
             if not isinstance(entry, dict) or "question" not in entry or "answers" not in entry:
@@ -149,9 +146,7 @@ def read_ctl_fitb(path: str | Path, on_error: str = "raise") -> ParseResult[Fitb
             answers = tuple(_item_from_json(item) for item in entry["answers"])
             questions.append(FitbQuestion(question, answers))
         except RowRejected as rejected:
-            if lines is None and on_error == "raise":
-                lines = json_entry_lines(read_text(path))
-            policy.reject((lines or {}).get(index), rejected, subject=f"question {index}")
+            policy.reject_entry(index, rejected, subject=f"question {index}")
     result = ParseResult(path, questions, policy.skipped)
     if not questions:
         raise DataFormatError(path, None, f"every question was rejected ({result.skip_reasons()})")

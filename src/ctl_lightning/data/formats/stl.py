@@ -17,11 +17,9 @@ from ctl_lightning.data.formats.common import (
     RowPolicy,
     RowRejected,
     check_box,
-    json_entry_lines,
     load_json_document,
     parse_coordinate,
     parse_label,
-    read_text,
     read_text_lines,
 )
 from ctl_lightning.errors import DataFormatError
@@ -90,14 +88,11 @@ def read_stl_categories(path: str | Path, on_error: str = "raise") -> ParseResul
         raise DataFormatError(path, None, "file has no products")
     policy = RowPolicy(path, on_error)
     pairs = []
-    lines: dict[object, int] | None = None
     for product, category_path in data.items():
         try:
             pairs.append((product, parse_label(str(category_path or "").split("|")[-1])))
         except RowRejected as rejected:
-            if lines is None and on_error == "raise":
-                lines = json_entry_lines(read_text(path))
-            policy.reject((lines or {}).get(product), rejected, subject=f"product {product}")
+            policy.reject_entry(product, rejected, subject=f"product {product}")
     result = ParseResult(path, pairs, policy.skipped)
     if not pairs:
         raise DataFormatError(path, None, f"every product was rejected ({result.skip_reasons()})")
