@@ -68,5 +68,6 @@ def log_recommendation_grid(catalog_dir: Path, loggers: Sequence, examples: int,
             logger.log_image(key="recommendations/complementary", images=[str(path)])
         elif name == "TensorBoardLogger":
             logger.experiment.add_image("recommendations/complementary", np.asarray(Image.open(path).convert("RGB")), dataformats="HWC")
+            logger.experiment.flush()  # the run's last event: nothing else would write it out
     log.info(f"recommendation picture: {path}")
     return path
