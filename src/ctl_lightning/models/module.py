@@ -134,7 +134,7 @@ class CompatibilityModule(pl.LightningModule):
         self.backbone.eval()
         chunks = []
         for start in tqdm(range(0, len(rows), self.embed_batch_size), desc=description, unit="batch", leave=False):
-            part = np.sort(rows[start : start + self.embed_batch_size])
+            part = rows[start : start + self.embed_batch_size]  # store.read returns them in this order
             chunks.append(self.backbone(self.preprocess(torch.from_numpy(store.read(part)))).float())
         self.backbone.train(was_training and not self.freeze_backbone)
         return torch.cat(chunks)

@@ -35,6 +35,11 @@ class ExactIndex:
     def partitions(self) -> list[str]:
         return sorted(self._positions)
 
+    def require(self, category: str) -> None:
+        """A one-line error when ``category`` has no items here, naming the categories there are."""
+        if category not in self._positions:
+            raise CtlError(f"category {category!r} has no items in this catalog; it has {', '.join(self.partitions)}")
+
     def size(self, category: str) -> int:
         return len(self._positions.get(category, ()))
 
@@ -51,8 +56,7 @@ class ExactIndex:
 
     def search(self, queries: np.ndarray, k: int, category: str) -> tuple[np.ndarray, np.ndarray]:
         """Scores and catalog positions ``[Q, min(k, n)]`` of the best matches in ``category``."""
-        if category not in self._positions:
-            raise CtlError(f"category {category!r} has no items in this catalog; it has {', '.join(self.partitions)}")
+        self.require(category)
         q = np.array(queries, dtype=np.float32).reshape(-1, queries.shape[-1])  # a writable copy
         scores, local = self._top(q, min(k, self.size(category)), category)
         return scores, self._positions[category][local]

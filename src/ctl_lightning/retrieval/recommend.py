@@ -116,8 +116,8 @@ class Recommender:
         if category is None:
             inferred = self.infer_category(similar)
             category = inferred["category"]
-        elif self.index["similar"].size(category) == 0:
-            raise CtlError(f"category {category!r} has no items; the catalog has {', '.join(self.index['similar'].partitions)}")
+        else:
+            self.index["similar"].require(category)
         return Query(similar, compatible, category, image=str(image), box=box, inferred_category=inferred)
 
     def item(self, position: int, score: float, rank: int) -> dict:
@@ -140,8 +140,6 @@ class Recommender:
     def recommend_similar(self, query: Query, k: int = 5) -> Recommendation:
         self._check_k(k)
         index: ExactIndex = self.index["similar"]
-        if index.size(query.category) == 0:
-            raise CtlError(f"category {query.category!r} has no items in the catalog")
         scores, positions = index.search(query.similar[None], k + 8, query.category)
         items = []
         for score, position in zip(scores[0], positions[0]):
