@@ -166,3 +166,34 @@ def test_bad_settings_are_clear_errors(data_dir):
         TripletsDataModule(tiny_source(data_dir), triplets_per_outfit=0)
     with pytest.raises(CtlError, match="data.image_size is null"):
         TripletsDataModule(tiny_source(data_dir), image_size=None).prepare_data()
+
+
+def test_validation_and_test_products_never_train(datamodule):
+    table, held = datamodule.store.table, datamodule.validation_outfits
+    train_outfits = set(table.groups[table.rows_in_split("train")])
+    assert held < train_outfits and len(held) == round(0.1 * len(train_outfits))
+    is_val = np.isin(table.groups, list(held)) & (table.splits == "train")
+    train, val = datamodule.train_triplets, datamodule.val_triplets
+    # Training triplets: anchor, positive and negative all from the remaining training outfits ...
+    assert (table.splits[train] == "train").all() and not is_val[train].any()
+    assert set(table.groups[train[:, 0]]) == train_outfits - held  # ... each of which anchors some
+    # ... and validation triplets only from the validation outfits.
+    assert len(val) > 0 and is_val[val].all()
+
+
+def test_softtriple_classes_are_the_training_outfits_only(datamodule):
+    table, labels = datamodule.store.table, datamodule.labels
+    trains = (table.splits == "train") & ~np.isin(table.groups, list(datamodule.validation_outfits))
+    assert (labels[~trains] == -1).all()  # validation and test products have no class
+    assert (labels[trains] >= 0).all()
+    # One class per training outfit, numbered 0..num_classes-1.
+    assert datamodule.num_classes == len(set(table.groups[trains])) == len(np.unique(labels[trains]))
+    assert labels.max() == datamodule.num_classes - 1
+    assert all(len(np.unique(labels[table.groups == g])) == 1 for g in set(table.groups[trains]))
+
+
+def test_no_validation_share_validates_nothing(data_dir, datamodule):
+    plain = make(data_dir, val_fraction=0.0)
+    table = plain.store.table
+    assert plain.validation_outfits == frozenset() and len(plain.val_triplets) == 0
+    assert plain.num_classes == len(set(table.groups[table.rows_in_split("train")])) > datamodule.num_classes

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -40,12 +42,19 @@ def test_unknown_distance_is_rejected():
         TripletLoss(0.2, distance="manhattan")
 
 
-def test_softtriple_regulariser_is_the_papers_within_class_sum():
-    regulariser = SameClassCentersRegularizer(num_classes=3, centers_per_class=4)
-    weights = torch.randn(12, 8)
-    w = F.normalize(weights, dim=1).view(3, 4, 8)
-    terms = [torch.sqrt(2 + 1e-5 - 2 * (w[c, t] * w[c, s]).sum()) for c in range(3) for t in range(4) for s in range(t + 1, 4)]
-    assert torch.allclose(regulariser(weights), torch.stack(terms).mean(), atol=1e-5)
+def test_softtriple_regulariser_is_the_papers_formula():
+    # Qian et al. 2019, eq. 11: R = sum_j sum_{t<s} sqrt(2 + delta - 2 <w_j^t, w_j^s>) / (C K (K-1)),
+    # i.e. half the mean over the C K (K-1) / 2 pairs; computed here by a plain loop.
+    C, K = 3, 4
+    regulariser = SameClassCentersRegularizer(num_classes=C, centers_per_class=K)
+    weights = torch.randn(C * K, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    w = [[[float(v) for v in F.normalize(weights[j * K + t], dim=0)] for t in range(K)] for j in range(C)]
+    total = 0.0
+    for j in range(C):
+        for t in range(K):
+            for s in range(t + 1, K):
+                total += math.sqrt(2 + 1e-5 - 2 * sum(a * b for a, b in zip(w[j][t], w[j][s])))
+    assert regulariser(weights).item() == pytest.approx(total / (C * K * (K - 1)), rel=1e-9)
 
 
 def test_softtriple_applies_tau_times_the_regulariser(batch):
@@ -91,3 +100,32 @@ def test_softtriple_relaxed_similarity_equals_the_librarys():
     library.fc.data.copy_(ours.fc.data)
     embeddings = torch.randn(5, 16)
     torch.testing.assert_close(ours.get_logits(embeddings), library.get_logits(embeddings), atol=1e-6, rtol=0)
+
+
+def test_softtriple_stays_float32_under_bf16_autocast(batch):
+    embeddings, labels, triplets = batch
+    torch.manual_seed(0)
+    loss = SoftTripleLoss(num_classes=4, embedding_dim=16)
+    expected = loss(embeddings, labels, triplets)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = loss(embeddings, labels, triplets)
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, expected, atol=1e-6, rtol=1e-6)
+    # bf16 embeddings, as a head under autocast gives them: computed in float32, centers not cast in place.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = loss(embeddings.bfloat16(), labels, triplets)
+    assert value.dtype == torch.float32 and loss.centers.dtype == torch.float32
+    torch.testing.assert_close(value, loss(embeddings.bfloat16().float(), labels, triplets), atol=1e-6, rtol=1e-6)
+
+
+def test_softtriple_validation_logs_accuracy_but_no_loss(batch):
+    from ctl_lightning.models.module import CompatibilityModule
+
+    _, _, triplets = batch
+    module = CompatibilityModule(loss=SoftTripleLoss(num_classes=4, embedding_dim=128), optimizer=torch.optim.Adam, pretrained=False)
+    module.cached_features = torch.randn(9, module.backbone.num_features)
+    logged = []
+    module.log = lambda name, *args, **kwargs: logged.append(name)
+    # Validation outfits have no class (label -1): SoftTriple cannot score them, and must not be asked to.
+    module.validation_step({"row_ids": torch.arange(9), "labels": torch.full((9,), -1), "triplets": triplets}, 0)
+    assert logged == ["val/triplet_accuracy"]

@@ -47,6 +47,39 @@ def test_fitb_picks_the_candidate_closest_to_the_question_on_average(position):
     assert fitb_accuracy(EMB, position, questions, answers) == pytest.approx(0.5)
 
 
+def test_fitb_ties_count_as_wrong(position):
+    same = torch.ones(6, 2)  # every candidate scores alike: no model can tell the answer
+    questions, answers = np.array([[10, 11], [12, -1]]), np.array([[13, 14, 15], [11, 10, 14]])
+    assert fitb_accuracy(same, position, questions, answers) == 0.0
+    # A tie between answer 0 and one other candidate loses too; a strict win counts.
+    emb = EMB.clone()
+    emb[1] = emb[0]  # rows 10 and 11 now coincide
+    assert fitb_accuracy(emb, position, np.array([[12, 13]]), np.array([[10, 11, 14]])) == 0.0
+    assert fitb_accuracy(emb, position, np.array([[10]]), np.array([[11, 12, 14]])) == 1.0
+
+
+def test_fitb_ignores_padded_answers():
+    # Row 15, the last of the store, is embedded: a -1 pad indexing position[-1] would stand for it,
+    # and it is closer to the question than the right answer.
+    position = position_lookup(ROWS, 16)
+    questions = np.array([[15, -1], [10, 11]])
+    answers = np.array([[12, 14, -1], [15, 12, -1]])
+    # q0: mean cos to {15}: 12 ~0.71 beats 14 ~-0.71; row 15 itself would score 1.
+    # q1: mean cos to {10, 11}: 15 ~0.77 beats 12 ~0.06; row 15 as a pad would tie it.
+    assert fitb_accuracy(EMB, position, questions, answers) == 1.0
+
+
+def test_fitb_questions_with_different_numbers_of_answers(position):
+    questions = np.array([[10, -1], [12, 13], [14, -1]])
+    answers = np.array([[11, -1, -1, -1], [13, 10, 14, 11], [10, 15, -1, -1]])
+    # q0: one candidate, nothing beats it -> right. q1: 13 closest to {12, 13} of four -> right.
+    # q2: mean cos to {14}: 10 = -1 < 15 ~-0.71 -> wrong.
+    assert fitb_accuracy(EMB, position, questions, answers) == pytest.approx(2 / 3)
+    # Pads only ever lose: the same questions padded wider score the same.
+    wider = np.pad(answers, ((0, 0), (0, 3)), constant_values=-1)
+    assert fitb_accuracy(EMB, position, np.pad(questions, ((0, 0), (0, 2)), constant_values=-1), wider) == pytest.approx(2 / 3)
+
+
 def test_compatibility_auc_ranks_coherent_outfits_first(position):
     real = np.array([[10, 11, -1], [12, 13, -1]])
     fake = np.array([[10, 14, -1], [12, 14, 10]])

@@ -1,4 +1,4 @@
-"""Triplets by the CTL protocol, the validation split by outfit, held-out triplets and user triplet files."""
+"""Triplets by the CTL protocol, held-out triplets and user triplet files (split by validation outfit)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from ctl_lightning.data.sources import SyntheticCtl
 from ctl_lightning.data.triplets import (
     OutfitIndex,
     sample_triplets,
-    split_by_outfit,
     triplets_from_items,
 )
 from ctl_lightning.errors import CtlError
@@ -67,24 +66,6 @@ def test_sampling_is_seeded(table):
     assert (first != other).any(axis=1).mean() > 0.5
 
 
-def test_validation_split_holds_out_whole_outfits(table):
-    triplets = sample_triplets(OutfitIndex(table, "train"), 4, np.random.default_rng(0))
-    train, val = split_by_outfit(triplets, table, 0.1, np.random.default_rng(1))
-    assert len(train) + len(val) == len(triplets)
-    assert np.array_equal(np.sort(np.concatenate([train, val]), axis=0), np.sort(triplets, axis=0))
-    train_outfits, val_outfits = set(table.groups[train[:, 0]]), set(table.groups[val[:, 0]])
-    assert not train_outfits & val_outfits
-    assert not set(table.groups[train[:, 1]]) & val_outfits
-    n_outfits = len(train_outfits | val_outfits)
-    assert len(val_outfits) == round(0.1 * n_outfits)
-    assert abs(len(val) / len(triplets) - 0.1) < 0.02  # 4 triplets per outfit: the share of triplets too
-    again = split_by_outfit(triplets, table, 0.1, np.random.default_rng(1))
-    assert np.array_equal(again[1], val)
-    # No validation asked for: everything trains.
-    train, val = split_by_outfit(triplets, table, 0.0, np.random.default_rng(1))
-    assert len(train) == len(triplets) and len(val) == 0
-
-
 def test_held_out_triplets_one_per_test_outfit(data_dir, table):
     datamodule = TripletsDataModule(tiny_source(data_dir), image_size=SIZE, triplets_per_outfit=4, val_fraction=0.1, seed=0)
     datamodule.setup("fit")
@@ -105,23 +86,33 @@ def test_held_out_triplets_one_per_test_outfit(data_dir, table):
     other.setup("fit")
     assert not np.array_equal(other.evaluation.triplets, held_out)
     assert not np.array_equal(other.train_triplets, datamodule.train_triplets)
+    # The held-out sets do not depend on the training settings (their own random streams).
+    settings = TripletsDataModule(tiny_source(data_dir), image_size=SIZE, triplets_per_outfit=1, val_fraction=0.0, seed=0)
+    settings.setup("fit")
+    for name in ("triplets", "outfits", "fake_outfits", "rows"):
+        assert np.array_equal(getattr(settings.evaluation, name), getattr(datamodule.evaluation, name)), name
 
 
 def spec(outfit: str, category: str, i: int, split: str = "train") -> ProductSpec:
     return ProductSpec(f"{outfit}@{i}", outfit, category, split, f"/nowhere/{outfit}.jpg", (0.1, 0.1, 0.2, 0.2))
 
 
-def test_a_category_in_a_single_outfit_is_a_clear_error():
+def test_a_category_in_a_single_outfit_is_never_a_positive(caplog):
     specs = [spec("o1", "Shoes", 0), spec("o1", "Pants", 1), spec("o2", "Shoes", 2), spec("o2", "Pants", 3),
              spec("o3", "Shoes", 4), spec("o3", "Hats", 5)]  # fmt: skip
-    index = OutfitIndex(ProductTable(specs), "train")
-    with pytest.raises(CtlError) as caught:
-        sample_triplets(index, 1, np.random.default_rng(0))
-    assert str(caught.value) == "categories ['Hats'] occur in a single outfit of split 'train': no negative is possible for them"
-    # With a second hat elsewhere it works, and hats are negatives only from the other outfit.
+    table = ProductTable(specs)
+    with caplog.at_level(logging.INFO):
+        triplets = sample_triplets(OutfitIndex(table, "train"), 20, np.random.default_rng(0))
+    assert "categories ['Hats'] occur in a single outfit of split 'train'" in caplog.text
+    check_protocol(triplets, table, "train")
+    # No hat has a negative: hats only anchor (o3's shoe is the positive then).
+    assert "Hats" not in set(table.categories[triplets[:, 1:]].ravel())
+    assert "Hats" in set(table.categories[triplets[:, 0]]) and len(triplets) == 3 * 20
+    # With a second hat elsewhere hats are positives too, with negatives only from the other outfit.
     table = ProductTable([*specs, spec("o1", "Hats", 6)])
     triplets = sample_triplets(OutfitIndex(table, "train"), 20, np.random.default_rng(0))
     check_protocol(triplets, table, "train")
+    assert "Hats" in set(table.categories[triplets[:, 1]])
     with pytest.raises(CtlError, match="no products in split 'test'"):
         OutfitIndex(table, "test")
 
@@ -137,8 +128,16 @@ def item_of(table: ProductTable, row: int) -> list[str]:
     return [s.group, *(f"{v:.7f}" for v in s.box), s.category]
 
 
-def test_user_triplet_file_maps_to_row_ids(data_dir, table, tmp_path, caplog):
-    wanted = sample_triplets(OutfitIndex(table, "train"), 1, np.random.default_rng(3))[:12]
+def test_user_triplet_file_maps_to_row_ids_and_splits_by_validation_outfit(data_dir, table, tmp_path, caplog):
+    source = tiny_source(data_dir)
+    held = TripletsDataModule(source, image_size=SIZE, val_fraction=0.25, seed=0).validation_outfits
+    pool = sample_triplets(OutfitIndex(table, "train"), 1, np.random.default_rng(3))
+    in_val = np.isin(table.groups[pool], list(held))
+    validating = pool[in_val[:, 0]][:4]  # anchor (and positive) from a validation outfit
+    training = pool[~in_val.any(axis=1)][:4]  # no validation product at all
+    mixed = pool[~in_val[:, 0] & in_val[:, 2]][:3]  # training anchor, validation negative
+    wanted = np.concatenate([validating, training, mixed])
+    assert len(wanted) == 11
     lines = ["\t".join(sum((item_of(table, r) for r in triplet), [])) for triplet in wanted]
     unknown = ["nosuchoutfit", "0.1", "0.1", "0.2", "0.2", "Shoes"]
     lines.insert(3, "\t".join(item_of(table, wanted[0][0]) + item_of(table, wanted[0][1]) + unknown))
@@ -150,13 +149,16 @@ def test_user_triplet_file_maps_to_row_ids(data_dir, table, tmp_path, caplog):
         supplied = source.triplets()
         rows = triplets_from_items(table, supplied.records, str(path))
     assert np.array_equal(rows, wanted)
-    assert f"{path}: skipped 2 of 14 triplets whose products are not in the store" in caplog.text
-    # The datamodule trains on exactly them (whole outfits held out for validation).
+    assert f"{path}: skipped 2 of 13 triplets whose products are not in the store" in caplog.text
+    # The datamodule validates on those anchored in validation outfits, trains on those without any
+    # validation product, and drops (and counts) the ones that mix both.
     datamodule = TripletsDataModule(source, image_size=SIZE, val_fraction=0.25, seed=0)
-    datamodule.setup("fit")
-    both = np.concatenate([datamodule.train_triplets, datamodule.val_triplets])
-    assert np.array_equal(np.sort(both, axis=0), np.sort(wanted, axis=0))
-    assert len(datamodule.val_triplets) == 3
+    with caplog.at_level(logging.WARNING):
+        datamodule.setup("fit")
+    assert datamodule.validation_outfits == held
+    assert np.array_equal(datamodule.val_triplets, validating)
+    assert np.array_equal(datamodule.train_triplets, training)
+    assert f"{path}: 3 triplets mix training and validation outfits" in caplog.text
 
 
 def test_user_triplets_naming_no_known_product_are_an_error(table):

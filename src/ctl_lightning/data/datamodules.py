@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pytorch_lightning as pl
@@ -30,12 +31,16 @@ from ctl_lightning.data.triplets import (
     compatibility_sets,
     fitb_rows,
     sample_triplets,
-    split_by_outfit,
+    split_supplied,
     triplets_from_items,
 )
 from ctl_lightning.errors import CtlError
 
 log = logging.getLogger(__name__)
+
+# One random stream per purpose: the held-out sets stay the same whatever the training settings
+# (triplets per outfit, validation share), so runs and sweeps are comparable. New streams go last.
+STREAMS = ("train", "val", "heldout", "compat", "val_triplets")
 
 
 @dataclass
@@ -49,6 +54,33 @@ class EvaluationSets:
     fitb: FitbSet | None
     outfits: np.ndarray  # real outfits, padded with -1
     fake_outfits: np.ndarray  # same categories, random items
+
+
+def random_stream(seed: int, name: str) -> np.random.Generator:
+    """The seeded random stream of one purpose (see :data:`STREAMS`)."""
+    return np.random.default_rng([seed, STREAMS.index(name)])
+
+
+def held_out_sets(table: ProductTable, source: CtlSource, seed: int) -> EvaluationSets:
+    """The test protocols over ``table``'s test split, drawn from their own streams.
+
+    A function of the table, the source's FITB file and the seed alone, so that the ceilings of
+    :mod:`ctl_lightning.evaluation.ceilings` are scored on exactly the sets a trained model is.
+    """
+    test = OutfitIndex(table, "test")
+    outfits, fakes = compatibility_sets(test, random_stream(seed, "compat"))
+    test_rows = table.rows_in_split("test")
+    return EvaluationSets(
+        table=table,
+        # Similar products are searched in the whole catalog, as users would; without planted
+        # styles (real data) that metric is undefined, and the test products suffice.
+        rows=table.row_ids if (table.styles != "").any() else test_rows,
+        queries=test_rows,
+        triplets=sample_triplets(test, 1, random_stream(seed, "heldout")),
+        fitb=fitb_rows(table, source.fitb(), f"{source.root}/{source.fitb_file}"),
+        outfits=outfits,
+        fake_outfits=fakes,
+    )
 
 
 class _StoreDataModule(pl.LightningDataModule):
@@ -123,15 +155,35 @@ class TripletsDataModule(_StoreDataModule):
         self.dedup = dedup
         self.labels: np.ndarray | None = None
 
+    def _stream(self, name: str) -> np.random.Generator:
+        return random_stream(self.seed, name)
+
+    def _training_split_outfits(self) -> list[str]:
+        specs, _ = self.source.product_specs()
+        return list(dict.fromkeys(s.group for s in specs if s.split == "train"))
+
+    @cached_property
+    def validation_outfits(self) -> frozenset[str]:
+        """``val_fraction`` of the training split's outfits, seeded, chosen before any triplet is drawn.
+
+        Choosing them first keeps every product of them out of training: not an anchor, positive,
+        negative nor SoftTriple class. Known from the annotations alone, so ``num_classes`` can be
+        asked before the store is built.
+        """
+        outfits = self._training_split_outfits()
+        if not outfits or not 0 < self.val_fraction < 1:
+            return frozenset()
+        chosen = self._stream("val").choice(len(outfits), size=max(1, round(self.val_fraction * len(outfits))), replace=False)
+        return frozenset(outfits[i] for i in chosen)
+
     @property
     def num_classes(self) -> int:
-        """Training outfits: the classes of class-based losses (SoftTriple uses outfit ids)."""
+        """Training outfits, validation ones excluded: the classes of class-based losses (SoftTriple uses outfit ids)."""
         return len(self._class_of_outfit())
 
     def _class_of_outfit(self) -> dict[str, int]:
-        specs, _ = self.source.product_specs()
-        outfits = dict.fromkeys(s.group for s in specs if s.split == "train")
-        return {group: i for i, group in enumerate(outfits)}
+        held = self.validation_outfits
+        return {group: i for i, group in enumerate(g for g in self._training_split_outfits() if g not in held)}
 
     def setup(self, stage: str | None = None) -> None:
         if self.labels is not None:
@@ -139,30 +191,22 @@ class TripletsDataModule(_StoreDataModule):
         store = self._open()
         table = store.table
         classes = self._class_of_outfit()
+        # Validation and test products have no class (-1): no loss ever trains on them.
         self.labels = np.array([classes.get(g, -1) if s == "train" else -1 for g, s in zip(table.groups, table.splits)], dtype=np.int64)
-        # One random stream per purpose: the held-out sets stay the same whatever the training
-        # settings (triplets per outfit, validation share), so runs and sweeps are comparable.
-        streams = {name: np.random.default_rng([self.seed, i]) for i, name in enumerate(("train", "val", "heldout", "compat"))}
+        held = self.validation_outfits
         supplied = self.source.triplets()
         if supplied is not None:
+            is_validation = np.array([s == "train" and g in held for g, s in zip(table.groups, table.splits)], dtype=bool)
             triplets = triplets_from_items(table, supplied.records, str(supplied.path))
+            self.train_triplets, self.val_triplets = split_supplied(triplets, is_validation, str(supplied.path))
         else:
-            triplets = sample_triplets(OutfitIndex(table, "train"), self.triplets_per_outfit, streams["train"])
-        self.train_triplets, self.val_triplets = split_by_outfit(triplets, table, self.val_fraction, streams["val"])
-        test = OutfitIndex(table, "test")
-        outfits, fakes = compatibility_sets(test, streams["compat"])
-        test_rows = table.rows_in_split("test")
-        self.evaluation = EvaluationSets(
-            table=table,
-            # Similar products are searched in the whole catalog, as users would; without planted
-            # styles (real data) that metric is undefined, and the test products suffice.
-            rows=table.row_ids if (table.styles != "").any() else test_rows,
-            queries=test_rows,
-            triplets=sample_triplets(test, 1, streams["heldout"]),
-            fitb=fitb_rows(table, self.source.fitb(), f"{self.source.root}/{self.source.fitb_file}"),
-            outfits=outfits,
-            fake_outfits=fakes,
-        )
+            training = OutfitIndex(table, "train", classes, "the training outfits")
+            self.train_triplets = sample_triplets(training, self.triplets_per_outfit, self._stream("train"))
+            self.val_triplets = np.empty((0, 3), dtype=np.int64)
+            if held:
+                validation = OutfitIndex(table, "train", held, "the validation outfits")
+                self.val_triplets = sample_triplets(validation, self.triplets_per_outfit, self._stream("val_triplets"))
+        self.evaluation = held_out_sets(table, self.source, self.seed)
         log.info(
             f"{len(store)} products; {len(self.train_triplets)} train / {len(self.val_triplets)} val triplets; "
             f"{len(self.evaluation.triplets)} held-out test triplets"

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -23,14 +23,20 @@ log = logging.getLogger(__name__)
 
 
 class OutfitIndex:
-    """The outfits of one split and, per category, the products that can serve as negatives."""
+    """The outfits of one split (or of a subset of its outfits) and, per category, the products that can serve as negatives.
 
-    def __init__(self, table: ProductTable, split: str):
+    Negatives are drawn from the same outfits as anchors and positives, so an index over the training
+    outfits alone never lets a validation product into training.
+    """
+
+    def __init__(self, table: ProductTable, split: str, outfits: Collection[str] | None = None, name: str | None = None):
+        self.name = name or f"split {split!r}"
         rows = table.rows_in_split(split)
+        if outfits is not None:
+            rows = rows[np.array([g in outfits for g in table.groups[rows]], dtype=bool)]
         if len(rows) == 0:
-            raise CtlError(f"the product store has no products in split {split!r}")
+            raise CtlError(f"the product store has no products in {self.name}")
         self.table = table
-        self.split = split
         self.outfits: dict[str, np.ndarray] = {}
         for group, row in zip(table.groups[rows], rows):
             self.outfits.setdefault(group, []).append(row)  # type: ignore[arg-type]
@@ -51,38 +57,50 @@ class OutfitIndex:
                 return row
         others = pool[self.table.groups[pool] != outfit]
         if len(others) == 0:
-            raise CtlError(f"category {category!r} occurs only in outfit {outfit} of split {self.split!r}: no negative is possible")
+            raise CtlError(f"category {category!r} occurs only in outfit {outfit} of {self.name}: no negative is possible")
         return int(others[rng.integers(len(others))])
 
 
 def sample_triplets(index: OutfitIndex, per_outfit: int, rng: np.random.Generator) -> np.ndarray:
-    """``[T, 3]`` row ids (anchor, positive, negative), ``per_outfit`` per outfit of two or more categories."""
-    lonely = [c for c, n in index._outfits_per_category().items() if n < 2]
+    """``[T, 3]`` row ids (anchor, positive, negative), ``per_outfit`` per outfit that can form one.
+
+    A category found in a single outfit has no negative, so its products are never positives (they
+    can still anchor). A small validation subset often has such categories; the random draws are
+    the same as without this rule whenever every category occurs in two outfits.
+    """
+    lonely = {c for c, n in index._outfits_per_category().items() if n < 2}
     if lonely:
-        raise CtlError(f"categories {lonely} occur in a single outfit of split {index.split!r}: no negative is possible for them")
+        log.info(f"categories {sorted(lonely)} occur in a single outfit of {index.name}: never positives, having no negative")
     categories = index.table.categories
     triplets = []
     for outfit, rows in index.outfits.items():
-        if len(set(categories[rows])) < 2:
+        can_pair = np.array([c not in lonely for c in categories[rows]], dtype=bool)
+        anchors = rows[[bool((can_pair & (categories[rows] != c)).any()) for c in categories[rows]]]
+        if len(anchors) == 0:
             continue
         for _ in range(per_outfit):
-            anchor = int(rows[rng.integers(len(rows))])
-            candidates = rows[categories[rows] != categories[anchor]]
+            anchor = int(anchors[rng.integers(len(anchors))])
+            candidates = rows[can_pair & (categories[rows] != categories[anchor])]
             positive = int(candidates[rng.integers(len(candidates))])
             triplets.append((anchor, positive, index.negative(str(categories[positive]), outfit, rng)))
     if not triplets:
-        raise CtlError(f"no outfit of split {index.split!r} has two categories: no triplet can be formed")
+        raise CtlError(f"no outfit of {index.name} has two categories with negatives: no triplet can be formed")
     return np.asarray(triplets, dtype=np.int64)
 
 
-def split_by_outfit(triplets: np.ndarray, table: ProductTable, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Hold out ``fraction`` of the triplets for validation, whole anchor outfits at a time (no leakage)."""
-    if not 0 < fraction < 1:
-        return triplets, triplets[:0]
-    outfits = np.unique(table.groups[triplets[:, 0]])
-    held = set(rng.choice(outfits, size=max(1, int(round(fraction * len(outfits)))), replace=False))
-    is_val = np.array([g in held for g in table.groups[triplets[:, 0]]])
-    return triplets[~is_val], triplets[is_val]
+def split_supplied(triplets: np.ndarray, is_validation: np.ndarray, origin: str) -> tuple[np.ndarray, np.ndarray]:
+    """User triplets -> (training, validation), given ``is_validation [N]`` per row id.
+
+    A triplet validates when its anchor is from a validation outfit and trains when none of its
+    products is; any other (say, a training anchor with a validation negative) would leak
+    validation products into training, so it is dropped and counted.
+    """
+    held = is_validation[triplets]
+    val, train = held[:, 0], ~held.any(axis=1)
+    mixed = int((~val & ~train).sum())
+    if mixed:
+        log.warning(f"{origin}: {mixed} triplets mix training and validation outfits; dropped them (of {len(triplets)})")
+    return triplets[train], triplets[val]
 
 
 def _rows_of(table: ProductTable, items: Sequence[CtlItem]) -> list[int | None]:

@@ -22,10 +22,19 @@ def position_lookup(row_ids: torch.Tensor, n_rows: int) -> torch.Tensor:
 
 
 def _gather(emb: torch.Tensor, position: torch.Tensor, rows) -> torch.Tensor:
-    idx = position[torch.as_tensor(np.asarray(rows), dtype=torch.long)]
+    rows = torch.as_tensor(np.asarray(rows), dtype=torch.long)
+    if (rows < 0).any():  # a -1 pad would index position[-1]: the last row of the store, silently
+        raise ValueError("a padded (-1) evaluation row was not masked")
+    idx = position[rows]
     if (idx < 0).any():
         raise ValueError("an evaluation row was not embedded")
     return emb[idx]
+
+
+def _gather_padded(emb: torch.Tensor, position: torch.Tensor, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings of ``rows`` padded with -1, and the mask of real entries (pads gather a real row, then mask)."""
+    valid = torch.as_tensor(rows >= 0)
+    return _gather(emb, position, np.where(rows >= 0, rows, rows.max())), valid
 
 
 def triplet_wins(emb: torch.Tensor, anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
@@ -42,25 +51,28 @@ def triplet_accuracy(emb: torch.Tensor, position: torch.Tensor, triplets: np.nda
 
 
 def _mean_cosine_to_set(emb: torch.Tensor, position: torch.Tensor, items: np.ndarray, groups: np.ndarray) -> torch.Tensor:
-    """For each row i: mean cosine of ``items[i, j]`` to the valid (>= 0) entries of ``groups[i]``."""
-    valid = torch.as_tensor(groups >= 0)
-    g = _gather(emb, position, np.where(groups >= 0, groups, groups.max()))  # [n, L, D]
-    x = _gather(emb, position, items)  # [n, K, D]
+    """For each row i: mean cosine of ``items[i, j]`` to the valid (>= 0) entries of ``groups[i]``;
+    -inf for padded items, so they never rank above a real one."""
+    g, valid = _gather_padded(emb, position, groups)  # [n, L, D]
+    x, real = _gather_padded(emb, position, items)  # [n, K, D]
     sims = torch.einsum("nkd,nld->nkl", x, g) * valid[:, None, :]
-    return sims.sum(-1) / valid.sum(-1, keepdim=True).clamp(min=1)
+    scores = sims.sum(-1) / valid.sum(-1, keepdim=True).clamp(min=1)
+    return scores.masked_fill(~real, -float("inf"))
 
 
 def fitb_accuracy(emb: torch.Tensor, position: torch.Tensor, questions: np.ndarray, answers: np.ndarray) -> float:
-    """Pick the candidate with the highest mean cosine to the question items; right when it is index 0."""
+    """Share of questions whose answer 0 scores strictly above every other real answer (ties lose, as in
+    triplet accuracy: a model that scores all candidates alike must not look right); the score of a
+    candidate is its mean cosine to the question items."""
     emb = F.normalize(emb.float(), dim=1)
     scores = _mean_cosine_to_set(emb, position, answers, questions)
-    return float((scores.argmax(dim=1) == 0).float().mean())
+    return float((scores[:, 1:] < scores[:, :1]).all(dim=1).float().mean())
 
 
 def _outfit_scores(emb: torch.Tensor, position: torch.Tensor, outfits: np.ndarray) -> np.ndarray:
     """Mean pairwise cosine over the valid items of each outfit."""
-    valid = torch.as_tensor(outfits >= 0)
-    x = _gather(emb, position, np.where(outfits >= 0, outfits, outfits.max())) * valid[..., None]
+    x, valid = _gather_padded(emb, position, outfits)
+    x = x * valid[..., None]
     sims = torch.einsum("nkd,nld->nkl", x, x)
     n = valid.sum(1).float()
     pair_sum = (sims.sum((1, 2)) - (x * x).sum((1, 2))) / 2

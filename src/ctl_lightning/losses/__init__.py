@@ -3,7 +3,8 @@
 Every loss is called as ``loss(embeddings, labels, triplets)``: ``embeddings [U, D]`` of the batch's
 unique products, ``labels [U]`` their outfit class, ``triplets [B, 3]`` indices into ``embeddings``.
 Triplet losses use the triplets, class losses (SoftTriple) the labels, so either can be swapped in
-with ``loss=...`` and both are scored by the same metrics.
+with ``loss=...`` and both are scored by the same metrics. Only training outfits have a class (label
+>= 0), so a loss with ``uses_classes`` has no value on validation triplets.
 """
 
 from ctl_lightning.losses.softtriple import SoftTripleLoss

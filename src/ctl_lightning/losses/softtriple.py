@@ -7,8 +7,11 @@ filled in at run time from the training split), which is the price of that choic
 
 pytorch-metric-learning provides the loss. The paper's regulariser on the centers (weight tau) is
 added explicitly: pytorch-metric-learning only applies it when given one, and its own
-``SparseCentersRegularizer`` compares all ``(C*K)^2`` center pairs. The one here compares only the
-``C*K^2`` pairs within each class, which is the sum the paper defines.
+``SparseCentersRegularizer`` computes the similarities of all ``(C*K)^2`` center pairs. The one here
+computes only the ``C*K*(K-1)/2`` pairs within each class, which are all the paper's sum needs.
+
+Only training outfits are classes: validation and test products have label -1, so the loss cannot
+score them (``uses_classes``) and validation is measured by triplet accuracy alone.
 """
 
 from __future__ import annotations
@@ -16,12 +19,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning import losses
+from pytorch_metric_learning.reducers import DivisorReducer
 from pytorch_metric_learning.regularizers import BaseRegularizer
 from torch import nn
 
 
 class SameClassCentersRegularizer(BaseRegularizer):
-    """The paper's ``sum_j sum_{t<s} sqrt(2 + eps - 2 <w_j^t, w_j^s>)``, averaged over those pairs."""
+    """The paper's ``R = sum_j sum_{t<s} sqrt(2 + delta - 2 <w_j^t, w_j^s>) / (C*K*(K-1))``.
+
+    The divisor is twice the number of pairs, as in the paper and pytorch-metric-learning's
+    ``SparseCentersRegularizer`` (a ``DivisorReducer`` over the same pairs): half the mean over pairs.
+    """
 
     def __init__(self, num_classes: int, centers_per_class: int, **kwargs):
         super().__init__(**kwargs)
@@ -35,7 +43,12 @@ class SameClassCentersRegularizer(BaseRegularizer):
         centers = F.normalize(weights, dim=1).view(self.num_classes, self.centers_per_class, -1)
         sims = torch.einsum("ckd,cld->ckl", centers, centers)[:, self.pairs[0], self.pairs[1]].reshape(-1)
         reg = torch.sqrt(torch.clamp(2.0 + 1e-5 - 2.0 * sims, min=0.0))
-        return {"loss": {"losses": reg, "indices": torch.arange(len(reg), device=reg.device), "reduction_type": "element"}}
+        divisor = self.num_classes * self.centers_per_class * (self.centers_per_class - 1)
+        indices = torch.arange(len(reg), device=reg.device)
+        return {"loss": {"losses": reg, "indices": indices, "reduction_type": "element", "divisor": divisor}}
+
+    def get_default_reducer(self) -> DivisorReducer:
+        return DivisorReducer()
 
 
 class _FastSoftTriple(losses.SoftTripleLoss):
@@ -56,6 +69,8 @@ class _FastSoftTriple(losses.SoftTripleLoss):
 class SoftTripleLoss(nn.Module):
     """SoftTriple with the paper's defaults: lambda=20, gamma=0.1, tau=0.2, delta(margin)=0.01, K=10."""
 
+    uses_classes = True  # scores only products of training outfits (label >= 0)
+
     def __init__(self, num_classes: int, embedding_dim: int, centers_per_class: int = 10, la: float = 20.0,
                  gamma: float = 0.1, tau: float = 0.2, margin: float = 0.01):  # fmt: skip
         super().__init__()
@@ -75,4 +90,7 @@ class SoftTripleLoss(nn.Module):
         known = labels >= 0
         if not bool(known.all()):
             raise ValueError("SoftTriple needs an outfit class for every product of the batch (got label -1)")
-        return self.loss(embeddings, labels)
+        # In float32 even under bf16 autocast (trainer=gpu): the library casts the centers to the
+        # embeddings' dtype in place, and bf16 cosines near 1 step by 0.004, as coarse as delta=0.01.
+        with torch.autocast(embeddings.device.type, enabled=False):
+            return self.loss(embeddings.float(), labels)

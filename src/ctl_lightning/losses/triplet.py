@@ -18,6 +18,8 @@ class TripletLoss(nn.Module):
     all triplets, as in the seed, not pytorch-metric-learning's default mean over non-zero ones.
     """
 
+    uses_classes = False  # scores any triplet, validation ones included
+
     def __init__(self, margin: float = 0.2, distance: str = "squared_euclidean", normalize: bool = True):
         super().__init__()
         if distance not in DISTANCES:

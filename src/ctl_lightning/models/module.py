@@ -176,14 +176,17 @@ class CompatibilityModule(pl.LightningModule):
             row_ids = torch.from_numpy(test_rows)
             self.baseline = test_metrics(features, features, row_ids, sets)
 
-    def _triplet_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+    def _triplet_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor | None:
         embeddings = self.head(self.features(batch))
-        loss = self.loss(embeddings, batch["labels"], batch["triplets"])
+        n, on_step, sync = len(batch["triplets"]), stage == "train", stage != "train"
+        loss = None
+        # Validation outfits have no class (label -1): a class loss such as SoftTriple has no value on them.
+        if stage == "train" or not self.loss.uses_classes:
+            loss = self.loss(embeddings, batch["labels"], batch["triplets"])
+            self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=sync)
         with torch.no_grad():  # on the device: no host synchronization per step
             t = batch["triplets"]
             accuracy = triplet_wins(embeddings.detach(), t[:, 0], t[:, 1], t[:, 2]).float().mean()
-        n, on_step, sync = len(batch["triplets"]), stage == "train", stage != "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=sync)
         self.log(f"{stage}/triplet_accuracy", accuracy, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=n, sync_dist=sync)
         return loss
 
