@@ -1,4 +1,4 @@
-"""The embedded synthetic dataset: deterministic, in the real formats, with plausible outfits and planted styles."""
+"""The toy synthetic world: deterministic, in the real formats, with plausible outfits and planted styles."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from ctl_lightning.data.synthetic.styles import CTL_LABELS, STL_CATEGORY_PATHS
 
 ANNOTATIONS = ["ctl/raw_train.tsv", "ctl/raw_test.tsv", "ctl/fitb_test.json", "ctl/synthetic_styles.tsv",
                "stl/fashion.json", "stl/fashion-cat.json", "stl/synthetic_styles.tsv"]  # fmt: skip
-SMALL = ["--outfits", "60", "--scenes", "10", "--styles", "6"]
+SMALL = ["--outfits", "60", "--scenes", "10", "--styles", "6", "--world", "toy"]
 BOTTOMS = {"Pants", "Skirts", "Shorts"}
 
 
@@ -56,7 +56,7 @@ def test_same_seed_gives_byte_identical_annotations(dataset, tmp_path, capsys):
 
 
 def test_one_worker_and_several_give_the_same_dataset(dataset, tmp_path):
-    out = generate(SynthConfig(out=tmp_path / "one", seed=7, outfits=60, scenes=10, styles=6, workers=1))
+    out = generate(SynthConfig(out=tmp_path / "one", seed=7, outfits=60, scenes=10, styles=6, workers=1, world="toy"))
     for name in ANNOTATIONS:
         assert (dataset / name).read_bytes() == (out / name).read_bytes(), name
 
@@ -169,8 +169,9 @@ def test_styles_are_recorded(dataset, ctl):
 
 def test_is_complete_checks_version_and_settings(dataset):
     assert is_complete(dataset)
-    assert is_complete(dataset, SynthConfig(out=dataset, seed=7, outfits=60, scenes=10, styles=6))
-    assert not is_complete(dataset, SynthConfig(out=dataset, seed=7, outfits=60, scenes=300, styles=6))
+    assert is_complete(dataset, SynthConfig(out=dataset, seed=7, outfits=60, scenes=10, styles=6, world="toy"))
+    assert not is_complete(dataset, SynthConfig(out=dataset, seed=7, outfits=60, scenes=300, styles=6, world="toy"))
+    assert not is_complete(dataset, SynthConfig(out=dataset, seed=7, outfits=60, scenes=10, styles=6))  # the bench world
     assert not is_complete(dataset / "ctl")
 
 

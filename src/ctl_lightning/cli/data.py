@@ -21,7 +21,8 @@ from ctl_lightning.errors import CtlError
 def _synth(args: argparse.Namespace) -> None:
     from ctl_lightning.data.synthetic import SynthConfig, generate
 
-    out = generate(SynthConfig(out=Path(args.out), seed=args.seed, outfits=args.outfits, styles=args.styles, scenes=args.scenes))
+    out = generate(SynthConfig(out=Path(args.out), seed=args.seed, outfits=args.outfits, styles=args.styles, scenes=args.scenes,
+                               world=args.world, split=args.split, render=not args.annotations_only))  # fmt: skip
     print(f"synthetic dataset written to {out} (CTL in {out / 'ctl'}, STL in {out / 'stl'})")
 
 
@@ -79,8 +80,13 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("synth", help="write the synthetic dataset in the real CTL and STL formats")
     s.add_argument("--out", required=True, help="output folder (replaced atomically)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--outfits", type=int, default=2000, help="CTL outfits, train and test together")
-    s.add_argument("--styles", type=int, default=16, help="latent styles")
+    s.add_argument("--outfits", type=int, default=5000, help="CTL outfits, train and test together")
+    s.add_argument("--world", choices=("bench", "toy"), default="bench",
+                   help="bench: compatibility by attribute rules (the default); toy: one style per outfit")  # fmt: skip
+    s.add_argument("--split", choices=("nondisjoint", "disjoint"), default="nondisjoint",
+                   help="bench: disjoint test looks combine a hue and a scheme never seen in training")  # fmt: skip
+    s.add_argument("--annotations-only", action="store_true", help="write annotations and latent truth, no image")
+    s.add_argument("--styles", type=int, default=16, help="toy: latent styles")
     s.add_argument("--scenes", type=int, default=300, help="STL scenes")
     s.set_defaults(run=_synth)
     s = sub.add_parser("prepare", help="build (or check) the product store of a CTL or STL folder")

@@ -199,11 +199,14 @@ class StlSource(CtlSource):
 
 
 class _Synthetic:
-    """Mix-in: generate the synthetic dataset into ``root/seed<S>-outfits<N>`` when it is missing."""
+    """Mix-in: generate the synthetic dataset into a folder under ``root`` named by its settings when
+    it is missing. ``world``: ``bench`` (the default benchmark world, with its ``split``) or ``toy``."""
 
-    def __init__(self, root: str | Path, seed: int = 0, outfits: int = 2000, styles: int = 16, scenes: int = 300, **kwargs):
-        self.synth = SynthConfig(out=Path(root) / f"seed{seed}-outfits{outfits}-styles{styles}", seed=seed,
-                                 outfits=outfits, styles=styles, scenes=scenes)  # fmt: skip
+    def __init__(self, root: str | Path, seed: int = 0, outfits: int = 5000, styles: int = 16, scenes: int = 300,
+                 world: str = "bench", split: str = "nondisjoint", **kwargs):  # fmt: skip
+        name = f"seed{seed}-outfits{outfits}-styles{styles}" if world == "toy" else f"bench-{split}-seed{seed}-outfits{outfits}"
+        self.synth = SynthConfig(out=Path(root) / name, seed=seed, outfits=outfits, styles=styles, scenes=scenes,
+                                 world=world, split=split)  # fmt: skip
         super().__init__(self.synth.out / self.kind, **kwargs)  # type: ignore[call-arg]
 
     def ensure(self) -> None:

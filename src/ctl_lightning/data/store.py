@@ -93,6 +93,15 @@ def _decode(job: tuple[str, list, int]) -> tuple[str, np.ndarray | None, str]:
         return source, None, f"corrupt image ({type(error).__name__}: {error})"
 
 
+def by_image(specs: Sequence[ProductSpec]) -> dict[str, list[ProductSpec]]:
+    """Products grouped by image file, images in order of first appearance: each image is decoded
+    once, and a store's rows follow this order (minus products of unreadable images)."""
+    groups: dict[str, list[ProductSpec]] = {}
+    for spec in specs:
+        groups.setdefault(spec.source, []).append(spec)
+    return groups
+
+
 def fingerprint(specs: Sequence[ProductSpec], size: int) -> str:
     """Hash of what the store depends on: products, image file stats (size, mtime) and crop size."""
     digest = hashlib.sha256(f"store-v{STORE_VERSION}|size={size}".encode())
@@ -267,9 +276,7 @@ class ProductStore:
         if size < 8:
             raise CtlError(f"image size must be at least 8 px, got {size}")
         start = time.perf_counter()
-        by_source: dict[str, list[ProductSpec]] = {}
-        for spec in specs:
-            by_source.setdefault(spec.source, []).append(spec)
+        by_source = by_image(specs)
         # Builds that crashed or were interrupted leave their temporary folders (as large as the
         # store); none can still be running, since builders hold the lock we hold.
         for stale in path.parent.glob(f".{path.name}.tmp-*"):

@@ -167,3 +167,52 @@ def render_item(category: str, style: Style, width: int, height: int, rng: np.ra
     rgb[rim & (mask > 0.5)] *= 0.6
     rgba = np.dstack([np.clip(rgb, 0, 255), mask * 255]).astype(np.uint8)
     return Image.fromarray(rgba, "RGBA")
+
+
+# Benchmark-world items: colours come from the item's attributes (hue, saturation, lightness), shapes
+# from its silhouette variant, and metal items show their stone on a gold or silver body.
+VARIANT_ASPECT = (1.0, 0.8, 1.25)  # each silhouette variant has its own proportions and detail
+METAL_RGB = {"gold": (212, 172, 64), "silver": (196, 200, 208)}
+
+
+def hls_rgb(hue: float, light: float, sat: float) -> np.ndarray:
+    import colorsys
+
+    return np.array(colorsys.hls_to_rgb(hue / 360.0, light, sat), dtype=np.float32) * 255
+
+
+def variant_size(category: str, variant: int, height: int) -> tuple[int, int]:
+    w, h = item_size(category, height)
+    return max(8, int(round(w * VARIANT_ASPECT[variant]))), h
+
+
+def _variant_detail(mask: np.ndarray, variant: int) -> np.ndarray:
+    """Where a variant's detail (a band or a placket of buttons) darkens the item."""
+    h, w = mask.shape
+    detail = np.zeros_like(mask)
+    if variant == 1:
+        detail[int(0.3 * h) : int(0.3 * h) + max(1, h // 10), :] = 1
+    elif variant == 2:
+        yy, xx = np.mgrid[0:h, 0:w]
+        detail[(np.abs(xx - w / 2) < max(1, w // 16)) & ((yy // max(2, h // 8)) % 2 == 0)] = 1
+    return detail * (mask > 0.5)
+
+
+def render_attribute_item(category: str, item, width: int, height: int, rng: np.random.Generator) -> Image.Image:
+    """An RGBA image of a benchmark-world :class:`~ctl_lightning.data.synthetic.world.Item`."""
+    mask = silhouette(SILHOUETTE_OF[category], width, height, rng)
+    colour = hls_rgb(item.hue, item.light, item.sat)
+    if item.metal:  # a gold or silver body set with the item's colour in its pattern
+        main, second = np.array(METAL_RGB[item.metal], np.float32), colour
+    else:  # the pattern's second colour is the same hue, lighter or darker: it adds shape, not colour
+        main, second = colour, hls_rgb(item.hue, item.light + (0.3 if item.light < 0.5 else -0.3), item.sat)
+    period = (0.18 if item.large_pattern else 0.08) * max(width, height) * rng.uniform(0.85, 1.15)
+    blend = pattern_mask(item.pattern, width, height, max(period, 3.0), rng.uniform(0, 1))
+    rgb = main * (1 - blend[..., None]) + second * blend[..., None]
+    rgb = rgb * texture_shading(item.texture, width, height, rng)[..., None]
+    rgb[_variant_detail(mask, item.silhouette) > 0] *= 0.55
+    rgb += rng.normal(0, 4, size=rgb.shape).astype(np.float32)
+    mask_image = Image.fromarray((mask * 255).astype(np.uint8))
+    rim = (np.asarray(mask_image.filter(ImageFilter.MinFilter(3)), dtype=np.float32) / 255.0) < 0.5
+    rgb[rim & (mask > 0.5)] *= 0.6
+    return Image.fromarray(np.dstack([np.clip(rgb, 0, 255), mask * 255]).astype(np.uint8), "RGBA")

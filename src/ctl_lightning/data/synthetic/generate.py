@@ -19,7 +19,12 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ctl_lightning.data.formats.ctl import RAW_FIELDS, product_key
-from ctl_lightning.data.synthetic.drawing import item_size, render_item
+from ctl_lightning.data.synthetic import benchmark, world
+from ctl_lightning.data.synthetic.drawing import (
+    item_size,
+    render_attribute_item,
+    render_item,
+)
 from ctl_lightning.data.synthetic.styles import (
     CTL_LABELS,
     STL_CATEGORY_PATHS,
@@ -30,7 +35,7 @@ from ctl_lightning.errors import CtlError
 from ctl_lightning.io import replace_dir, temporary_sibling, write_json
 
 MANIFEST = "synthetic.json"
-GENERATOR_VERSION = 2  # bump when the output changes, so that cached datasets are regenerated
+GENERATOR_VERSION = 3  # bump when the output changes, so that cached datasets are regenerated
 
 # The real header is separated by spaces, the rows by tabs; the synthetic files keep that quirk.
 RAW_HEADER = "image_signature bounding_x  bounding_y  bounding_width  bounding_height label"
@@ -43,12 +48,15 @@ ACCESSORY_WEIGHTS = np.array([0.34, 0.18, 0.14, 0.13, 0.1, 0.11])
 class SynthConfig:
     out: Path
     seed: int = 0
-    outfits: int = 2000
+    outfits: int = 5000
     test_fraction: float = 0.2
     styles: int = 16
     canvas: int = 320
     scenes: int = 300
     workers: int = 0  # 0: one per core
+    world: str = "bench"  # bench: attribute rules with headroom; toy: one latent style per outfit
+    split: str = "nondisjoint"  # bench only; disjoint: test looks combine hue and scheme unseen in training
+    render: bool = True  # False: annotations only (no images), for figures computed from the latent truth
 
 
 def compose_outfit(rng: np.random.Generator) -> list[str]:
@@ -98,8 +106,12 @@ def _init_worker(styles: list[Style]) -> None:
     _STYLES[:] = styles
 
 
-def _render_outfit(job: tuple[int, int, int, str]) -> tuple[str, int, list[tuple[str, tuple[float, ...]]]]:
-    """Draw outfit ``index`` into ``images_dir``; returns its signature, style and ``(label, box)`` rows."""
+Row = tuple[str, tuple[float, ...], str, "benchmark.PlannedItem | None", "world.Look | None"]
+
+
+def _render_outfit(job) -> tuple[str, list[Row]]:
+    """Draw toy outfit ``index`` into ``images_dir``; returns its signature and
+    ``(label, box, style, None, None)`` rows."""
     seed, index, canvas, images_dir = job
     rng = np.random.default_rng([seed, 1, index])
     signature = _signature(rng)
@@ -111,18 +123,67 @@ def _render_outfit(job: tuple[int, int, int, str]) -> tuple[str, int, list[tuple
         x, y, w, h = _place(category, cell, rng)
         item = render_item(category, style, w, h, rng)
         image.paste(item, (x, y), item)
-        rows.append((category, (x / canvas, y / canvas, w / canvas, h / canvas)))
-    image.save(Path(images_dir) / f"{signature}.jpg", quality=90)
-    return signature, style.index, rows
+        rows.append((category, (x / canvas, y / canvas, w / canvas, h / canvas), str(style.index), None, None))
+    if images_dir:
+        image.save(Path(images_dir) / f"{signature}.jpg", quality=90)
+    return signature, rows
 
 
-def _render_scene(job: tuple[int, int, int, str]) -> tuple[str, int, list[tuple[str, str, tuple[float, ...]]]]:
-    """Draw STL scene ``index`` and a catalogue shot of each product in it."""
+def _bench_outfit(job) -> tuple[str, list[Row]]:
+    """Plan (and, when ``images_dir`` is set, draw) benchmark outfit ``index``; test outfits take the
+    test looks of the split and hold no off-look item."""
+    seed, index, canvas, images_dir, is_test, split = job
+    rng = np.random.default_rng([seed, 1, index])
+    signature = _signature(rng)
+    pairs = world.combos(split, "test" if is_test else "train")
+    look = world.sample_look(rng, pairs)
+    categories = compose_outfit(rng)
+    plan = benchmark.plan_outfit(categories, _layout(len(categories), canvas, rng), look, rng, not is_test, pairs)
+    if images_dir:
+        draw_rng = np.random.default_rng([seed, 4, index])
+        benchmark.save_jpeg(benchmark.render(plan, canvas, draw_rng), Path(images_dir) / f"{signature}.jpg", draw_rng)
+    return signature, [(p.category, tuple(v / canvas for v in p.box), world.similarity_class(p.category, p.item), p, look)
+                       for p in plan.items]  # fmt: skip
+
+
+def _shot(item: Image.Image, path: Path) -> None:
+    """A catalogue shot: the product alone, centred on white."""
+    w, h = item.size
+    shot = Image.new("RGB", (int(max(w, h) * 1.15), int(max(w, h) * 1.15)), (255, 255, 255))
+    shot.paste(item, ((shot.width - w) // 2, (shot.height - h) // 2), item)
+    shot.save(path, quality=90)
+
+
+def _scene_categories(rng: np.random.Generator) -> list[str]:
+    return list(rng.choice(list(STL_CATEGORY_PATHS), size=int(rng.integers(2, 5)), replace=False))
+
+
+def _bench_scene(job) -> tuple[str, list[tuple[str, str, tuple[float, ...], str]]]:
+    """Draw benchmark STL scene ``index`` and a catalogue shot of each product in it."""
+    seed, index, canvas, root = job
+    rng = np.random.default_rng([seed, 2, index])
+    scene = _signature(rng)
+    look = world.sample_look(rng, world.combos("nondisjoint", "test"))
+    categories = _scene_categories(rng)
+    plan = benchmark.plan_outfit(categories, _layout(len(categories), canvas, rng), look, rng, False, [])
+    draw_rng = np.random.default_rng([seed, 5, index])
+    benchmark.save_jpeg(benchmark.render(plan, canvas, draw_rng), Path(root) / "scenes" / f"{scene}.jpg", draw_rng)
+    rows = []
+    for p in plan.items:
+        product = _signature(rng)
+        _shot(render_attribute_item(p.category, p.item, *p.size, draw_rng), Path(root) / "products" / f"{product}.jpg")
+        x, y, w, h = p.box
+        rows.append((product, p.category, (x / canvas, y / canvas, (x + w) / canvas, (y + h) / canvas), world.similarity_class(p.category, p.item)))
+    return scene, rows
+
+
+def _render_scene(job: tuple[int, int, int, str]) -> tuple[str, list[tuple[str, str, tuple[float, ...], str]]]:
+    """Draw toy STL scene ``index`` and a catalogue shot of each product in it."""
     seed, index, canvas, root = job
     rng = np.random.default_rng([seed, 2, index])
     scene = _signature(rng)
     style = _STYLES[int(rng.integers(len(_STYLES)))]
-    categories = list(rng.choice(list(STL_CATEGORY_PATHS), size=int(rng.integers(2, 5)), replace=False))
+    categories = _scene_categories(rng)
     background = tuple(int(v) for v in rng.integers(215, 245, size=3))
     image = Image.new("RGB", (canvas, canvas), background)
     rows = []
@@ -131,12 +192,10 @@ def _render_scene(job: tuple[int, int, int, str]) -> tuple[str, int, list[tuple[
         item = render_item(category, style, w, h, rng)
         image.paste(item, (x, y), item)
         product = _signature(rng)
-        shot = Image.new("RGB", (int(max(w, h) * 1.15), int(max(w, h) * 1.15)), (255, 255, 255))
-        shot.paste(item, ((shot.width - w) // 2, (shot.height - h) // 2), item)
-        shot.save(Path(root) / "products" / f"{product}.jpg", quality=90)
-        rows.append((product, category, (x / canvas, y / canvas, (x + w) / canvas, (y + h) / canvas)))
+        _shot(item, Path(root) / "products" / f"{product}.jpg")
+        rows.append((product, category, (x / canvas, y / canvas, (x + w) / canvas, (y + h) / canvas), str(style.index)))
     image.save(Path(root) / "scenes" / f"{scene}.jpg", quality=90)
-    return scene, style.index, rows
+    return scene, rows
 
 
 def _fmt(v: float) -> str:
@@ -159,13 +218,19 @@ def _write_ctl(root: Path, outfits, n_test: int, rng: np.random.Generator) -> No
     train, test = outfits[: len(outfits) - n_test], outfits[len(outfits) - n_test :]
     for name, part in (("raw_train.tsv", train), ("raw_test.tsv", test)):
         lines = [RAW_HEADER]
-        for signature, _, rows in part:
-            lines += ["\t".join([signature, *map(_fmt, box), label]) for label, box in rows]
+        for signature, rows in part:
+            lines += ["\t".join([signature, *map(_fmt, row[1]), row[0]]) for row in rows]
         _write_lines(root / name, lines)
-    styles = ["product_key\tstyle"]
-    for signature, style, rows in outfits:
-        styles += [f"{product_key(signature, box)}\t{style}" for _, box in rows]
+    styles, attributes = ["product_key\tstyle"], ["\t".join(benchmark.ATTRIBUTE_COLUMNS)]
+    for signature, rows in outfits:
+        for label, box, style, planned, look in rows:
+            key = product_key(signature, box)
+            styles.append(f"{key}\t{style}")
+            if planned is not None:
+                attributes.append(benchmark.attribute_line(key, planned, look))
     _write_lines(root / "synthetic_styles.tsv", styles)
+    if len(attributes) > 1:
+        _write_lines(root / benchmark.ATTRIBUTES_FILE, attributes)
     _write_lines(root / "fitb_test.json", [json.dumps(_fitb_questions(test, rng), indent=1)])
 
 
@@ -176,26 +241,26 @@ def _fitb_questions(outfits, rng: np.random.Generator) -> list[dict]:
         return dict(signature=signature, x=_fmt(box[0]), y=_fmt(box[1]), w=_fmt(box[2]), h=_fmt(box[3]), label=label)
 
     by_label: dict[str, list[tuple[int, dict]]] = {}
-    for o, (signature, _, rows) in enumerate(outfits):
-        for label, box in rows:
+    for o, (signature, rows) in enumerate(outfits):
+        for label, box, *_ in rows:
             by_label.setdefault(label, []).append((o, item(signature, label, box)))
     questions = []
-    for o, (signature, _, rows) in enumerate(outfits):
+    for o, (signature, rows) in enumerate(outfits):
         blank = int(rng.integers(len(rows)))
-        label, box = rows[blank]
+        label, box = rows[blank][:2]
         pool = [candidate for owner, candidate in by_label[label] if owner != o]
         if len(rows) < 2 or len(pool) < 3:
             continue
         wrong = [pool[i] for i in rng.choice(len(pool), size=3, replace=False)]
-        question = [item(signature, lb, bx) for k, (lb, bx) in enumerate(rows) if k != blank]
+        question = [item(signature, row[0], row[1]) for k, row in enumerate(rows) if k != blank]
         questions.append({"question": question, "answers": [item(signature, label, box), *wrong]})
     return questions
 
 
 def _write_stl(root: Path, scenes) -> None:
     fashion, categories, styles = [], {}, ["product\tstyle"]
-    for scene, style, rows in scenes:
-        for product, category, ltrb in rows:
+    for scene, rows in scenes:
+        for product, category, ltrb, style in rows:
             fashion.append(json.dumps({"product": product, "scene": scene, "bbox": [round(v, 7) for v in ltrb]}))
             categories[product] = STL_CATEGORY_PATHS[category]
             styles.append(f"{product}\t{style}")
@@ -217,7 +282,8 @@ def is_complete(out: Path, config: SynthConfig | None = None) -> bool:
         return False
     if config is None:
         return True
-    wanted = dict(seed=config.seed, outfits=config.outfits, styles=config.styles, canvas=config.canvas, scenes=config.scenes)
+    wanted = dict(seed=config.seed, outfits=config.outfits, styles=config.styles, canvas=config.canvas, scenes=config.scenes,
+                  world=config.world, split=config.split, rendered=config.render)  # fmt: skip
     return all(manifest.get(k) == v for k, v in wanted.items())
 
 
@@ -231,17 +297,27 @@ def generate(config: SynthConfig) -> Path:
         raise CtlError(f"--styles must be at least 2, got {config.styles}")
     if config.scenes < 1:
         raise CtlError(f"--scenes must be at least 1, got {config.scenes}")
+    if config.world not in ("bench", "toy"):
+        raise CtlError(f"world must be bench or toy, got {config.world!r}")
+    world.combos(config.split, "train")  # a bad split name fails here, before any drawing
     tmp = temporary_sibling(out)
     for sub in ("ctl/images", "stl/scenes", "stl/products"):
         (tmp / sub).mkdir(parents=True)
     workers = config.workers or max(1, os.cpu_count() or 1)
     styles = make_styles(config.styles, CTL_LABELS + tuple(STL_CATEGORY_PATHS), np.random.default_rng([config.seed, 0]))
-    ctl_jobs = [(config.seed, i, config.canvas, str(tmp / "ctl" / "images")) for i in range(config.outfits)]
-    outfits = _run(_render_outfit, ctl_jobs, styles, workers, "synthetic CTL collages")
     n_test = max(2, int(round(config.outfits * config.test_fraction)))
+    images = str(tmp / "ctl" / "images") if config.render else ""
+    if config.world == "bench":
+        jobs = [(config.seed, i, config.canvas, images, i >= config.outfits - n_test, config.split) for i in range(config.outfits)]
+        outfits = _run(_bench_outfit, jobs, styles, workers, "benchmark-world collages")
+    else:
+        jobs = [(config.seed, i, config.canvas, images) for i in range(config.outfits)]
+        outfits = _run(_render_outfit, jobs, styles, workers, "synthetic CTL collages")
     _write_ctl(tmp / "ctl", outfits, n_test, np.random.default_rng([config.seed, 3]))
-    stl_jobs = [(config.seed, i, config.canvas, str(tmp / "stl")) for i in range(config.scenes)]
-    _write_stl(tmp / "stl", _run(_render_scene, stl_jobs, styles, workers, "synthetic STL scenes"))
+    if config.render:
+        stl_jobs = [(config.seed, i, config.canvas, str(tmp / "stl")) for i in range(config.scenes)]
+        scene_fn = _bench_scene if config.world == "bench" else _render_scene
+        _write_stl(tmp / "stl", _run(scene_fn, stl_jobs, styles, workers, "synthetic STL scenes"))
     manifest = dict(
         generator_version=GENERATOR_VERSION,
         seed=config.seed,
@@ -250,6 +326,9 @@ def generate(config: SynthConfig) -> Path:
         styles=config.styles,
         canvas=config.canvas,
         scenes=config.scenes,
+        world=config.world,
+        split=config.split,
+        rendered=config.render,
         fields=list(RAW_FIELDS),
     )
     write_json(tmp / MANIFEST, manifest)
