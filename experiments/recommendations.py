@@ -51,7 +51,10 @@ def main() -> None:
     (HERE / "recommendations.json").write_text(json.dumps(record, indent=2) + "\n")
     a = agreement
     lines = [
-        "# Recommendations on the default synthetic data",
+        "# Recommendations on the toy synthetic world",
+        "",
+        "Measured on the toy world (`data=toy`), the default when this was written; on the benchmark world",
+        '"planted style" is replaced by attribute classes (see `benchmark_world.md`).',
         "",
         "Produced by `python experiments/recommendations.py` on the `make train` run of `experiments/training.py`",
         f"(`{record['run']}`). Agreement is measured with `python -m ctl_lightning.evaluation.recommendations RUN_DIR",

@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ctl_lightning.errors import CtlError
+from ctl_lightning.evaluation.ceilings import oracle_metrics
 from ctl_lightning.reporting import log_recommendation_grid, print_metric_table
 
 log = logging.getLogger(__name__)
@@ -65,10 +66,18 @@ def _finite_or_none(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def ceiling(datamodule: pl.LightningDataModule) -> dict[str, float]:
+    """The oracle's metrics on the run's held-out sets, where the data knows its latent truth
+    (the benchmark world); the table then shows how far the model is from the task's ceiling."""
+    sets = getattr(datamodule, "evaluation", None)
+    return {} if sets is None else {f"oracle/{k}": v for k, v in oracle_metrics(sets, datamodule.source.root).items()}
+
+
 def report(cfg: DictConfig, trainer: pl.Trainer, tested: dict[str, Any], extra: dict[str, Any]) -> dict[str, float | None]:
     """Print the metric table, write ``metrics.json`` and the recommendation picture; return the metrics."""
     logged = {k: _finite_or_none(v) for k, v in tested.items()}
-    metrics: dict[str, float | None] = {f"{prefix}/{key}": logged.get(f"{prefix}/{key}") for prefix in ("test", "baseline") for key in TEST_KEYS}
+    metrics: dict[str, float | None] = {f"{prefix}/{key}": logged.get(f"{prefix}/{key}") for prefix in ("test", "baseline", "oracle")
+                                        for key in TEST_KEYS}  # fmt: skip
     metrics.update(extra)
     output_dir = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
@@ -87,6 +96,7 @@ def train(cfg: DictConfig) -> dict[str, float | None]:
     best_path = best.best_model_path if best is not None and best.best_model_path else None
     tested = trainer.test(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
     trainer.predict(model, datamodule=datamodule, ckpt_path=best_path, return_predictions=False)
+    tested.update(ceiling(datamodule) if trainer.is_global_zero else {})
     return report(cfg, trainer, tested, {"val/triplet_accuracy": best_val, "best_checkpoint": best_path, "epochs": trainer.current_epoch})
 
 
@@ -120,5 +130,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float | None]:
     tested = {}
     if datamodule.has_test_sets:
         tested = trainer.test(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, verbose=False)[0]
+        tested.update(ceiling(datamodule) if trainer.is_global_zero else {})
     trainer.predict(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, return_predictions=False)
     return report(cfg, trainer, tested, {"checkpoint": str(cfg.ckpt_path)})

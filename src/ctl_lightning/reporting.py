@@ -32,16 +32,25 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
+def _gain(trained: float | None, baseline: float | None) -> str:
+    if trained is None or baseline is None:
+        return "n/a"
+    # Similar products use backbone features: with a frozen backbone they are the baseline's own.
+    return "same features" if trained == baseline else f"{trained - baseline:+.4f}"
+
+
 def print_metric_table(metrics: dict, keys: Sequence[str]) -> None:
-    table = Table(title="Test metrics (baseline: pretrained backbone features, no training)")
-    table.add_column("metric")
-    table.add_column("trained", justify="right")
-    table.add_column("baseline", justify="right")
-    table.add_column("gain", justify="right")
+    """Trained against the untrained baseline and, where the data knows its latent truth, the
+    oracle: the task's ceiling, so that the room left is visible."""
+    has_oracle = any(metrics.get(f"oracle/{key}") is not None for key in keys)
+    title = "Test metrics (baseline: pretrained backbone features, no training"
+    table = Table(title=title + ("; oracle: the generator's likelihood on the true attributes)" if has_oracle else ")"))
+    for column in ("metric", "trained", "baseline", "gain", *(["oracle"] if has_oracle else [])):
+        table.add_column(column, justify="left" if column == "metric" else "right")
     for key in keys:
         trained, baseline = metrics.get(f"test/{key}"), metrics.get(f"baseline/{key}")
-        gain = None if trained is None or baseline is None else trained - baseline
-        table.add_row(NAMES.get(key, key), _fmt(trained), _fmt(baseline), "n/a" if gain is None else f"{gain:+.4f}")
+        oracle = [_fmt(metrics.get(f"oracle/{key}"))] if has_oracle else []
+        table.add_row(NAMES.get(key, key), _fmt(trained), _fmt(baseline), _gain(trained, baseline), *oracle)
     Console().print(table)
 
 
