@@ -132,6 +132,22 @@ def gates(summary: dict[str, dict[str, list[float]]]) -> list[tuple[str, bool, s
     return checks
 
 
+NOTES = """## Reading the table
+
+- The two splits share everything but the looks' hue and scheme, drawn from the same random streams:
+  rows that ignore colour (random scores, pattern, texture, silhouette) are identical across them.
+- `make train` is no worse on the disjoint split: its frozen features and linear head (the seed's
+  Linear-BatchNorm-Dropout-Linear) learn the relations shared by all categories (key, formality, motif)
+  more than the hue-and-scheme combinations, which is where the oracle's extra room lies.
+- The missing gate: `make train` reaches about 0.75, not 0.80. The seed's head is linear, and on this
+  world the per-role mappings of shape and pattern are not linear in ImageNet features: while
+  calibrating, the same features under the same triplets gave about 0.82 with a ReLU between the two
+  linear layers (nondisjoint seed 0). The world or the recipe has to change before that gate is met.
+- SoftTriple is measured separately (`--softtriple`; `benchmark_world_softtriple.md`): with one class
+  per training outfit it has 40,500 centers here, about 0.2-0.4 s a step on 2 CPU cores.
+"""
+
+
 def markdown(results: dict, args) -> str:
     seeds = " ".join(map(str, args.seeds))
     lines = ["# The benchmark world: ceilings, shortcuts and trained models", "",
@@ -148,7 +164,7 @@ def markdown(results: dict, args) -> str:
         lines += ["", "Gates (held-out triplet accuracy):", ""]
         lines += [f"- {'met' if ok else '**not met**'}: {gate}: {value}" for gate, ok, value in gates(summary)]
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n" + NOTES
 
 
 def main() -> None:
