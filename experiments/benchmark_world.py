@@ -143,8 +143,8 @@ NOTES = """## Reading the table
   world the per-role mappings of shape and pattern are not linear in ImageNet features: while
   calibrating, the same features under the same triplets gave about 0.82 with a ReLU between the two
   linear layers (nondisjoint seed 0). The world or the recipe has to change before that gate is met.
-- SoftTriple is measured separately (`--softtriple`; `benchmark_world_softtriple.md`): with one class
-  per training outfit it has 40,500 centers here, about 0.2-0.4 s a step on 2 CPU cores.
+- SoftTriple (`--softtriple`) is not in this table yet: with one class per training outfit it has
+  40,500 centers at the default size, 0.2-0.8 s a step on 2 CPU cores, about an hour for its row.
 """
 
 
