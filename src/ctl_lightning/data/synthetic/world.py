@@ -161,6 +161,10 @@ def _role_colour(look: Look, role: str) -> _Colour:
     return _Colour((look.base_hue + offset) % 360, SATURATION[look.formality], light)
 
 
+def _is_carrier(look: Look, role: str) -> bool:
+    return CARRIERS[look.carrier] == role
+
+
 def _motif_patterns(category: str) -> np.ndarray:
     """The pattern family that shows each motif in ``category``: a fixed permutation per role, so
     that a look's motif is stripes on a top but checks on a scarf (no shared pattern identity)."""
@@ -172,15 +176,12 @@ def _pattern_probs(look: Look, category: str) -> np.ndarray:
     probs = np.zeros(len(PATTERNS))
     role = ROLE[category]
     family = 1 + _motif_patterns(category)[look.pattern]
-    fidelity = LOUD_FIDELITY if CARRIERS[look.carrier] == role else QUIET_MOTIF
-    probs[0] = 0.0 if CARRIERS[look.carrier] == role else QUIET_SOLID
+    loud = _is_carrier(look, role)
+    fidelity = LOUD_FIDELITY if loud else QUIET_MOTIF
+    probs[0] = 0.0 if loud else QUIET_SOLID
     probs[family] += fidelity
     probs[1 : 1 + len(LOUD_PATTERNS)] += (1 - fidelity - probs[0]) / len(LOUD_PATTERNS)
     return probs
-
-
-def _is_carrier(look: Look, role: str) -> bool:
-    return CARRIERS[look.carrier] == role
 
 
 def _silhouette_probs(look: Look, category: str) -> np.ndarray:
