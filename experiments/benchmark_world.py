@@ -139,10 +139,10 @@ NOTES = """## Reading the table
 - `make train` is no worse on the disjoint split: its frozen features and linear head (the seed's
   Linear-BatchNorm-Dropout-Linear) learn the relations shared by all categories (key, formality, motif)
   more than the hue-and-scheme combinations, which is where the oracle's extra room lies.
-- The missing gate: `make train` reaches about 0.75, not 0.80. The seed's head is linear, and on this
-  world the per-role mappings of shape and pattern are not linear in ImageNet features: while
-  calibrating, the same features under the same triplets gave about 0.82 with a ReLU between the two
-  linear layers (nondisjoint seed 0). The world or the recipe has to change before that gate is met.
+- The missing gate: `make train` reaches about 0.75, not 0.80. The likely cause, still to be measured
+  with a committed command: the seed's head is linear, and on this world the per-role mappings of
+  shape and pattern are not linear in ImageNet features (an exploratory, uncommitted run with a ReLU
+  between the head's two layers did better). The world or the recipe has to change before that gate is met.
 - SoftTriple is opt-in (`--softtriple`): with one class per training outfit it has 40,500 centers at
   the default size, 0.2-0.8 s a step on 2 CPU cores. Its row, trained one epoch on the nondisjoint
   split, is in `benchmark_world_softtriple.md` (`--splits nondisjoint --softtriple --reuse-runs --out
