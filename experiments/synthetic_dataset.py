@@ -77,6 +77,8 @@ def markdown(record: dict) -> str:
 
 This is the old default world, kept for fast tests: a "same pattern" rule solves it (issue: benchmark
 world). The default is now the benchmark world, measured in `benchmark_world.md`.
+Every figure here is from one seed: they describe the toy world, they do not compare methods
+(`benchmark_world.md` does, as mean ± std over seeds).
 
 Produced by `{record["command"]}` (numbers below are from that run; rerun it to refresh them).
 Machine: {m["cpu"]}, {m["cores"]} cores, torch {m["torch"]}.
