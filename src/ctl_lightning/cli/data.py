@@ -1,6 +1,7 @@
-"""``ctl-data``: generate the synthetic dataset, build product stores, count categories.
+"""``ctl-data``: generate the synthetic dataset, fetch real images, build product stores, count categories.
 
     ctl-data synth --out DIR [--seed N] [--outfits N]
+    ctl-data download DIR [--limit N] [--rate 10] [--base-url URL] [--from-urls FILE]
     ctl-data prepare DIR [--size 64] [--on-error skip]
     ctl-data stats PATH
 """
@@ -15,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ctl_lightning.cli.errors import friendly_errors
+from ctl_lightning.data.image_urls import PINIMG_BASE_URL
 from ctl_lightning.errors import CtlError
 
 
@@ -26,17 +28,21 @@ def _synth(args: argparse.Namespace) -> None:
     print(f"synthetic dataset written to {out} (CTL in {out / 'ctl'}, STL in {out / 'stl'})")
 
 
+def _kind_of(folder: Path, kind: str) -> str:
+    """``ctl`` or ``stl``: as given, or told by the annotation files in ``folder``."""
+    if kind != "auto":
+        return kind
+    if (folder / "raw_train.tsv").is_file() or (folder / "raw_test.tsv").is_file():
+        return "ctl"
+    if (folder / "fashion.json").is_file():
+        return "stl"
+    raise CtlError(f"{folder}: neither raw_train.tsv/raw_test.tsv (CTL) nor fashion.json (STL) found; pass --kind")
+
+
 def _source_for(folder: Path, kind: str, on_error: str, store_dir: str | None):
     from ctl_lightning.data.sources import CtlSource, StlSource
 
-    if kind == "auto":
-        if (folder / "raw_train.tsv").is_file() or (folder / "raw_test.tsv").is_file():
-            kind = "ctl"
-        elif (folder / "fashion.json").is_file():
-            kind = "stl"
-        else:
-            raise CtlError(f"{folder}: neither raw_train.tsv/raw_test.tsv (CTL) nor fashion.json (STL) found; pass --kind")
-    if kind == "stl":
+    if _kind_of(folder, kind) == "stl":
         return StlSource(folder, on_error=on_error, store_dir=store_dir)
     train = "raw_train.tsv" if (folder / "raw_train.tsv").is_file() else "raw_test.tsv"
     test = "raw_test.tsv" if train == "raw_train.tsv" and (folder / "raw_test.tsv").is_file() else None
@@ -52,6 +58,45 @@ def _prepare(args: argparse.Namespace) -> None:
     print(f"product store {store.path}: {len(store)} products, {store.size} px, fingerprint {store.fingerprint}")
     for line in report.lines()[1:]:
         print(line)
+
+
+def _download(args: argparse.Namespace) -> None:
+    from ctl_lightning.data import image_urls
+    from ctl_lightning.data.download import FetchSettings, download
+
+    folder = Path(args.folder)
+    if args.from_urls:
+        targets = image_urls.url_list_targets(Path(args.from_urls), folder / "images")
+    elif _kind_of(folder, args.kind) == "stl":
+        targets = image_urls.stl_targets(folder, args.base_url, args.on_error)
+    else:
+        targets = image_urls.ctl_targets(folder, args.base_url, args.on_error)
+    settings = FetchSettings(concurrency=args.concurrency, rate=args.rate, timeout=args.timeout, retries=args.retries,
+                             backoff=args.backoff, verify=args.verify)  # fmt: skip
+    report = download(targets[: args.limit], settings)
+    report.save(folder / "download_report.json")
+    table = Table(title=f"{folder}: {report.total:,} images")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    for row in report.rows():
+        table.add_row(*row)
+    Console().print(table)
+    lost = len(report.failed) + len(report.missing)
+    if lost:
+        print(f"{lost:,} images did not arrive, each listed with its last error in {folder / 'download_report.json'}; "
+              "a rerun retries them, and `ctl-data prepare` leaves their products out")  # fmt: skip
+
+
+def _at_least(minimum: float, kind: type = int):
+    """An argparse type: a number of ``kind`` no smaller than ``minimum``."""
+
+    def parse(text: str):
+        value = kind(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
+        return value
+
+    return parse
 
 
 def _stats(args: argparse.Namespace) -> None:
@@ -97,6 +142,20 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--store-dir", default=None, help="where stores go (default: FOLDER/store)")
     s.add_argument("--workers", type=int, default=0, help="decoding processes (0: one per core)")
     s.set_defaults(run=_prepare)
+    s = sub.add_parser("download", help="fetch the images a CTL or STL folder names (or a list of URLs)")
+    s.add_argument("folder", help="CTL: writes images/; STL: products/ and scenes/; also download_report.json")
+    s.add_argument("--kind", choices=("auto", "ctl", "stl"), default="auto")
+    s.add_argument("--from-urls", metavar="FILE", help="a plain list of URLs instead, saved as FOLDER/images/<file name>")
+    s.add_argument("--base-url", default=PINIMG_BASE_URL, help="where signatures are served, as .../<s[0:2]>/<s[2:4]>/<s[4:6]>/<s>.jpg")
+    s.add_argument("--limit", type=_at_least(1), default=None, help="only the first N images (a sample)")
+    s.add_argument("--concurrency", type=_at_least(1), default=16, help="requests in flight")
+    s.add_argument("--rate", type=_at_least(0, float), default=10.0, help="requests per second, retries included (0: no limit)")
+    s.add_argument("--timeout", type=_at_least(0.001, float), default=30.0, help="seconds per request, first to last byte")
+    s.add_argument("--retries", type=_at_least(0), default=5, help="further attempts after a failure that may pass")
+    s.add_argument("--backoff", type=_at_least(0, float), default=1.0, help="seconds before the first retry, doubling each time")
+    s.add_argument("--verify", action="store_true", help="decode every image already present; fetch again those that fail")
+    s.add_argument("--on-error", choices=("raise", "skip"), default="raise", help="bad annotation rows: stop, or skip and count")
+    s.set_defaults(run=_download)
     s = sub.add_parser("stats", help="per-category counts of a CTL or STL annotation file")
     s.add_argument("path")
     s.add_argument("--on-error", choices=("raise", "skip"), default="raise")
