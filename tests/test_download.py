@@ -315,6 +315,20 @@ def test_a_run_killed_part_way_resumes_to_the_same_files(serve, tmp_path):
     assert json.loads((folder / "download_report.json").read_text())["present"] == len(kept)
 
 
+def test_an_interrupted_run_says_so_in_one_line(serve, tmp_path):
+    folder, images = ctl_folder(tmp_path, [f"image-{i}" for i in range(8)])
+    server = serve(images, {s: ["slow"] for s in images})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "ctl_lightning.cli.data", "download", str(folder), "--base-url", server.url, "--timeout", "5"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not server.log:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    err = process.communicate(timeout=30)[1].strip().splitlines()
+    assert process.returncode == 2 and len(err) == 1 and err[0].startswith("ctl-data: error: interrupted;"), err
+
+
 def test_stl_scenes_and_products_go_where_the_store_reads_them(serve, connections, tmp_path):
     folder = tmp_path / "stl"
     folder.mkdir()
@@ -350,6 +364,7 @@ def test_from_urls_fetches_a_plain_list(serve, connections, tmp_path):
         (lambda d: (d / "urls.txt").write_text("http://a/x/1.jpg\nhttp://b/y/1.jpg\n"), ["--from-urls", "URLS"],
          "urls.txt:2: http://b/y/1.jpg would overwrite http://a/x/1.jpg (line 1): both are named 1.jpg"),
         (lambda d: (d / "urls.txt").write_text("not a url\n"), ["--from-urls", "URLS"], "urls.txt:1: expected an http(s) URL"),
+        (lambda d: (d / "urls.txt").write_text("# escape\nhttp://a/x/..\n"), ["--from-urls", "URLS"], "urls.txt:2: expected"),
     ],
 )  # fmt: skip
 def test_bad_input_is_a_one_line_error(tmp_path, capsys, setup, argv, message):

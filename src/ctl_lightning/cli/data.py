@@ -73,7 +73,10 @@ def _download(args: argparse.Namespace) -> None:
         targets = image_urls.ctl_targets(folder, args.base_url, args.on_error)
     settings = FetchSettings(concurrency=args.concurrency, rate=args.rate, timeout=args.timeout, retries=args.retries,
                              backoff=args.backoff, verify=args.verify)  # fmt: skip
-    report = download(targets[: args.limit], settings)
+    try:
+        report = download(targets[: args.limit], settings)
+    except KeyboardInterrupt:
+        raise CtlError("interrupted; the images fetched so far are kept whole, and a rerun fetches the rest") from None
     report.save(folder / "download_report.json")
     table = Table(title=f"{folder}: {report.total:,} images")
     table.add_column("")

@@ -80,7 +80,11 @@ def stl_targets(folder: Path, base_url: str = PINIMG_BASE_URL, on_error: str = "
 
 
 def url_list_targets(path: Path, folder: Path) -> list[ImageTarget]:
-    """``--from-urls``: one URL per line (``#`` comments allowed), each saved under its file name."""
+    """``--from-urls``: one URL per line (``#`` comments allowed), each saved under its file name.
+
+    A name starting with a dot is refused: ``..`` would leave ``folder``, and hidden names are those of
+    temporary files.
+    """
     targets: dict[str, ImageTarget] = {}
     lines: dict[str, int] = {}
     for number, text in read_text_lines(path):
@@ -89,7 +93,7 @@ def url_list_targets(path: Path, folder: Path) -> list[ImageTarget]:
             continue
         parts = urlsplit(url)
         name = Path(unquote(parts.path)).name
-        if parts.scheme not in ("http", "https") or not parts.netloc or not name:
+        if parts.scheme not in ("http", "https") or not parts.netloc or not name or name.startswith("."):
             raise DataFormatError(path, number, f"expected an http(s) URL ending in a file name, got {url!r}")
         if name in targets and targets[name].url != url:
             raise DataFormatError(path, number, f"{url} would overwrite {targets[name].url} (line {lines[name]}): both are named {name}")
