@@ -65,7 +65,7 @@ class DownloadReport:
     total: int = 0
     fetched: int = 0
     present: int = 0
-    refetched: int = 0  # present but undecodable under --verify, fetched again
+    refetched: int = 0  # present but unreadable (its header; in full under --verify), fetched again
     bytes: int = 0
     requests: int = 0
     seconds: float = 0.0
