@@ -216,6 +216,7 @@ def test_every_recoverable_image_arrives_and_every_other_is_reported(serve, conn
     failed = {name: entry["reason"] for name, entry in report["failed"].items()}
     assert failed == {f"{signature(n)}.jpg": reason for n, (_, reason) in UNRECOVERABLE.items() if reason != "missing"}
     assert all(entry["error"] and entry["url"].startswith(server.url) for entry in report["failed"].values())
+    assert "Connection reset by peer" in report["failed"][f"{signature('always-reset')}.jpg"]["error"]
     assert (report["fetched"], report["present"]) == (len(good), 0)
     assert not leftovers(folder)
 

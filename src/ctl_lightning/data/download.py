@@ -83,7 +83,7 @@ class DownloadReport:
                 ("missing (404/410)", f"{len(self.missing):,}")]  # fmt: skip
         rows += [(f"failed after retries: {reason}", f"{n:,}") for reason, n in sorted(self.failed_by_reason().items())]
         speed = f"{self.fetched * per_second:,.1f} images/s, {self.bytes / 1e6 * per_second:,.2f} MB/s"
-        return rows + [("bytes", f"{self.bytes / 1e6:,.1f} MB"),
+        return rows + [("bytes", f"{self.bytes:,} ({self.bytes / 1e6:,.1f} MB)"),
                        ("rate", f"{speed} ({self.requests:,} requests in {self.seconds:,.1f} s)")]  # fmt: skip
 
     def save(self, path: Path) -> None:
@@ -173,7 +173,7 @@ async def _read_body(response: httpx.Response, max_bytes: int) -> bytes:
                 raise Failure("too large", f"body is over {max_bytes} bytes", retryable=False)
     except (httpx.RemoteProtocolError, httpx.ReadError) as error:
         of = f" of {expected}" if expected else ""
-        raise Failure("truncated body", f"connection ended after {len(body)}{of} bytes ({type(error).__name__}: {error})") from None
+        raise Failure("truncated body", f"connection ended after {len(body)}{of} bytes ({_describe(error)})") from None
     return bytes(body)
 
 
@@ -192,9 +192,20 @@ async def _get_image(client: httpx.AsyncClient, url: str, settings: FetchSetting
     except (asyncio.TimeoutError, httpx.TimeoutException):
         raise Failure("timeout", f"no complete response within {settings.timeout:g} s") from None
     except httpx.TransportError as error:
-        raise Failure("connection error", f"{type(error).__name__}: {error}") from None
+        raise Failure("connection error", _describe(error)) from None
     except httpx.RequestError as error:  # too many redirects, an undecodable Content-Encoding
-        raise Failure("bad response", f"{type(error).__name__}: {error}") from None
+        raise Failure("bad response", _describe(error)) from None
+
+
+def _describe(error: BaseException) -> str:
+    """``ReadError: [Errno 104] Connection reset by peer``: httpx's errors often carry no text, their causes do."""
+    cause = error
+    for _ in range(8):  # a chain is short; the bound guards against a cycle
+        inner = cause.__cause__ or cause.__context__
+        if str(cause) or inner is None:
+            break
+        cause = inner
+    return f"{type(error).__name__}: {cause}"
 
 
 def _delay(failure: Failure, attempt: int, settings: FetchSettings) -> float:
