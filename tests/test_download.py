@@ -366,6 +366,8 @@ def test_from_urls_fetches_a_plain_list(serve, connections, tmp_path):
          "urls.txt:2: http://b/y/1.jpg would overwrite http://a/x/1.jpg (line 1): both are named 1.jpg"),
         (lambda d: (d / "urls.txt").write_text("not a url\n"), ["--from-urls", "URLS"], "urls.txt:1: expected an http(s) URL"),
         (lambda d: (d / "urls.txt").write_text("# escape\nhttp://a/x/..\n"), ["--from-urls", "URLS"], "urls.txt:2: expected"),
+        (lambda d: (d / "raw_test.tsv").write_text("../../escape\t0.1\t0.1\t0.5\t0.5\tShoes\n"), [],
+         "signature '../../escape' is not a plain file name"),
     ],
 )  # fmt: skip
 def test_bad_input_is_a_one_line_error(tmp_path, capsys, setup, argv, message):

@@ -51,9 +51,16 @@ def signature_url(base_url: str, signature: str) -> str:
 
 
 def _by_signature(signatures: Iterable[str], base_url: str, folder: Path) -> list[ImageTarget]:
-    """One target per distinct signature, in order of first appearance."""
+    """One target per distinct signature, in order of first appearance.
+
+    A signature becomes a file name, so one that is not a plain name (``../x``, ``a/b``, a hidden
+    name) is refused: a hostile annotation file must not write outside ``folder``.
+    """
     base_url = check_base_url(base_url)
     unique = dict.fromkeys(s.removesuffix(".jpg") for s in signatures)
+    for s in unique:
+        if not s or s.startswith(".") or "/" in s or "\\" in s:
+            raise CtlError(f"signature {s!r} is not a plain file name; refusing to write it under {folder}")
     return [ImageTarget(signature_url(base_url, s), folder / f"{s}.jpg") for s in unique]
 
 
