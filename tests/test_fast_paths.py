@@ -30,14 +30,21 @@ def _training_losses(data_dir, tmp_path, *overrides: str) -> tuple[list[float], 
     return recorder.losses, model
 
 
-def test_feature_cache_trains_exactly_like_recomputing_the_backbone(data_dir, tmp_path):
-    cached, cached_model = _training_losses(data_dir, tmp_path / "cached", "model.feature_cache=true")
-    direct, direct_model = _training_losses(data_dir, tmp_path / "direct", "model.feature_cache=false")
+@pytest.mark.parametrize("stages", [0, 1])
+def test_feature_cache_trains_exactly_like_recomputing_the_backbone(data_dir, tmp_path, stages):
+    """Head only (the cache holds pooled features) and last stage trained (it holds the trunk's maps)."""
+    recipe = f"model.trainable_stages={stages}"
+    cached, cached_model = _training_losses(data_dir, tmp_path / "cached", "model.feature_cache=true", recipe)
+    direct, direct_model = _training_losses(data_dir, tmp_path / "direct", "model.feature_cache=false", recipe)
     assert cached_model.cached_features is not None and direct_model.cached_features is None
+    assert cached_model.cached_features.dim() == (4 if stages else 2)
     assert len(cached) == len(direct) > 10
     np.testing.assert_allclose(cached, direct, atol=1e-5, rtol=0)
-    for (name, a), (_, b) in zip(cached_model.head.state_dict().items(), direct_model.head.state_dict().items()):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=0, msg=name)
+    trained = [(n, p) for n, p in cached_model.named_parameters() if p.requires_grad and not n.startswith("loss")]
+    assert any(n.startswith("backbone") for n, _ in trained) == bool(stages)
+    direct_parameters = dict(direct_model.named_parameters())
+    for name, value in trained:
+        torch.testing.assert_close(value, direct_parameters[name], atol=1e-4, rtol=0, msg=name)
 
 
 def test_feature_cache_is_automatic_only_when_it_is_exact():

@@ -46,3 +46,28 @@ def test_unset_image_size_needs_a_model_to_ask(tmp_path):
         datamodule.resolved_image_size
     with pytest.raises(CtlError, match="feature_cache"):
         _module(feature_cache="sometimes")
+
+
+@pytest.mark.parametrize("backbone, stages, first_tail", [("tf_efficientnet_lite0", 1, "blocks.6"), ("resnet18", 2, "layer3")])
+def test_the_last_stages_train_on_the_frozen_trunks_output(backbone, stages, first_tail):
+    module = _module(backbone=backbone, trainable_stages=stages, input_size=64)
+    assert module.tail[0] == first_tail and module.trunk[-1] != first_tail
+    trainable = {n.split(".")[0] + "." + n.split(".")[1] if n.startswith("blocks") else n.split(".")[0]
+                 for n, p in module.backbone.named_parameters() if p.requires_grad}  # fmt: skip
+    assert first_tail in trainable and not trainable & set(module.trunk)
+    module.train()
+    assert module.backbone.get_submodule(first_tail).training and not module.backbone.get_submodule(module.trunk[0]).training
+    module.eval()
+    images = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8)
+    x = module.preprocess(images)
+    # The cached trunk output run through the tail gives the backbone's own features.
+    assert torch.allclose(module.trainable_features(module.frozen_features(x)), module.backbone(x), atol=1e-5)
+
+
+def test_trainable_stages_are_checked():
+    with pytest.raises(CtlError, match="the backbone has 7 stages"):
+        _module(trainable_stages=8)
+    with pytest.raises(CtlError, match="needs model.freeze_backbone=true"):
+        _module(trainable_stages=1, freeze_backbone=False)
+    with pytest.raises(CtlError, match="not its stages in order"):
+        _module(backbone="vit_tiny_patch16_224", trainable_stages=1)

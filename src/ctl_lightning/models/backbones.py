@@ -20,7 +20,7 @@ import torch
 from huggingface_hub import constants as hf_constants
 from torch import nn
 
-from ctl_lightning.errors import PretrainedWeightsError
+from ctl_lightning.errors import CtlError, PretrainedWeightsError
 
 HUB_HOST = "huggingface.co"
 
@@ -113,3 +113,52 @@ def create_backbone(name: str, pretrained: bool = True, weights: str | None = No
     except Exception as error:  # noqa: BLE001 - network, cache and format errors all end the same way
         reason = f"they are not in the cache and {HUB_HOST} cannot be reached" if not online else str(error)
         raise PretrainedWeightsError(f"cannot load pretrained weights for {name!r}: {reason}; {fix}") from None
+
+
+# Children of a timm model that hold its stages in order (EfficientNet and ViT ``blocks``, ConvNeXt
+# ``stages``); ResNets name each stage ``layerN`` at the top level.
+STAGE_CONTAINERS = ("blocks", "stages")
+
+
+def split_after_stages(model: nn.Module, trainable_stages: int) -> tuple[list[str], list[str]]:
+    """Names of the modules that run ``model`` in order, split before its last ``trainable_stages`` stages.
+
+    The first list is the frozen trunk, whose output a feature cache can hold; the second is the tail
+    that trains (those stages and everything after them: the last convolutions, norms and pooling).
+    Running the two lists in order must give ``model(x)``: :func:`check_split` makes sure of it, since
+    not every architecture's ``forward`` is its children in order (a ViT adds position embeddings).
+    """
+    names: list[str] = []
+    stage_starts: list[int] = []
+    for name, child in model.named_children():
+        if name in STAGE_CONTAINERS and isinstance(child, nn.Sequential):
+            for index, _ in child.named_children():
+                stage_starts.append(len(names))
+                names.append(f"{name}.{index}")
+            continue
+        if name.startswith("layer") and name[5:].isdigit():
+            stage_starts.append(len(names))
+        names.append(name)
+    if not 1 <= trainable_stages <= len(stage_starts):
+        raise CtlError(f"model.trainable_stages={trainable_stages}: the backbone has {len(stage_starts)} stages")
+    cut = stage_starts[-trainable_stages]
+    return names[:cut], names[cut:]
+
+
+def run_modules(model: nn.Module, names: list[str], x: torch.Tensor) -> torch.Tensor:
+    for name in names:
+        x = model.get_submodule(name)(x)
+    return x
+
+
+@torch.no_grad()
+def check_split(model: nn.Module, trunk: list[str], tail: list[str], input_size: int, backbone: str) -> None:
+    """Refuse a split whose two halves do not reproduce the whole model (one-line error, not wrong features)."""
+    was_training = model.training
+    model.eval()
+    x = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+    whole, parts = model(x), run_modules(model, tail, run_modules(model, trunk, x))
+    model.train(was_training)
+    if whole.shape != parts.shape or not torch.allclose(whole, parts, atol=1e-4, rtol=1e-4):
+        raise CtlError(f"model.trainable_stages: {backbone}'s forward is not its stages in order; use 0 (frozen) "
+                       "or model.freeze_backbone=false")  # fmt: skip

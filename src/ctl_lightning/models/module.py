@@ -6,6 +6,8 @@ Beyond the paper's recipe this module:
 * with a frozen backbone and no augmentation, computes backbone features of every product once at
   the start of fit and trains the head on them (``feature_cache``); the seed recomputed them for
   every image of every epoch;
+* can let the frozen backbone's last stages learn (``trainable_stages``): the cache then holds the
+  frozen trunk's output, and those stages train on it;
 * measures the untrained baseline at the start of fit with the same metrics as the test, and keeps
   it in the checkpoint;
 * saves the global random state in checkpoints, so a resumed run continues exactly like an
@@ -28,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ctl_lightning.errors import CtlError
 from ctl_lightning.evaluation.metrics import test_metrics, triplet_wins
-from ctl_lightning.models.backbones import create_backbone
+from ctl_lightning.models.backbones import check_split, create_backbone, run_modules, split_after_stages
 from ctl_lightning.models.heads import EmbeddingHead
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,7 @@ class CompatibilityModule(pl.LightningModule):
         pretrained: bool = True,
         weights: str | None = None,
         freeze_backbone: bool = True,
+        trainable_stages: int = 0,
         hidden_dim: int = 256,
         embedding_dim: int = 128,
         dropout: float = 0.4,
@@ -87,8 +90,18 @@ class CompatibilityModule(pl.LightningModule):
         self.augment = augment
         self.feature_cache = feature_cache
         self.embed_batch_size = embed_batch_size
+        if trainable_stages and not freeze_backbone:
+            raise CtlError("model.trainable_stages needs model.freeze_backbone=true (false already trains every stage)")
+        # With trainable_stages, the backbone runs as a frozen trunk then a trainable tail (module names).
+        self.trunk: list[str] = []
+        self.tail: list[str] = []
+        if trainable_stages:
+            self.trunk, self.tail = split_after_stages(self.backbone, trainable_stages)
+            check_split(self.backbone, self.trunk, self.tail, self.input_size, backbone)
         if freeze_backbone:
             self.backbone.requires_grad_(False)
+        for name in self.tail:
+            self.backbone.get_submodule(name).requires_grad_(True)
         self.cached_features: torch.Tensor | None = None
         self._cache_source: str | None = None  # fingerprint of the store the cache was computed from
         self.baseline: dict[str, float] = {}
@@ -99,6 +112,8 @@ class CompatibilityModule(pl.LightningModule):
         super().train(mode)
         if self.freeze_backbone:
             self.backbone.eval()  # a frozen backbone keeps its BatchNorm statistics
+        for name in self.tail:
+            self.backbone.get_submodule(name).train(mode)
         return self
 
     def uses_feature_cache(self) -> bool:
@@ -115,29 +130,55 @@ class CompatibilityModule(pl.LightningModule):
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return x
 
+    def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the frozen part of the backbone gives: pooled features, or the trunk's feature maps
+        when the last stages train. This is what the feature cache holds."""
+        return run_modules(self.backbone, self.trunk, x) if self.tail else self.backbone(x)
+
+    def trainable_features(self, frozen: torch.Tensor) -> torch.Tensor:
+        return run_modules(self.backbone, self.tail, frozen) if self.tail else frozen
+
+    def backbone_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.freeze_backbone:
+            return self.backbone(x)
+        with torch.no_grad():
+            frozen = self.frozen_features(x)
+        return self.trainable_features(frozen)
+
     def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.preprocess(images)
-        if self.freeze_backbone:
-            with torch.no_grad():
-                return self.backbone(x)
-        return self.backbone(x)
+        return self.backbone_forward(self.preprocess(images))
 
     def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.cached_features is not None:
-            return self.cached_features[batch["row_ids"].to(self.cached_features.device)].to(self.device)
+            frozen = self.cached_features[batch["row_ids"].to(self.cached_features.device)].to(self.device)
+            return self.trainable_features(frozen)
         return self.backbone_features(batch["images"])
 
     @torch.no_grad()
-    def embed_store(self, store, rows: np.ndarray, description: str) -> torch.Tensor:
-        """Backbone features of ``rows`` of a product store, in chunks, with a progress bar."""
-        was_training = self.backbone.training
-        self.backbone.eval()
+    def embed_store(self, store, rows: np.ndarray, description: str, frozen_only: bool = False) -> torch.Tensor:
+        """Backbone features of ``rows`` of a product store in eval mode, in chunks, with a progress bar;
+        ``frozen_only``: what the feature cache holds (see :meth:`frozen_features`)."""
+        was_training = self.training
+        self.eval()
         chunks = []
         for start in tqdm(range(0, len(rows), self.embed_batch_size), desc=description, unit="batch", leave=False):
             part = rows[start : start + self.embed_batch_size]  # store.read returns them in this order
-            chunks.append(self.backbone(self.preprocess(torch.from_numpy(store.read(part)))).float())
-        self.backbone.train(was_training and not self.freeze_backbone)
+            x = self.preprocess(torch.from_numpy(store.read(part)))
+            chunks.append((self.frozen_features(x) if frozen_only else self.backbone_forward(x)).float())
+        self.train(was_training)
         return torch.cat(chunks)
+
+    @torch.no_grad()
+    def through_tail(self, frozen: torch.Tensor) -> torch.Tensor:
+        """Cached frozen features -> backbone features, in eval mode and in chunks."""
+        if not self.tail:
+            return frozen
+        was_training = self.training
+        self.eval()
+        out = torch.cat([self.trainable_features(frozen[i : i + self.embed_batch_size].to(self.device)).float()
+                         for i in range(0, len(frozen), self.embed_batch_size)])  # fmt: skip
+        self.train(was_training)
+        return out
 
     # ---------------------------------------------------------------------------------------- fit
     def _ensure_feature_cache(self) -> None:
@@ -149,7 +190,7 @@ class CompatibilityModule(pl.LightningModule):
         if self.cached_features is not None and self._cache_source != store.fingerprint:
             self.cached_features = None  # features of another store (e.g. predicting a second dataset)
         if self.cached_features is None and self.uses_feature_cache():
-            self.cached_features = self.embed_store(store, store.table.row_ids, "feature cache")
+            self.cached_features = self.embed_store(store, store.table.row_ids, "feature cache", frozen_only=True)
             self._cache_source = store.fingerprint
             log.info(f"feature cache: {tuple(self.cached_features.shape)} backbone features, computed once")
         if self.cached_features is not None:
@@ -170,7 +211,7 @@ class CompatibilityModule(pl.LightningModule):
         if not self.baseline:
             test_rows = np.sort(sets.rows)
             if self.cached_features is not None:
-                features = self.cached_features[torch.from_numpy(test_rows)]
+                features = self.through_tail(self.cached_features[torch.from_numpy(test_rows)])
             else:
                 features = self.embed_store(store, test_rows, "baseline features")
             row_ids = torch.from_numpy(test_rows)
