@@ -21,7 +21,7 @@ import torch
 
 from ctl_lightning.data.products import ProductTable
 from ctl_lightning.errors import CtlError
-from ctl_lightning.io import replace_dir, temporary_sibling, write_json
+from ctl_lightning.io import building, replace_dir, reserve, write_json
 
 log = logging.getLogger(__name__)
 
@@ -119,30 +119,32 @@ def write_catalog(path: Path, expected_rows: np.ndarray, shards: list[Shard], ta
     missing, repeated = int((counts == 0).sum()), int((counts > 1).sum())
     if missing or repeated:
         raise CtlError(f"{path}: {missing} products missing and {repeated} embedded more than once; catalog not written")
-    tmp = temporary_sibling(path)
-    header = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=np.float32, shape=(len(rows), dim))
-    offset = header.offset
-    del header  # only the header was written; the data follows in order
-    zero_vectors = 0
-    block = max(1, block_bytes // (4 * dim))
-    with open(tmp / "embeddings.npy", "r+b") as handle:
-        handle.seek(offset)
-        for start in range(0, len(rows), block):
-            stop = min(start + block, len(rows))
-            buffer = np.empty((stop - start, dim), dtype=np.float32)
-            for shard, pos in zip(shards, positions):
-                lo, hi = np.searchsorted(pos, [start, stop])
-                if hi > lo:
-                    buffer[pos[lo:hi] - start] = shard.read(int(lo), int(hi))
-            # An all-zero vector (e.g. a backbone's ReLU features of a nearly blank crop) cannot be
-            # normalized; it stays zero, scores 0 against everything, and is counted in the manifest.
-            zero_vectors += int((np.linalg.norm(buffer, axis=1) < 1e-6).sum())
-            handle.write(buffer.tobytes())
-    np.save(tmp / "row_ids.npy", rows)
-    table.write_tsv(tmp / "products.tsv", rows)
-    write_json(tmp / "manifest.json", {"format": "ctl-catalog", "version": CATALOG_VERSION, "count": len(rows),
-                                       "zero_vectors": zero_vectors, **manifest})  # fmt: skip
-    replace_dir(tmp, path)
+    data_bytes = len(rows) * dim * 4
+    with building(path, data_bytes) as tmp:
+        header = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=np.float32, shape=(len(rows), dim))
+        offset = header.offset
+        del header  # only the header was written; the data follows in order
+        reserve(tmp / "embeddings.npy", offset + data_bytes)
+        zero_vectors = 0
+        block = max(1, block_bytes // (4 * dim))
+        with open(tmp / "embeddings.npy", "r+b") as handle:
+            handle.seek(offset)
+            for start in range(0, len(rows), block):
+                stop = min(start + block, len(rows))
+                buffer = np.empty((stop - start, dim), dtype=np.float32)
+                for shard, pos in zip(shards, positions):
+                    lo, hi = np.searchsorted(pos, [start, stop])
+                    if hi > lo:
+                        buffer[pos[lo:hi] - start] = shard.read(int(lo), int(hi))
+                # An all-zero vector (e.g. a backbone's ReLU features of a nearly blank crop) cannot be
+                # normalized; it stays zero, scores 0 against everything, and is counted in the manifest.
+                zero_vectors += int((np.linalg.norm(buffer, axis=1) < 1e-6).sum())
+                handle.write(buffer.tobytes())
+        np.save(tmp / "row_ids.npy", rows)
+        table.write_tsv(tmp / "products.tsv", rows)
+        write_json(tmp / "manifest.json", {"format": "ctl-catalog", "version": CATALOG_VERSION, "count": len(rows),
+                                           "zero_vectors": zero_vectors, **manifest})  # fmt: skip
+        replace_dir(tmp, path)
     if zero_vectors:
         log.warning(f"{path}: {zero_vectors} products have an all-zero embedding (blank crops?); they match nothing")
     return path
