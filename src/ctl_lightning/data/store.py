@@ -30,7 +30,8 @@ from ctl_lightning.errors import CtlError
 from ctl_lightning.io import (
     building,
     exclusive_lock,
-        remove_leftovers,
+    read_json_object,
+    remove_leftovers,
     replace_dir,
     reserve,
     write_json,
@@ -95,6 +96,8 @@ def _decode(job: tuple[str, list, int]) -> tuple[str, np.ndarray | None, str]:
         return source, np.stack([crop_square(image, box, size) for box in boxes]), ""
     except FileNotFoundError:
         return source, None, "missing image"
+    except Image.DecompressionBombError as error:
+        return source, None, f"image too large ({error})"
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         return source, None, f"corrupt image ({type(error).__name__}: {error})"
 
@@ -227,17 +230,21 @@ class ProductStore:
 
     @classmethod
     def open(cls, path: str | Path) -> "ProductStore":
+        """The store at ``path``, checked against its manifest; a damaged one is a one-line error."""
         path = Path(path)
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
             raise CtlError(f"{path}: not a product store (no {MANIFEST}); run `ctl-data prepare`")
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = read_json_object(manifest_path, {"fingerprint": str, "size": int, "count": int, "report": dict})
+        if manifest["size"] < 8:
+            raise CtlError(f"{manifest_path}: size must be at least 8 px, got {manifest['size']}")
         table, row_ids = ProductTable.read_tsv(path / TABLE)
-        if not np.array_equal(row_ids, np.arange(len(table))):
-            raise CtlError(f"{path / TABLE}: row ids are not 0..{len(table) - 1} in order")
+        if not np.array_equal(row_ids, np.arange(len(table))) or len(table) != manifest["count"]:
+            raise CtlError(f"{path / TABLE}: row ids are not 0..{manifest['count'] - 1} in order")
         expected = len(table) * manifest["size"] ** 2 * 3
-        if (path / IMAGES).stat().st_size != expected:
-            raise CtlError(f"{path / IMAGES}: size does not match {len(table)} crops of {manifest['size']} px")
+        actual = (path / IMAGES).stat().st_size if (path / IMAGES).is_file() else None
+        if actual != expected:
+            raise CtlError(f"{path / IMAGES}: size does not match {len(table)} crops of {manifest['size']} px ({actual} bytes, expected {expected})")
         return cls(path, manifest, table)
 
     @classmethod
