@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ctl_lightning.config_checks import validate
 from ctl_lightning.errors import CtlError
 from ctl_lightning.evaluation.ceilings import oracle_metrics
 from ctl_lightning.reporting import log_recommendation_grid, print_metric_table
@@ -48,6 +49,7 @@ def _instantiate_dict(node: DictConfig | None) -> list:
 
 
 def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
+    validate(cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
