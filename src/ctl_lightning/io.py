@@ -27,6 +27,23 @@ log = logging.getLogger(__name__)
 # A write that fails with one of these means the disk (or the user's quota or file-size limit) is full.
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
+_held_locks: set[int] = set()  # descriptors of the locks this process holds
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child, before anything else runs: close its copies of the parent's lock
+    descriptors. A lock lasts while any copy is open, so a child that outlived a killed parent
+    would otherwise keep every later build waiting."""
+    for fd in _held_locks:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held_locks.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
 
 def pid_alive(pid: int) -> bool:
     try:
@@ -135,13 +152,13 @@ def exclusive_lock(target: Path) -> Iterator[None]:
     """Hold ``<target>.lock`` exclusively: one builder of ``target`` at a time.
 
     The holder writes its PID into the file, so a run that has to wait says at once which process it
-    waits for instead of blocking silently. The descriptor is close-on-exec and child processes are
-    spawned, not forked (:mod:`ctl_lightning.workers`), so no worker can keep the lock after its
-    parent is killed.
+    waits for instead of blocking silently. No child process keeps the lock: the descriptor is
+    close-on-exec, and forked children close their copy (:func:`_drop_inherited_locks`).
     """
     lock_path = target.with_name(target.name + ".lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    _held_locks.add(fd)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -154,4 +171,5 @@ def exclusive_lock(target: Path) -> Iterator[None]:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
+        _held_locks.discard(fd)
         os.close(fd)  # releases the lock

@@ -1,9 +1,11 @@
 """Process pools for long builds (the product store, the synthetic dataset) that a kill cannot wedge.
 
-Workers are spawned, not forked: a forked worker inherits every descriptor of its parent, the
-builder's lock included, and a worker orphaned by a killed parent blocks on its task pipe forever,
-holding that lock, so every later build waits silently. Spawned workers inherit no descriptor, and
-on Linux each asks the kernel to kill it when its parent dies. They ignore Ctrl-C, which the
+A worker orphaned by a killed parent used to block on its task pipe forever, holding the builder's
+lock descriptor it had inherited, so every later build waited silently. Now each worker asks the
+kernel to kill it when its parent dies (Linux), and a forked child closes its copies of held lock
+descriptors at once (:func:`ctl_lightning.io.exclusive_lock`). Workers are forked, not spawned: a
+spawned worker would first re-import the parent's main module (train.py imports torch and
+Lightning), seconds during which it could not yet die with its parent. They ignore Ctrl-C, which the
 parent handles by cancelling the jobs not yet started.
 """
 
@@ -24,7 +26,7 @@ def _die_with_parent(parent: int, initializer: Callable | None, initargs: tuple)
     prctl = getattr(ctypes.CDLL(None), "prctl", None)  # Linux only
     if prctl is not None:
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the request above was made
+    if os.getppid() != parent:  # the parent died before the request above took effect
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if initializer is not None:
@@ -49,7 +51,7 @@ def worker_pool(workers: int, initializer: Callable | None = None, initargs: tup
         return
     pool = ProcessPoolExecutor(
         max_workers=workers,
-        mp_context=multiprocessing.get_context("spawn"),
+        mp_context=multiprocessing.get_context("fork"),
         initializer=_die_with_parent,
         initargs=(os.getpid(), initializer, initargs),
     )

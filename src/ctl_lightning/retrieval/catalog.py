@@ -110,7 +110,7 @@ def _load_array(path: Path, dtype: type, shape: tuple[int, ...]) -> np.ndarray:
     except (OSError, ValueError, EOFError) as error:
         raise CtlError(f"{path}: not a readable .npy file ({error}); the catalog is damaged") from None
     if array.dtype != dtype or array.shape != shape:
-        raise CtlError(f"{path}: {array.dtype} {array.shape}, expected {np.dtype(dtype)} {shape} as the manifest says")
+        raise CtlError(f"{path}: {array.dtype} {array.shape}, but {path.parent / 'manifest.json'} says {np.dtype(dtype)} {shape}")
     return array
 
 
