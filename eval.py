@@ -3,8 +3,8 @@
     python eval.py ckpt_path=outputs/train/runs/<time>/checkpoints/last.ckpt
     python eval.py ckpt_path=... data=synthetic_stl      # catalogs of another product source
 
-The data, model and loss configs are those of the training run that wrote the checkpoint (read
-from its .hydra/config.yaml) unless given on the command line.
+The data, model and loss configs are those of the training run that wrote the checkpoint (carried
+by the checkpoint itself) unless given on the command line.
 """
 
 import hydra

@@ -143,9 +143,10 @@ def test_upload_query_names_the_upload_in_errors(tiny_run, tmp_path):
 
 @pytest.fixture()
 def foreign_run(tiny_run, tmp_path) -> Path:
-    """The tiny run's catalogs, with a model fingerprint that no checkpoint has."""
+    """The tiny run's catalogs and checkpoints, with a model fingerprint that no checkpoint has."""
     run = tmp_path / "foreign_run"
     shutil.copytree(tiny_run / "catalogs", run / "catalogs")
+    shutil.copytree(tiny_run / "checkpoints", run / "checkpoints")
     for kind in logic.CATALOG_KINDS:
         manifest_path = run / "catalogs" / kind / "manifest.json"
         manifest = json.loads(manifest_path.read_text())
@@ -280,8 +281,9 @@ def test_page_bad_upload_is_a_readable_error(tiny_run, monkeypatch, name, conten
 def test_page_catalog_of_another_model_is_a_readable_error(tiny_run, foreign_run, monkeypatch):
     data, _ = product_picture(Recommender(tiny_run))
     at = start_app(monkeypatch, "--run-dir", str(foreign_run))
-    at.text_input(key="product").input("3").run()  # product queries need no model: they still work
-    assert not at.exception and errors(at) == [] and images(block(at.main, "similar-grid"))
+    at.text_input(key="product").input("3").run()  # product queries check the model too
+    assert not at.exception
+    assert len(errors(at)) == 1 and "fingerprint does not match the model" in errors(at)[0]
     at.radio(key="query_mode").set_value("Upload an image").run()
     at.file_uploader(key="upload").upload("outfit.jpg", data, "image/jpeg").run()
     assert not at.exception

@@ -21,7 +21,7 @@ from ctl_lightning.data.formats import (
     read_stl_products,
 )
 from ctl_lightning.data.formats.ctl import group_outfits
-from ctl_lightning.errors import DataFormatError
+from ctl_lightning.errors import CtlError, DataFormatError
 
 CTL_TEST_LABELS = {
     "Shoes": 4623, "Handbags": 4248, "Shirts & Tops": 3985, "Pants": 2991, "Coats & Jackets": 2341,
@@ -203,7 +203,7 @@ def test_raw_all_rows_bad_is_an_error_even_with_skip(tmp_path):
 def test_missing_file_and_bad_policy(tmp_path):
     assert raise_message(read_ctl_raw, tmp_path / "nope.tsv") == f"{tmp_path / 'nope.tsv'}: file not found"
     path = write(tmp_path / "raw.tsv", [GOOD_ROW])
-    with pytest.raises(ValueError, match="on_error must be one of"):
+    with pytest.raises(CtlError, match="on_error must be one of"):
         read_ctl_raw(path, on_error="ignore")
 
 

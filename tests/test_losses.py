@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ctl_lightning.errors import CtlError
 from ctl_lightning.losses import SoftTripleLoss, TripletLoss
 from ctl_lightning.losses.softtriple import SameClassCentersRegularizer
 
@@ -38,7 +39,7 @@ def test_triplet_loss_is_zero_when_every_triplet_is_satisfied():
 
 
 def test_unknown_distance_is_rejected():
-    with pytest.raises(ValueError, match="loss.distance"):
+    with pytest.raises(CtlError, match="loss.distance"):
         TripletLoss(0.2, distance="manhattan")
 
 
@@ -88,7 +89,7 @@ def test_softtriple_centers_reach_the_optimizer_and_learn(batch):
 
 def test_softtriple_needs_a_class_for_every_product(batch):
     embeddings, labels, triplets = batch
-    with pytest.raises(ValueError, match="label -1"):
+    with pytest.raises(CtlError, match="label -1"):
         SoftTripleLoss(num_classes=4, embedding_dim=16)(embeddings, torch.full((9,), -1), triplets)
 
 

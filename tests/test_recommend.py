@@ -12,6 +12,7 @@ from PIL import Image
 
 from ctl_lightning.cli.recommend import main as recommend_main
 from ctl_lightning.evaluation.recommendations import style_agreement
+from ctl_lightning.retrieval.catalog import Catalog
 from ctl_lightning.retrieval.index import ExactIndex, FaissIndex
 from ctl_lightning.retrieval.recommend import Recommender
 
@@ -119,7 +120,8 @@ def test_bad_input_is_one_line_and_exit_code_2(tiny_run, tmp_path, capsys, argv,
 
 
 def test_missing_and_foreign_catalogs_are_rejected(tiny_run, tmp_path, capsys):
-    store = Path(json.loads((tiny_run / "catalogs" / "similar" / "manifest.json").read_text())["data"]["store"])
+    similar = Catalog.load(tiny_run / "catalogs" / "similar")
+    store = similar.resolve(similar.manifest["data"]["store"])  # relative to the run folder
     for catalog, message in ((tmp_path / "nothing", "no such catalog folder"), (store, "not a catalog")):
         with pytest.raises(SystemExit) as exit_info:
             _cli("similar", "--catalog", str(catalog), "--product", "1", "--out", str(tmp_path / "out"))

@@ -30,7 +30,7 @@ def _metrics(run_dir: Path) -> dict:
 
 def _assert_catalogs_cover_the_store(run_dir: Path) -> None:
     similar, compatible = Catalog.load(run_dir / "catalogs" / "similar"), Catalog.load(run_dir / "catalogs" / "compatible")
-    store = ProductStore.open(similar.manifest["data"]["store"])
+    store = ProductStore.open(similar.resolve(similar.manifest["data"]["store"]))
     for catalog in (similar, compatible):
         assert np.array_equal(catalog.row_ids, np.arange(len(store))), "every product exactly once, in row-id order"
         norms = np.linalg.norm(np.asarray(catalog.embeddings), axis=1)

@@ -18,8 +18,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ctl_lightning.errors import CtlError
+from ctl_lightning.config_checks import validate
 from ctl_lightning.evaluation.ceilings import oracle_metrics
+from ctl_lightning.models.checkpoint import (
+    CONFIG_GROUPS,
+    RunConfigInCheckpoint,
+    load_checkpoint,
+    saved_run_config,
+)
 from ctl_lightning.reporting import log_recommendation_grid, print_metric_table
 
 log = logging.getLogger(__name__)
@@ -48,6 +54,9 @@ def _instantiate_dict(node: DictConfig | None) -> list:
 
 
 def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
+    validate(cfg)
+    if cfg.get("ckpt_path"):
+        load_checkpoint(cfg.ckpt_path)  # a damaged checkpoint is found before any data is built
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
@@ -55,7 +64,8 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
                                                   embedding_dim=cfg.model.embedding_dim))  # fmt: skip
     model = instantiate(cfg.model, loss=loss, optimizer=instantiate(cfg.optimizer))
     loggers = _instantiate_dict(cfg.get("logger"))
-    trainer = instantiate(cfg.trainer, callbacks=_instantiate_dict(cfg.get("callbacks")), logger=loggers or False)
+    callbacks = [*_instantiate_dict(cfg.get("callbacks")), RunConfigInCheckpoint(cfg)]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(resolved_run_config(cfg))
     return datamodule, model, trainer
@@ -81,7 +91,7 @@ def report(cfg: DictConfig, trainer: pl.Trainer, tested: dict[str, Any], extra: 
     metrics.update(extra)
     output_dir = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         print_metric_table(metrics, TEST_KEYS)
         log_recommendation_grid(output_dir / "catalogs", trainer.loggers, cfg.get("recommendation_examples", 4), cfg.get("seed") or 0)
     return metrics
@@ -100,26 +110,23 @@ def train(cfg: DictConfig) -> dict[str, float | None]:
     return report(cfg, trainer, tested, {"val/triplet_accuracy": best_val, "best_checkpoint": best_path, "epochs": trainer.current_epoch})
 
 
-def with_training_config(cfg: DictConfig, groups: tuple[str, ...] = ("data", "model", "loss")) -> DictConfig:
-    """``cfg`` with the data/model/loss sections of the run that wrote ``cfg.ckpt_path``, except the
-    groups overridden on this command line. The model is not re-downloaded: the checkpoint holds
-    its weights (and the untrained baseline)."""
+def with_training_config(cfg: DictConfig, groups: tuple[str, ...] = CONFIG_GROUPS) -> DictConfig:
+    """``cfg`` with the data/model/loss sections of the run that wrote ``cfg.ckpt_path`` (carried by
+    the checkpoint itself), except the groups overridden on this command line. The model is not
+    re-downloaded: the checkpoint holds its weights (and the untrained baseline)."""
     checkpoint = Path(str(cfg.ckpt_path))
-    if not checkpoint.is_file():
-        raise CtlError(f"checkpoint {checkpoint} not found")
-    saved = checkpoint.parent.parent / ".hydra" / "config.yaml"
+    training = saved_run_config(load_checkpoint(checkpoint), checkpoint)
     overridden = set()
     if HydraConfig.initialized():
         overridden = {o.split("=")[0].lstrip("+~").split(".")[0] for o in HydraConfig.get().overrides.task}
     cfg = cfg.copy()
     with open_dict(cfg):
-        if saved.is_file():
-            training = OmegaConf.load(saved)
+        if training is not None:
             for group in groups:
                 if group not in overridden and group in training:
                     cfg[group] = training[group]
         else:
-            log.warning(f"{saved} not found: using this command line's data/model/loss configs")
+            log.warning(f"{checkpoint} carries no run config and has no .hydra/config.yaml beside its run: using this command line's data/model/loss configs")
         cfg.model.pretrained = False
         cfg.model.weights = None
     return cfg

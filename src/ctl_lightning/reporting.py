@@ -70,7 +70,7 @@ def log_recommendation_grid(catalog_dir: Path, loggers: Sequence, examples: int,
     pool = pool if len(pool) else np.arange(len(recommender))
     chosen = np.random.default_rng(seed).choice(pool, size=min(examples, len(pool)), replace=False)
     recs = [recommender.recommend_complementary(recommender.product_query(int(recommender.similar.row_ids[p])), k=5) for p in chosen]
-    path = render_recommendations(recs, Thumbnails(recommender.similar.manifest["data"]["store"]), catalog_dir.parent / "recommendations.png")
+    path = render_recommendations(recs, Thumbnails.of(recommender), catalog_dir.parent / "recommendations.png")
     for logger in loggers:
         name = type(logger).__name__
         if name == "WandbLogger":

@@ -212,7 +212,7 @@ def catalog_summary(recommender) -> dict:
         "categories": categories,
         "backbone": manifest.get("model", {}).get("backbone"),
         "created": manifest.get("created"),
-        "store": manifest.get("data", {}).get("store"),
+        "store": str(recommender.store_path() or ""),
     }
 
 

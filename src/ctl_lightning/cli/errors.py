@@ -9,6 +9,7 @@ from typing import Iterator
 from ctl_lightning.errors import CtlError
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # what a shell reports for a command ended by Ctrl-C
 
 
 def user_error(error: BaseException) -> CtlError | None:
@@ -27,6 +28,10 @@ def friendly_errors(program: str) -> Iterator[None]:
     """Print ``program: error: message`` and exit with status 2 for problems the user can fix."""
     try:
         yield
+    except KeyboardInterrupt:
+        # Builds remove their temporary folders on the way out; a traceback would add nothing.
+        print(f"{program}: interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as error:  # noqa: BLE001 - re-raised unless it is a user error
         cause = user_error(error)
         if cause is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ctl_lightning.cli.errors import friendly_errors
@@ -24,7 +25,7 @@ def run(args: argparse.Namespace) -> Path:
 
     if args.k <= 0:
         raise CtlError(f"--k must be positive, got {args.k}")
-    recommender = Recommender(args.catalog, engine=args.engine)
+    recommender = Recommender(args.catalog, engine=args.engine, data_root=args.data_root)
     if args.image:
         query = recommender.image_query(args.image, args.category, box_from_text(args.box, what="--box"))
     else:
@@ -37,9 +38,12 @@ def run(args: argparse.Namespace) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     payload = {**result.to_json(), "catalog": str(recommender.dir.resolve()), "engine": args.engine}
     tmp = out / ".recommendations.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     tmp.replace(out / "recommendations.json")
-    render_recommendations([result], Thumbnails(recommender.similar.manifest["data"]["store"]), out / "recommendations.png")
+    thumbnails = Thumbnails.of(recommender)
+    if thumbnails.problem:
+        print(f"ctl-recommend: warning: pictures cropped from the source images instead: {thumbnails.problem}", file=sys.stderr)
+    render_recommendations([result], thumbnails, out / "recommendations.png")
     inferred = result.query.get("inferred_category")
     if inferred:
         print(f"inferred category: {inferred['category']} (confidence {inferred['confidence']:.0%})")
@@ -63,6 +67,7 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--k", type=int, default=5)
         s.add_argument("--out", default="recommendations", help="output folder")
         s.add_argument("--engine", choices=("exact", "faiss"), default="exact")
+        s.add_argument("--data-root", help="where the catalog's dataset folder is now, if it moved since the run")
         if mode == "complementary":
             s.add_argument("--per-category", type=int, default=1, help="items per other category; 0: plain top-k")
     return p

@@ -85,19 +85,24 @@ class ProductTable:
             writer.writerows(zip(*columns))
 
     @classmethod
-    def read_tsv(cls, path: Path) -> tuple["ProductTable", np.ndarray]:
+    def read_tsv(cls, path: Path) -> tuple[ProductTable, np.ndarray]:
         """Read a table written by :meth:`write_tsv`; returns it with the row ids it lists."""
         specs, row_ids = [], []
-        with open(path, encoding="utf-8", newline="") as handle:
-            reader = csv.reader(handle, delimiter="\t")
-            header = next(reader, None)
-            if header is None or tuple(header) != TABLE_COLUMNS:
-                raise DataFormatError(path, 1, f"expected columns {', '.join(TABLE_COLUMNS)}")
-            for line, row in enumerate(reader, start=2):
-                if len(row) != len(TABLE_COLUMNS):
-                    raise DataFormatError(path, line, f"expected {len(TABLE_COLUMNS)} fields, got {len(row)}")
-                box = None if row[6] == "" else tuple(float(v) for v in row[6:10])
-                row_ids.append(int(row[0]))
-                specs.append(ProductSpec(row[1], row[2], row[3], row[4], row[5], box, row[10]))  # type: ignore[arg-type]
+        line = 1
+        try:
+            with open(path, encoding="utf-8", newline="") as handle:
+                reader = csv.reader(handle, delimiter="\t")
+                header = next(reader, None)
+                if header is None or tuple(header) != TABLE_COLUMNS:
+                    raise DataFormatError(path, 1, f"expected columns {', '.join(TABLE_COLUMNS)}")
+                for line, row in enumerate(reader, start=2):
+                    if len(row) != len(TABLE_COLUMNS):
+                        raise DataFormatError(path, line, f"expected {len(TABLE_COLUMNS)} fields, got {len(row)}")
+                    box = None if row[6] == "" else tuple(float(v) for v in row[6:10])
+                    row_ids.append(int(row[0]))
+                    specs.append(ProductSpec(row[1], row[2], row[3], row[4], row[5], box, row[10]))  # type: ignore[arg-type]
+        except FileNotFoundError:
+            raise DataFormatError(path, None, "file not found") from None
+        except (UnicodeDecodeError, ValueError, csv.Error) as error:  # not UTF-8, a bad number, a NUL byte
+            raise DataFormatError(path, line, f"damaged row ({error})") from None
         return cls(specs), np.asarray(row_ids, dtype=np.int64)
-

@@ -16,12 +16,10 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Sequence
 from dataclasses import asdict, astuple, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -29,7 +27,16 @@ from tqdm.auto import tqdm
 
 from ctl_lightning.data.products import ProductSpec, ProductTable
 from ctl_lightning.errors import CtlError
-from ctl_lightning.io import exclusive_lock, replace_dir, temporary_sibling, write_json
+from ctl_lightning.io import (
+    building,
+    exclusive_lock,
+    read_json_object,
+    remove_leftovers,
+    replace_dir,
+    reserve,
+    write_json,
+)
+from ctl_lightning.workers import worker_pool
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +96,8 @@ def _decode(job: tuple[str, list, int]) -> tuple[str, np.ndarray | None, str]:
         return source, np.stack([crop_square(image, box, size) for box in boxes]), ""
     except FileNotFoundError:
         return source, None, "missing image"
+    except Image.DecompressionBombError as error:
+        return source, None, f"image too large ({error})"
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         return source, None, f"corrupt image ({type(error).__name__}: {error})"
 
@@ -221,17 +230,21 @@ class ProductStore:
 
     @classmethod
     def open(cls, path: str | Path) -> "ProductStore":
+        """The store at ``path``, checked against its manifest; a damaged one is a one-line error."""
         path = Path(path)
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
             raise CtlError(f"{path}: not a product store (no {MANIFEST}); run `ctl-data prepare`")
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = read_json_object(manifest_path, {"fingerprint": str, "size": int, "count": int, "report": dict})
+        if manifest["size"] < 8:
+            raise CtlError(f"{manifest_path}: size must be at least 8 px, got {manifest['size']}")
         table, row_ids = ProductTable.read_tsv(path / TABLE)
-        if not np.array_equal(row_ids, np.arange(len(table))):
-            raise CtlError(f"{path / TABLE}: row ids are not 0..{len(table) - 1} in order")
+        if not np.array_equal(row_ids, np.arange(len(table))) or len(table) != manifest["count"]:
+            raise CtlError(f"{path / TABLE}: row ids are not 0..{manifest['count'] - 1} in order")
         expected = len(table) * manifest["size"] ** 2 * 3
-        if (path / IMAGES).stat().st_size != expected:
-            raise CtlError(f"{path / IMAGES}: size does not match {len(table)} crops of {manifest['size']} px")
+        actual = (path / IMAGES).stat().st_size if (path / IMAGES).is_file() else None
+        if actual != expected:
+            raise CtlError(f"{path / IMAGES}: size does not match {len(table)} crops of {manifest['size']} px ({actual} bytes, expected {expected})")
         return cls(path, manifest, table)
 
     @classmethod
@@ -259,6 +272,7 @@ class ProductStore:
         fp = fingerprint(specs, size)
         store = cls.current(path, fp)
         if store is not None and store.manifest["report"]["annotation_skips"] == annotation_skips:
+            remove_leftovers(path)  # a build killed after its rename leaves the old store's folder
             return store
         with exclusive_lock(path):
             store = cls.current(path, fp)  # another process may have built it while we waited
@@ -277,54 +291,36 @@ class ProductStore:
             raise CtlError(f"image size must be at least 8 px, got {size}")
         start = time.perf_counter()
         by_source = by_image(specs)
-        # Builds that crashed or were interrupted leave their temporary folders (as large as the
-        # store); none can still be running, since builders hold the lock we hold.
-        for stale in path.parent.glob(f".{path.name}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = temporary_sibling(path)
-        capacity = len(specs)
-        images = np.memmap(tmp / IMAGES, dtype=np.uint8, mode="w+", shape=(max(1, capacity), size, size, 3))
-        kept: list[ProductSpec] = []
-        report = BuildReport(annotation_skips=annotation_skips)
-        jobs = [(source, [s.box for s in group], size) for source, group in by_source.items()]
-        workers = workers or max(1, os.cpu_count() or 1)
-        with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Inline() as pool:
-            decoded = pool.map(_decode, jobs, chunksize=32)
-            for source, crops, reason in tqdm(decoded, total=len(jobs), desc=f"prepare {path.name}", unit="img"):
-                group = by_source[source]
-                if crops is None:
-                    report.bad_images[source] = reason
-                    report.excluded_products += len(group)
-                    continue
-                images[len(kept) : len(kept) + len(group)] = crops
-                kept.extend(group)
-        images.flush()
-        del images
-        if not kept:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise CtlError(f"no product image could be read for {path}; first problems: {list(report.bad_images.items())[:3]}")
-        os.truncate(tmp / IMAGES, len(kept) * size * size * 3)
-        table = ProductTable(kept)
-        table.write_tsv(tmp / TABLE)
-        report.products = len(kept)
-        report.seconds = time.perf_counter() - start
-        manifest = dict(version=STORE_VERSION, fingerprint=fp, size=size, count=len(kept), report=asdict(report))
-        write_json(tmp / MANIFEST, manifest)
-        replace_dir(tmp, path)
+        capacity = max(1, len(specs))
+        crop_bytes = size * size * 3
+        with building(path, capacity * crop_bytes) as tmp:
+            reserve(tmp / IMAGES, capacity * crop_bytes)  # written through a memory map: no sparse page may be left
+            images = np.memmap(tmp / IMAGES, dtype=np.uint8, mode="r+", shape=(capacity, size, size, 3))
+            kept: list[ProductSpec] = []
+            report = BuildReport(annotation_skips=annotation_skips)
+            jobs = [(source, [s.box for s in group], size) for source, group in by_source.items()]
+            with worker_pool(workers or max(1, os.cpu_count() or 1)) as pool:
+                decoded = pool.map(_decode, jobs, chunksize=32)
+                for source, crops, reason in tqdm(decoded, total=len(jobs), desc=f"prepare {path.name}", unit="img"):
+                    group = by_source[source]
+                    if crops is None:
+                        report.bad_images[source] = reason
+                        report.excluded_products += len(group)
+                        continue
+                    images[len(kept) : len(kept) + len(group)] = crops
+                    kept.extend(group)
+            images.flush()
+            del images
+            if not kept:
+                raise CtlError(f"no product image could be read for {path}; first problems: {list(report.bad_images.items())[:3]}")
+            os.truncate(tmp / IMAGES, len(kept) * crop_bytes)
+            table = ProductTable(kept)
+            table.write_tsv(tmp / TABLE)
+            report.products = len(kept)
+            report.seconds = time.perf_counter() - start
+            manifest = dict(version=STORE_VERSION, fingerprint=fp, size=size, count=len(kept), report=asdict(report))
+            write_json(tmp / MANIFEST, manifest)
+            replace_dir(tmp, path)
         for line in report.lines():
             log.info(line)
         return cls.open(path)
-
-
-class _Inline:
-    """Stands in for a process pool when building with one worker."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    @staticmethod
-    def map(fn, jobs, chunksize: int = 1):
-        return map(fn, jobs)

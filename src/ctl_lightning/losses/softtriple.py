@@ -23,6 +23,8 @@ from pytorch_metric_learning.reducers import DivisorReducer
 from pytorch_metric_learning.regularizers import BaseRegularizer
 from torch import nn
 
+from ctl_lightning.errors import CtlError
+
 
 class SameClassCentersRegularizer(BaseRegularizer):
     """The paper's ``R = sum_j sum_{t<s} sqrt(2 + delta - 2 <w_j^t, w_j^s>) / (C*K*(K-1))``.
@@ -34,7 +36,7 @@ class SameClassCentersRegularizer(BaseRegularizer):
     def __init__(self, num_classes: int, centers_per_class: int, **kwargs):
         super().__init__(**kwargs)
         if centers_per_class < 2:
-            raise ValueError(f"the centers regulariser needs at least 2 centers per class, got {centers_per_class}")
+            raise CtlError(f"loss.centers_per_class: the centers regulariser needs at least 2 centers per class, got {centers_per_class}")
         self.num_classes = num_classes
         self.centers_per_class = centers_per_class
         self.pairs = torch.triu_indices(centers_per_class, centers_per_class, offset=1)
@@ -89,7 +91,7 @@ class SoftTripleLoss(nn.Module):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, triplets: torch.Tensor) -> torch.Tensor:
         known = labels >= 0
         if not bool(known.all()):
-            raise ValueError("SoftTriple needs an outfit class for every product of the batch (got label -1)")
+            raise CtlError("SoftTriple needs an outfit class for every product of the batch (got label -1)")
         # In float32 even under bf16 autocast (trainer=gpu): the library casts the centers to the
         # embeddings' dtype in place, and bf16 cosines near 1 step by 0.004, as coarse as delta=0.01.
         with torch.autocast(embeddings.device.type, enabled=False):

@@ -6,6 +6,8 @@ import torch
 from pytorch_metric_learning import distances, losses, reducers
 from torch import nn
 
+from ctl_lightning.errors import CtlError
+
 DISTANCES = ("squared_euclidean", "cosine")
 
 
@@ -23,7 +25,7 @@ class TripletLoss(nn.Module):
     def __init__(self, margin: float = 0.2, distance: str = "squared_euclidean", normalize: bool = True):
         super().__init__()
         if distance not in DISTANCES:
-            raise ValueError(f"loss.distance must be one of {DISTANCES}, got {distance!r}")
+            raise CtlError(f"loss.distance must be one of {DISTANCES}, got {distance!r}")
         self.margin = margin
         metric = (
             distances.LpDistance(normalize_embeddings=normalize, p=2, power=2)

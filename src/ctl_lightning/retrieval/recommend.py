@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,11 @@ import numpy as np
 
 from ctl_lightning.errors import CtlError
 from ctl_lightning.retrieval.catalog import Catalog
-from ctl_lightning.retrieval.embedder import ImageEmbedder, open_image
+from ctl_lightning.retrieval.embedder import (
+    ImageEmbedder,
+    checked_checkpoint,
+    open_image,
+)
 from ctl_lightning.retrieval.index import ExactIndex, make_index
 
 # Cosine at or above this is treated as the same image (an exact duplicate of the query).
@@ -55,7 +60,8 @@ class Recommendation:
 class Recommender:
     """Both catalogs of a run, loaded once (memory-mapped) with their per-category indexes."""
 
-    def __init__(self, catalog_dir: str | Path, engine: str = "exact", dtype: str = "float32"):
+    def __init__(self, catalog_dir: str | Path, engine: str = "exact", dtype: str = "float32", data_root: str | Path | None = None):
+        """``data_root``: where the dataset the catalog was made from is now, if it moved."""
         catalog_dir = Path(catalog_dir)
         if (catalog_dir / "catalogs").is_dir():
             catalog_dir = catalog_dir / "catalogs"
@@ -69,7 +75,9 @@ class Recommender:
         ):
             raise CtlError(f"{catalog_dir}: the similar and compatible catalogs come from different runs or data")
         categories = self.similar.table.categories
+        self.data_root = Path(data_root) if data_root else None
         self._embedder: ImageEmbedder | None = None
+        self._model_checked = False
         self.index = {
             "similar": make_index(engine, self.similar.embeddings, categories, dtype),
             "compatible": make_index(engine, self.compatible.embeddings, categories, dtype),
@@ -82,6 +90,25 @@ class Recommender:
     def __len__(self) -> int:
         return len(self.similar)
 
+    def store_path(self) -> Path | None:
+        """The product store the catalogs were made from: where the manifest says (relative to the
+        run), or at the same place under ``data_root`` when the dataset has moved."""
+        data = self.similar.manifest["data"]
+        store, root = self.similar.resolve(data.get("store")), self.similar.resolve(data.get("root"))
+        if self.data_root is None or store is None:
+            return store
+        return self.data_root / (os.path.relpath(store, root) if root is not None else store.name)
+
+    def check_model(self) -> None:
+        """The checkpoint that made the catalogs, if it is still there, must hold the same weights:
+        a catalog left behind by retraining is an error, for product and image queries alike. A
+        product query needs no model, so a catalog copied without its checkpoint still serves."""
+        if not self._model_checked:
+            path = self.compatible.resolve(self.compatible.manifest["model"].get("checkpoint"))
+            if path is not None and path.is_file():
+                checked_checkpoint(self.compatible, path)
+            self._model_checked = True
+
     def position(self, product: str | int) -> int:
         """Catalog position of a product given by row id or by product key."""
         text = str(product).strip()
@@ -91,6 +118,7 @@ class Recommender:
         return position
 
     def product_query(self, product: str | int) -> Query:
+        self.check_model()
         p = self.position(product)
         spec = self.table.spec(p)
         return Query(
@@ -111,6 +139,7 @@ class Recommender:
         """
         if self._embedder is None:
             self._embedder = ImageEmbedder.from_catalog(self.compatible)
+            self._model_checked = True
         similar, compatible = self._embedder.embed(open_image(image), box)
         inferred = None
         if category is None:

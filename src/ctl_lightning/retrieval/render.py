@@ -1,7 +1,8 @@
 """Pictures of recommendations: the query, then the ranked items with category and score.
 
 Product pictures come from the product store the catalog was built from (no JPEG decoding); a
-product whose store is gone is cropped from its source image instead.
+product whose store is gone, damaged or rebuilt from other data is cropped from its source image
+instead, and :attr:`Thumbnails.problem` says why, so that the fallback is never silent.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ctl_lightning.data.store import ProductStore, crop_square, to_rgb
 from ctl_lightning.errors import CtlError
-from ctl_lightning.retrieval.recommend import Recommendation
+from ctl_lightning.retrieval.recommend import Recommendation, Recommender
 
 TILE = 128
 LABEL = 34
@@ -31,13 +32,26 @@ def _font(size: int) -> ImageFont.ImageFont:
 class Thumbnails:
     """Product pictures by row id, from the store when it is there."""
 
-    def __init__(self, store_path: str | Path | None):
-        self.store = None
-        if store_path and Path(store_path).is_dir():
-            try:
-                self.store = ProductStore.open(store_path)
-            except CtlError:
-                self.store = None
+    def __init__(self, store_path: str | Path | None, fingerprint: str | None = None):
+        self.store: ProductStore | None = None
+        self.problem: str | None = None
+        if not store_path or not Path(store_path).is_dir():
+            self.problem = f"product store {store_path} not found (if the data moved, pass --data-root)"
+            return
+        try:
+            store = ProductStore.open(store_path)
+        except CtlError as error:
+            self.problem = str(error)
+            return
+        if fingerprint and store.fingerprint != fingerprint:
+            self.problem = f"{store_path}: the product store was rebuilt from other data since the catalog was made"
+        else:
+            self.store = store
+
+    @classmethod
+    def of(cls, recommender: Recommender) -> Thumbnails:
+        """The pictures of a recommender's catalogs, from the store they were made from."""
+        return cls(recommender.store_path(), recommender.similar.manifest["data"].get("fingerprint"))
 
     def get(self, entry: dict) -> Image.Image:
         if self.store is not None and entry.get("row_id") is not None and entry["row_id"] < len(self.store):

@@ -9,6 +9,7 @@ appears exactly once.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -78,16 +79,33 @@ class CatalogWriter(BasePredictionWriter):
             "model": {
                 "backbone": getattr(pl_module, "backbone_name", type(pl_module).__name__),
                 "state_fingerprint": state_fingerprint(pl_module.state_dict()),
-                "checkpoint": str(Path(trainer.ckpt_path).resolve()) if trainer.ckpt_path else None,
+                "checkpoint": relative_to(trainer.ckpt_path, self.run_dir) if trainer.ckpt_path else None,
             },
-            "config": {"path": str(config_file.resolve()) if config_file.is_file() else None, "fingerprint": file_fingerprint(config_file)},
-            "data": {"store": str(store.path.resolve()), "fingerprint": store.fingerprint, "image_size": store.size},
-            "run_dir": str(self.run_dir.resolve()),
+            "config": {
+                "path": relative_to(config_file, self.run_dir) if config_file.is_file() else None,
+                "fingerprint": file_fingerprint(config_file),
+            },
+            "data": {
+                "store": relative_to(store.path, self.run_dir),
+                "root": relative_to(datamodule.source.root, self.run_dir),
+                "fingerprint": store.fingerprint,
+                "image_size": store.size,
+            },
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         row_ids = [np.fromfile(shard / "row_ids.bin", dtype=np.int64) for shard in shards]
         for kind in KINDS:
             parts = [Shard(ids, shard / f"{kind}.bin", dims[kind]) for ids, shard in zip(row_ids, shards) if len(ids)]
-            self.written[kind] = write_catalog(self.output_dir / kind, datamodule.predict_rows, parts, store.table,
-                                               {**manifest, "kind": kind, "dim": dims[kind], "embedding": DESCRIPTIONS[kind]})  # fmt: skip
+            described = {
+                "run_dir": relative_to(self.run_dir, self.output_dir / kind),
+                "kind": kind,
+                "dim": dims[kind],
+                "embedding": DESCRIPTIONS[kind],
+            }
+            self.written[kind] = write_catalog(self.output_dir / kind, datamodule.predict_rows, parts, store.table, {**manifest, **described})
         shutil.rmtree(self.output_dir / ".shards", ignore_errors=True)
+
+
+def relative_to(path: str | Path, folder: Path) -> str:
+    """``path`` relative to ``folder``: catalogs name files relative to their run, so a run can move."""
+    return os.path.relpath(Path(path).resolve(), folder.resolve())

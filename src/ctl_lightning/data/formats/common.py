@@ -63,7 +63,7 @@ class RowPolicy:
 
     def __init__(self, path: Path, on_error: str):
         if on_error not in ON_ERROR_CHOICES:
-            raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
+            raise CtlError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
         self.path = path
         self.on_error = on_error
         self.skipped: Counter = Counter()

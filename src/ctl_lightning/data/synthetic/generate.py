@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +31,8 @@ from ctl_lightning.data.synthetic.styles import (
     make_styles,
 )
 from ctl_lightning.errors import CtlError
-from ctl_lightning.io import replace_dir, temporary_sibling, write_json
+from ctl_lightning.io import building, replace_dir, write_json
+from ctl_lightning.workers import worker_pool
 
 MANIFEST = "synthetic.json"
 GENERATOR_VERSION = 3  # bump when the output changes, so that cached datasets are regenerated
@@ -207,10 +207,7 @@ def _write_lines(path: Path, lines: list[str]) -> None:
 
 
 def _run(fn, jobs, styles, workers: int, description: str):
-    if workers == 1:
-        _init_worker(styles)
-        return [fn(job) for job in tqdm(jobs, desc=description, unit="img")]
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(styles,)) as pool:
+    with worker_pool(workers, initializer=_init_worker, initargs=(styles,)) as pool:
         return list(tqdm(pool.map(fn, jobs, chunksize=16), total=len(jobs), desc=description, unit="img"))
 
 
@@ -300,37 +297,37 @@ def generate(config: SynthConfig) -> Path:
     if config.world not in ("bench", "toy"):
         raise CtlError(f"world must be bench or toy, got {config.world!r}")
     world.combos(config.split, "train")  # a bad split name fails here, before any drawing
-    tmp = temporary_sibling(out)
-    for sub in ("ctl/images", "stl/scenes", "stl/products"):
-        (tmp / sub).mkdir(parents=True)
-    workers = config.workers or max(1, os.cpu_count() or 1)
-    styles = make_styles(config.styles, CTL_LABELS + tuple(STL_CATEGORY_PATHS), np.random.default_rng([config.seed, 0]))
-    n_test = max(2, int(round(config.outfits * config.test_fraction)))
-    images = str(tmp / "ctl" / "images") if config.render else ""
-    if config.world == "bench":
-        jobs = [(config.seed, i, config.canvas, images, i >= config.outfits - n_test, config.split) for i in range(config.outfits)]
-        outfits = _run(_bench_outfit, jobs, styles, workers, "benchmark-world collages")
-    else:
-        jobs = [(config.seed, i, config.canvas, images) for i in range(config.outfits)]
-        outfits = _run(_render_outfit, jobs, styles, workers, "synthetic CTL collages")
-    _write_ctl(tmp / "ctl", outfits, n_test, np.random.default_rng([config.seed, 3]))
-    if config.render:
-        stl_jobs = [(config.seed, i, config.canvas, str(tmp / "stl")) for i in range(config.scenes)]
-        scene_fn = _bench_scene if config.world == "bench" else _render_scene
-        _write_stl(tmp / "stl", _run(scene_fn, stl_jobs, styles, workers, "synthetic STL scenes"))
-    manifest = dict(
-        generator_version=GENERATOR_VERSION,
-        seed=config.seed,
-        outfits=config.outfits,
-        test_outfits=n_test,
-        styles=config.styles,
-        canvas=config.canvas,
-        scenes=config.scenes,
-        world=config.world,
-        split=config.split,
-        rendered=config.render,
-        fields=list(RAW_FIELDS),
-    )
-    write_json(tmp / MANIFEST, manifest)
-    replace_dir(tmp, out)
+    with building(out) as tmp:
+        for sub in ("ctl/images", "stl/scenes", "stl/products"):
+            (tmp / sub).mkdir(parents=True)
+        workers = config.workers or max(1, os.cpu_count() or 1)
+        styles = make_styles(config.styles, CTL_LABELS + tuple(STL_CATEGORY_PATHS), np.random.default_rng([config.seed, 0]))
+        n_test = max(2, int(round(config.outfits * config.test_fraction)))
+        images = str(tmp / "ctl" / "images") if config.render else ""
+        if config.world == "bench":
+            jobs = [(config.seed, i, config.canvas, images, i >= config.outfits - n_test, config.split) for i in range(config.outfits)]
+            outfits = _run(_bench_outfit, jobs, styles, workers, "benchmark-world collages")
+        else:
+            jobs = [(config.seed, i, config.canvas, images) for i in range(config.outfits)]
+            outfits = _run(_render_outfit, jobs, styles, workers, "synthetic CTL collages")
+        _write_ctl(tmp / "ctl", outfits, n_test, np.random.default_rng([config.seed, 3]))
+        if config.render:
+            stl_jobs = [(config.seed, i, config.canvas, str(tmp / "stl")) for i in range(config.scenes)]
+            scene_fn = _bench_scene if config.world == "bench" else _render_scene
+            _write_stl(tmp / "stl", _run(scene_fn, stl_jobs, styles, workers, "synthetic STL scenes"))
+        manifest = dict(
+            generator_version=GENERATOR_VERSION,
+            seed=config.seed,
+            outfits=config.outfits,
+            test_outfits=n_test,
+            styles=config.styles,
+            canvas=config.canvas,
+            scenes=config.scenes,
+            world=config.world,
+            split=config.split,
+            rendered=config.render,
+            fields=list(RAW_FIELDS),
+        )
+        write_json(tmp / MANIFEST, manifest)
+        replace_dir(tmp, out)
     return out
