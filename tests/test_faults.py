@@ -461,6 +461,7 @@ BAD_CONFIG = [
     ("model.embedding_dim=0", "model.embedding_dim"),
     ("model.embedding_dim=-4", "model.embedding_dim"),
     ("model.hidden_dim=0", "model.hidden_dim"),
+    ("model.trainable_stages=-1", "model.trainable_stages"),
     ("model.dropout=1.0", "model.dropout"),
     ("model.embed_batch_size=0", "model.embed_batch_size"),
     ("loss.margin=-1", "loss.margin"),

@@ -32,6 +32,7 @@ RULES: tuple[tuple[str, str, Callable[[object], bool]], ...] = (
     ("model.hidden_dim", "an integer > 0", lambda v: _integer(v) and v > 0),
     ("model.dropout", "a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1),
     ("model.embed_batch_size", "an integer > 0", lambda v: _integer(v) and v > 0),
+    ("model.trainable_stages", "an integer >= 0", lambda v: _integer(v) and v >= 0),
     ("loss.margin", "a number >= 0", lambda v: _number(v) and v >= 0),
     ("loss.distance", f"one of {', '.join(DISTANCES)}", lambda v: v in DISTANCES),
     ("loss.centers_per_class", "an integer >= 2", lambda v: _integer(v) and v >= 2),
