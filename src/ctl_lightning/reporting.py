@@ -32,11 +32,11 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
-def _gain(trained: float | None, baseline: float | None) -> str:
+def _gain(key: str, trained: float | None, baseline: float | None) -> str:
     if trained is None or baseline is None:
         return "n/a"
     # Similar products use backbone features: with a frozen backbone they are the baseline's own.
-    return "same features" if trained == baseline else f"{trained - baseline:+.4f}"
+    return "same features" if key == "similar_style_at5" and trained == baseline else f"{trained - baseline:+.4f}"
 
 
 def print_metric_table(metrics: dict, keys: Sequence[str]) -> None:
@@ -50,7 +50,7 @@ def print_metric_table(metrics: dict, keys: Sequence[str]) -> None:
     for key in keys:
         trained, baseline = metrics.get(f"test/{key}"), metrics.get(f"baseline/{key}")
         oracle = [_fmt(metrics.get(f"oracle/{key}"))] if has_oracle else []
-        table.add_row(NAMES.get(key, key), _fmt(trained), _fmt(baseline), _gain(trained, baseline), *oracle)
+        table.add_row(NAMES.get(key, key), _fmt(trained), _fmt(baseline), _gain(key, trained, baseline), *oracle)
     Console().print(table)
 
 
