@@ -3,7 +3,7 @@
     ctl-data synth --out DIR [--seed N] [--outfits N]
     ctl-data download DIR [--limit N] [--rate 10] [--base-url URL] [--from-urls FILE]
     ctl-data prepare DIR [--size 64] [--on-error skip]
-    ctl-data stats PATH
+    ctl-data stats PATH               (a CTL/STL file, or a polyvore_outfits folder)
 """
 
 from __future__ import annotations
@@ -24,8 +24,11 @@ def _synth(args: argparse.Namespace) -> None:
     from ctl_lightning.data.synthetic import SynthConfig, generate
 
     out = generate(SynthConfig(out=Path(args.out), seed=args.seed, outfits=args.outfits, styles=args.styles, scenes=args.scenes,
-                               world=args.world, split=args.split, render=not args.annotations_only))  # fmt: skip
-    print(f"synthetic dataset written to {out} (CTL in {out / 'ctl'}, STL in {out / 'stl'})")
+                               world=args.world, split=args.split, layout=args.layout, render=not args.annotations_only))  # fmt: skip
+    if args.layout == "polyvore":
+        print(f"synthetic dataset written to {out} (Polyvore Outfits, both splits, in {out / 'polyvore_outfits'})")
+    else:
+        print(f"synthetic dataset written to {out} (CTL in {out / 'ctl'}, STL in {out / 'stl'})")
 
 
 def _kind_of(folder: Path, kind: str) -> str:
@@ -102,9 +105,40 @@ def _at_least(minimum: float, kind: type = int):
     return parse
 
 
+def _print_skips(console: Console, summaries: list[str]) -> None:
+    # One unbroken line each, as printed, so that it can be grepped; paths are not rich markup.
+    for summary in summaries:
+        console.print(summary, soft_wrap=True, markup=False, highlight=False)
+
+
+def _polyvore_stats(folder: Path, on_error: str) -> None:
+    from ctl_lightning.data.formats.stats import polyvore_stats
+
+    stats = polyvore_stats(folder, on_error)
+    table = Table(title=f"{folder} (Polyvore Outfits)")
+    for column in ("split", "part", "outfits", "items", "categories"):
+        table.add_column(column, justify="left" if column in ("split", "part") else "right")
+    for row in stats.parts:
+        table.add_row(*(f"{v:,}" if isinstance(v, int) else v for v in row.values()), end_section=row["part"] == "all")
+    console = Console()
+    console.print(table)
+    categories = Table(title="items per category")
+    categories.add_column("category")
+    for split in stats.categories:
+        categories.add_column(split, justify="right")
+    for category in sorted(set().union(*stats.categories.values())):
+        categories.add_row(category, *(f"{counts[category]:,}" for counts in stats.categories.values()))
+    console.print(categories)
+    for split, counts in stats.questions.items():
+        console.print(f"{split} test questions: " + ", ".join(f"{k}: {v:,}" for k, v in counts.items()), soft_wrap=True)
+    _print_skips(console, stats.skipped)
+
+
 def _stats(args: argparse.Namespace) -> None:
     from ctl_lightning.data.formats.stats import file_stats
 
+    if Path(args.path).is_dir():
+        return _polyvore_stats(Path(args.path), args.on_error)
     stats = file_stats(args.path, args.on_error)
     table = Table(title=f"{args.path} ({stats.kind})")
     table.add_column("category")
@@ -117,9 +151,7 @@ def _stats(args: argparse.Namespace) -> None:
     console = Console()
     console.print(table)
     console.print(", ".join(f"{k}: {v:,}" for k, v in stats.totals.items()))
-    if stats.skipped:
-        # One unbroken line, as printed, so that it can be grepped; paths are not rich markup.
-        console.print(stats.skipped, soft_wrap=True, markup=False, highlight=False)
+    _print_skips(console, [stats.skipped] if stats.skipped else [])
 
 
 def parser() -> argparse.ArgumentParser:
@@ -133,6 +165,8 @@ def parser() -> argparse.ArgumentParser:
                    help="bench: compatibility by attribute rules (the default); toy: one style per outfit")  # fmt: skip
     s.add_argument("--split", choices=("nondisjoint", "disjoint"), default="nondisjoint",
                    help="bench: disjoint test looks combine a hue and a scheme never seen in training")  # fmt: skip
+    s.add_argument("--layout", choices=("ctl", "polyvore"), default="ctl",
+                   help="bench: ctl writes ctl/ and stl/; polyvore writes polyvore_outfits/ with both splits")  # fmt: skip
     s.add_argument("--annotations-only", action="store_true", help="write annotations and latent truth, no image")
     s.add_argument("--styles", type=int, default=16, help="toy: latent styles")
     s.add_argument("--scenes", type=int, default=300, help="STL scenes")
@@ -159,7 +193,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--verify", action="store_true", help="decode every image already present; fetch again those that fail")
     s.add_argument("--on-error", choices=("raise", "skip"), default="raise", help="bad annotation rows: stop, or skip and count")
     s.set_defaults(run=_download)
-    s = sub.add_parser("stats", help="per-category counts of a CTL or STL annotation file")
+    s = sub.add_parser("stats", help="per-category counts of a CTL or STL annotation file; splits of a polyvore_outfits folder")
     s.add_argument("path")
     s.add_argument("--on-error", choices=("raise", "skip"), default="raise")
     s.set_defaults(run=_stats)

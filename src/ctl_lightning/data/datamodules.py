@@ -30,6 +30,7 @@ from ctl_lightning.data.triplets import (
     OutfitIndex,
     compatibility_sets,
     fitb_rows,
+    labelled_outfits,
     sample_triplets,
     split_supplied,
     triplets_from_items,
@@ -53,7 +54,8 @@ class EvaluationSets:
     triplets: np.ndarray  # held-out triplets, one per test outfit
     fitb: FitbSet | None
     outfits: np.ndarray  # real outfits, padded with -1
-    fake_outfits: np.ndarray  # same categories, random items
+    fake_outfits: np.ndarray  # same categories, random items; or a compatibility file's label-0 outfits
+    pair_measure: str = "cosine"  # how FITB and AUC score an item pair (evaluation.metrics.PAIR_SCORES)
 
 
 def random_stream(seed: int, name: str) -> np.random.Generator:
@@ -64,11 +66,17 @@ def random_stream(seed: int, name: str) -> np.random.Generator:
 def held_out_sets(table: ProductTable, source: CtlSource, seed: int) -> EvaluationSets:
     """The test protocols over ``table``'s test split, drawn from their own streams.
 
-    A function of the table, the source's FITB file and the seed alone, so that the ceilings of
-    :mod:`ctl_lightning.evaluation.ceilings` are scored on exactly the sets a trained model is.
+    A function of the table, the source's question files and the seed alone, so that the ceilings of
+    :mod:`ctl_lightning.evaluation.ceilings` are scored on exactly the sets a trained model is. A
+    dataset with its own compatibility file (Polyvore) is scored on it; otherwise each real test outfit
+    gets a fake one drawn here.
     """
     test = OutfitIndex(table, "test")
-    outfits, fakes = compatibility_sets(test, random_stream(seed, "compat"))
+    labelled = source.compatibility()
+    if labelled is None:
+        outfits, fakes = compatibility_sets(test, random_stream(seed, "compat"))
+    else:
+        outfits, fakes = labelled_outfits(table, labelled, f"{source.root}/{source.compatibility_file}")
     test_rows = table.rows_in_split("test")
     return EvaluationSets(
         table=table,
@@ -80,6 +88,7 @@ def held_out_sets(table: ProductTable, source: CtlSource, seed: int) -> Evaluati
         fitb=fitb_rows(table, source.fitb(), f"{source.root}/{source.fitb_file}"),
         outfits=outfits,
         fake_outfits=fakes,
+        pair_measure=source.pair_measure,
     )
 
 
@@ -164,14 +173,15 @@ class TripletsDataModule(_StoreDataModule):
 
     @cached_property
     def validation_outfits(self) -> frozenset[str]:
-        """``val_fraction`` of the training split's outfits, seeded, chosen before any triplet is drawn.
+        """``val_fraction`` of the training split's outfits, seeded, chosen before any triplet is drawn;
+        none where the dataset has a validation split of its own (Polyvore's ``valid.json``).
 
         Choosing them first keeps every product of them out of training: not an anchor, positive,
         negative nor SoftTriple class. Known from the annotations alone, so ``num_classes`` can be
         asked before the store is built.
         """
         outfits = self._training_split_outfits()
-        if not outfits or not 0 < self.val_fraction < 1:
+        if self.source.validation_split or not outfits or not 0 < self.val_fraction < 1:
             return frozenset()
         chosen = self._stream("val").choice(len(outfits), size=max(1, round(self.val_fraction * len(outfits))), replace=False)
         return frozenset(outfits[i] for i in chosen)
@@ -203,14 +213,20 @@ class TripletsDataModule(_StoreDataModule):
             training = OutfitIndex(table, "train", classes, "the training outfits")
             self.train_triplets = sample_triplets(training, self.triplets_per_outfit, self._stream("train"))
             self.val_triplets = np.empty((0, 3), dtype=np.int64)
-            if held:
-                validation = OutfitIndex(table, "train", held, "the validation outfits")
+            validation = self._validation_index(table)
+            if validation is not None:
                 self.val_triplets = sample_triplets(validation, self.triplets_per_outfit, self._stream("val_triplets"))
         self.evaluation = held_out_sets(table, self.source, self.seed)
         log.info(
             f"{len(store)} products; {len(self.train_triplets)} train / {len(self.val_triplets)} val triplets; "
             f"{len(self.evaluation.triplets)} held-out test triplets"
         )
+
+    def _validation_index(self, table: ProductTable) -> OutfitIndex | None:
+        if self.source.validation_split:
+            return OutfitIndex(table, self.source.validation_split, name=f"the {self.source.validation_split!r} outfits")
+        held = self.validation_outfits
+        return OutfitIndex(table, "train", held, "the validation outfits") if held else None
 
     def _triplet_loader(self, triplets: np.ndarray, shuffle: bool) -> DataLoader:
         collate = TripletCollate(self._open(), self.labels, self.load_images, self.dedup)
@@ -227,8 +243,14 @@ class TripletsDataModule(_StoreDataModule):
 
     @property
     def predict_rows(self) -> np.ndarray:
-        """Every product of the store: predict writes the catalogs from them."""
-        return self._open().table.row_ids
+        """One row per distinct picture (image and box) of the store: predict writes the catalogs from
+        them. A product listed in several outfits (Polyvore) has a row per outfit but one catalog entry,
+        so that it is not its own nearest neighbour."""
+        table = self._open().table
+        first: dict[tuple, int] = {}
+        for row, picture in enumerate(zip(table.sources.tolist(), np.nan_to_num(table.boxes, nan=-1.0).tolist())):
+            first.setdefault((picture[0], *picture[1]), row)
+        return np.fromiter(first.values(), dtype=np.int64, count=len(first))
 
     def predict_dataloader(self) -> DataLoader:
         return self.products_loader(self.predict_rows)

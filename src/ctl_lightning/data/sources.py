@@ -1,4 +1,5 @@
-"""Datasets on disk, as lists of products for the store: CTL, STL, and the synthetic versions of both.
+"""Datasets on disk, as lists of products for the store: CTL, STL, Polyvore Outfits, and the synthetic
+versions of each.
 
 A source knows its folder layout and annotation files; it turns them into :class:`ProductSpec` rows
 and opens (building if needed) the product store for a crop size. Synthetic sources first generate
@@ -12,7 +13,6 @@ from collections import Counter
 from pathlib import Path
 
 from ctl_lightning.data.formats import (
-    FitbQuestion,
     ParseResult,
     read_ctl_fitb,
     read_ctl_raw,
@@ -22,6 +22,12 @@ from ctl_lightning.data.formats import (
 )
 from ctl_lightning.data.formats.common import RowPolicy, RowRejected, read_text_lines
 from ctl_lightning.data.formats.ctl import CtlItem
+from ctl_lightning.data.formats.polyvore import (
+    METADATA_FILE,
+    SPLITS,
+    PolyvoreSplit,
+    read_polyvore_split,
+)
 from ctl_lightning.data.products import ProductSpec
 from ctl_lightning.data.store import ProductStore
 from ctl_lightning.data.synthetic import SynthConfig, generate, is_complete
@@ -72,6 +78,9 @@ class CtlSource:
     """Complete the Look: ``raw_train.tsv``, ``raw_test.tsv``, collages in ``images/<signature>.jpg``."""
 
     kind = "ctl"
+    validation_split: str | None = None  # None: validate on a share of the training outfits
+    compatibility_file: str | None = None  # None: the protocol draws a fake outfit per test outfit
+    pair_measure = "cosine"  # how the test protocol scores an item pair (DESIGN.md section 4)
 
     def __init__(
         self,
@@ -127,12 +136,17 @@ class CtlSource:
         box = (item.x, item.y, item.w, item.h)
         return ProductSpec(item.key, item.signature, item.label, split, source, box, styles.get(item.key, ""))
 
-    def fitb(self) -> list[FitbQuestion]:
+    def fitb(self) -> list[tuple[list[str], list[str]]]:
+        """FITB questions as (question keys, answer keys), the right answer first."""
         if not self.fitb_file or not self._path(self.fitb_file).is_file():
             return []
         result = read_ctl_fitb(self._path(self.fitb_file), on_error=self.on_error)
         _note_skips({}, result)
-        return result.records
+        return [([item.key for item in q.question], [item.key for item in q.answers]) for q in result.records]
+
+    def compatibility(self) -> list[tuple[int, list[str]]] | None:
+        """A compatibility file's ``(label, product keys)`` outfits; CTL has none."""
+        return None
 
     def triplets(self) -> ParseResult | None:
         """User-supplied training triplets (18-column TSV), or None to sample them."""
@@ -200,7 +214,8 @@ class StlSource(CtlSource):
 
 class _Synthetic:
     """Mix-in: generate the synthetic dataset into a folder under ``root`` named by its settings when
-    it is missing. ``world``: ``bench`` (the default benchmark world, with its ``split``) or ``toy``."""
+    it is missing. ``world``: ``bench`` (the default benchmark world, with its ``split``) or ``toy``.
+    A subclass that sets ``synth`` itself reuses :meth:`ensure` alone."""
 
     def __init__(self, root: str | Path, seed: int = 0, outfits: int = 5000, styles: int = 16, scenes: int = 300,
                  world: str = "bench", split: str = "nondisjoint", **kwargs):  # fmt: skip
@@ -225,3 +240,73 @@ class SyntheticCtl(_Synthetic, CtlSource):
 class SyntheticStl(_Synthetic, StlSource):
     """The embedded synthetic STL dataset, generated on first use."""
 
+
+class PolyvoreSource(CtlSource):
+    """``polyvore_outfits/``: trains on ``<split>/train.json``, validates on ``valid.json`` and tests on
+    ``compatibility_test.txt`` and ``fill_in_blank_test.json``, scored by pair distance as Vasileva et al. do.
+
+    An item may be listed in several outfits (in the nondisjoint split, across train and test too). The
+    store holds one row per ``<set_id>_<index>`` token, the name the question files use, so that each
+    row belongs to one outfit as in CTL and the triplet sampler works unchanged; a picture listed twice
+    is stored twice but catalogs list it once (``TripletsDataModule.predict_rows``). A row's category
+    is the item's ``semantic_category``, which a type-aware model reads from the product table.
+    """
+
+    kind = "polyvore_outfits"
+    validation_split = "valid"
+    pair_measure = "distance"
+
+    def __init__(self, root: str | Path, split: str = "nondisjoint", images_dir: str = "images",
+                 store_dir: str | Path | None = None, on_error: str = "raise"):  # fmt: skip
+        if split not in SPLITS:
+            raise CtlError(f"data.source.split must be one of {', '.join(SPLITS)}, got {split!r}")
+        super().__init__(root, train_file=METADATA_FILE, test_file=None, fitb_file=f"{split}/fill_in_blank_test.json",
+                         images_dir=images_dir, store_dir=store_dir, on_error=on_error)  # fmt: skip
+        self.split = split
+        self.compatibility_file = f"{split}/compatibility_test.txt"
+        self._dataset: PolyvoreSplit | None = None
+
+    def ensure(self) -> None:
+        if not (self.root / METADATA_FILE).is_file():
+            raise CtlError(f"{self.root / METADATA_FILE}: file not found; point data.source.root at the polyvore_outfits folder")
+
+    def dataset(self) -> PolyvoreSplit:
+        """The split's files, read once."""
+        if self._dataset is None:
+            self.ensure()
+            self._dataset = read_polyvore_split(self.root, self.split, self.on_error)
+        return self._dataset
+
+    def _read_product_specs(self) -> tuple[list[ProductSpec], dict[str, dict[str, int]]]:
+        styles = _read_styles(self.root / STYLES_FILE)
+        dataset = self.dataset()
+        skips: dict[str, dict[str, int]] = {}
+        for result in dataset.results:
+            _note_skips(skips, result)
+        specs = []
+        for part, outfits in dataset.outfits.items():
+            for outfit in outfits:
+                specs += [ProductSpec(item.token, outfit.set_id, item.category, part, str(self.root / self.images_dir / f"{item.item_id}.jpg"),
+                                      None, styles.get(item.token, "")) for item in outfit.items]  # fmt: skip
+        return _drop_duplicates(specs, self.root / self.split, self.on_error, skips), skips
+
+    def fitb(self) -> list[tuple[list[str], list[str]]]:
+        """The FITB file's questions, each answer list reordered so that the right one comes first."""
+        return [([*q.question], [q.answers[q.correct], *(a for i, a in enumerate(q.answers) if i != q.correct)])
+                for q in self.dataset().fitb]  # fmt: skip
+
+    def compatibility(self) -> list[tuple[int, list[str]]]:
+        return [(q.label, [*q.tokens]) for q in self.dataset().compatibility]
+
+    def store_path(self, size: int) -> Path:
+        return (self.store_dir or self.root / "store") / f"polyvore-{self.split}-{size}px"
+
+
+class SyntheticPolyvore(_Synthetic, PolyvoreSource):
+    """The benchmark world in the Polyvore layout, both splits in one folder, generated on first use;
+    ``split`` picks the one read."""
+
+    def __init__(self, root: str | Path, seed: int = 0, outfits: int = 5000, split: str = "nondisjoint", **kwargs):
+        self.synth = SynthConfig(out=Path(root) / f"bench-polyvore-seed{seed}-outfits{outfits}", seed=seed, outfits=outfits,
+                                 layout="polyvore")  # fmt: skip
+        PolyvoreSource.__init__(self, self.synth.out / self.kind, split=split, **kwargs)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ctl_lightning.data.formats.ctl import CtlItem, FitbQuestion
+from ctl_lightning.data.formats.ctl import CtlItem
 from ctl_lightning.data.products import ProductTable
 from ctl_lightning.errors import CtlError
 
@@ -103,21 +103,25 @@ def split_supplied(triplets: np.ndarray, is_validation: np.ndarray, origin: str)
     return triplets[train], triplets[val]
 
 
-def _rows_of(table: ProductTable, items: Sequence[CtlItem]) -> list[int | None]:
-    return [table.row_of(item.key) for item in items]
+def _rows_of(table: ProductTable, keys: Sequence[str]) -> list[int | None]:
+    return [table.row_of(key) for key in keys]
+
+
+def _warn_missing(origin: str, skipped: int, total: int, what: str) -> None:
+    if skipped:
+        log.warning(f"{origin}: skipped {skipped} of {total} {what} whose products are not in the store")
 
 
 def triplets_from_items(table: ProductTable, item_triplets: Sequence[Sequence[CtlItem]], origin: str) -> np.ndarray:
     """Map a user's triplet file onto row ids; triplets naming a product not in the store are counted and dropped."""
     rows, missing = [], 0
     for triplet in item_triplets:
-        ids = _rows_of(table, triplet)
+        ids = _rows_of(table, [item.key for item in triplet])
         if any(i is None for i in ids):
             missing += 1
             continue
         rows.append(ids)
-    if missing:
-        log.warning(f"{origin}: skipped {missing} of {len(item_triplets)} triplets whose products are not in the store")
+    _warn_missing(origin, missing, len(item_triplets), "triplets")
     if not rows:
         raise CtlError(f"{origin}: none of its {len(item_triplets)} triplets names products of the store")
     return np.asarray(rows, dtype=np.int64)
@@ -140,20 +144,35 @@ class FitbSet:
     skipped: int = 0
 
 
-def fitb_rows(table: ProductTable, questions: Sequence[FitbQuestion], origin: str) -> FitbSet | None:
+def fitb_rows(table: ProductTable, questions: Sequence[tuple[Sequence[str], Sequence[str]]], origin: str) -> FitbSet | None:
+    """``(question keys, answer keys)`` pairs, the right answer first, as row ids; a question naming a
+    product that is not in the store (its image was unreadable) is counted and dropped."""
     kept_q, kept_a, skipped = [], [], 0
-    for q in questions:
-        qs, ans = _rows_of(table, q.question), _rows_of(table, q.answers)
+    for question, answers in questions:
+        qs, ans = _rows_of(table, question), _rows_of(table, answers)
         if any(i is None for i in qs + ans) or not qs:
             skipped += 1
             continue
         kept_q.append(qs)
         kept_a.append(ans)
-    if skipped:
-        log.warning(f"{origin}: skipped {skipped} of {len(questions)} FITB questions whose products are not in the store")
+    _warn_missing(origin, skipped, len(questions), "FITB questions")
     if not kept_q:
         return None
     return FitbSet(_pad(kept_q), _pad(kept_a), skipped)
+
+
+def labelled_outfits(table: ProductTable, outfits: Sequence[tuple[int, Sequence[str]]], origin: str) -> tuple[np.ndarray, np.ndarray]:
+    """A compatibility file's ``(label, keys)`` outfits as (label 1, label 0) padded row ids: the AUC of
+    the first against the second is the AUC over the file's labels."""
+    by_label: dict[int, list] = {0: [], 1: []}
+    for label, keys in outfits:
+        rows = _rows_of(table, keys)
+        if None not in rows:
+            by_label[label].append(rows)
+    _warn_missing(origin, len(outfits) - len(by_label[0]) - len(by_label[1]), len(outfits), "outfits")
+    if not by_label[0] or not by_label[1]:
+        raise CtlError(f"{origin}: no outfit of label {0 if not by_label[0] else 1} has all its products in the store; no AUC")
+    return _pad(by_label[1]), _pad(by_label[0])
 
 
 def compatibility_sets(index: OutfitIndex, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

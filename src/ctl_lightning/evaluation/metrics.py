@@ -50,39 +50,56 @@ def triplet_accuracy(emb: torch.Tensor, position: torch.Tensor, triplets: np.nda
     return float(triplet_wins(emb, a, p, n).float().mean())
 
 
-def _mean_cosine_to_set(emb: torch.Tensor, position: torch.Tensor, items: np.ndarray, groups: np.ndarray) -> torch.Tensor:
-    """For each row i: mean cosine of ``items[i, j]`` to the valid (>= 0) entries of ``groups[i]``;
+def cosine_pairs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``[n, K, L]`` cosine of every pair ``x[i, k], y[i, l]`` (unit-length rows): the CTL protocol's
+    pair score (DESIGN.md section 4)."""
+    return torch.einsum("nkd,nld->nkl", x, y)
+
+
+def pair_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``[n, K, L]`` Euclidean distance of every pair ``x[i, k], y[i, l]``: Polyvore's pair measure
+    (mvasil/fashion-compatibility). Measured here in the one embedding space; a type-aware model
+    measures each pair in the subspace of the pair's two categories, and plugs in here."""
+    return torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist")
+
+
+# How a protocol scores an item pair, higher for more compatible; EvaluationSets.pair_measure names one.
+PAIR_SCORES = {"cosine": cosine_pairs, "distance": lambda x, y: -pair_distances(x, y)}
+
+
+def _mean_score_to_set(emb: torch.Tensor, position: torch.Tensor, items: np.ndarray, groups: np.ndarray, pair_score) -> torch.Tensor:
+    """For each row i: mean pair score of ``items[i, j]`` with the valid (>= 0) entries of ``groups[i]``;
     -inf for padded items, so they never rank above a real one."""
     g, valid = _gather_padded(emb, position, groups)  # [n, L, D]
     x, real = _gather_padded(emb, position, items)  # [n, K, D]
-    sims = torch.einsum("nkd,nld->nkl", x, g) * valid[:, None, :]
-    scores = sims.sum(-1) / valid.sum(-1, keepdim=True).clamp(min=1)
+    scores = (pair_score(x, g) * valid[:, None, :]).sum(-1) / valid.sum(-1, keepdim=True).clamp(min=1)
     return scores.masked_fill(~real, -float("inf"))
 
 
-def fitb_accuracy(emb: torch.Tensor, position: torch.Tensor, questions: np.ndarray, answers: np.ndarray) -> float:
+def fitb_accuracy(emb: torch.Tensor, position: torch.Tensor, questions: np.ndarray, answers: np.ndarray, pair_measure: str = "cosine") -> float:
     """Share of questions whose answer 0 scores strictly above every other real answer (ties lose, as in
     triplet accuracy: a model that scores all candidates alike must not look right); the score of a
-    candidate is its mean cosine to the question items."""
+    candidate is its mean pair score with the question items (with distances: the smallest summed
+    distance wins, the question's size being the same for every candidate)."""
     emb = F.normalize(emb.float(), dim=1)
-    scores = _mean_cosine_to_set(emb, position, answers, questions)
+    scores = _mean_score_to_set(emb, position, answers, questions, PAIR_SCORES[pair_measure])
     return float((scores[:, 1:] < scores[:, :1]).all(dim=1).float().mean())
 
 
-def _outfit_scores(emb: torch.Tensor, position: torch.Tensor, outfits: np.ndarray) -> np.ndarray:
-    """Mean pairwise cosine over the valid items of each outfit."""
+def _outfit_scores(emb: torch.Tensor, position: torch.Tensor, outfits: np.ndarray, pair_score) -> np.ndarray:
+    """Mean pair score over the pairs of valid items of each outfit."""
     x, valid = _gather_padded(emb, position, outfits)
-    x = x * valid[..., None]
-    sims = torch.einsum("nkd,nld->nkl", x, x)
-    n = valid.sum(1).float()
-    pair_sum = (sims.sum((1, 2)) - (x * x).sum((1, 2))) / 2
-    return (pair_sum / (n * (n - 1) / 2).clamp(min=1)).numpy()
+    k = outfits.shape[1]
+    pairs = valid[:, :, None] & valid[:, None, :] & torch.ones(k, k, dtype=torch.bool).triu(1)
+    return ((pair_score(x, x) * pairs).sum((1, 2)) / pairs.sum((1, 2)).clamp(min=1)).numpy()
 
 
-def compatibility_auc(emb: torch.Tensor, position: torch.Tensor, outfits: np.ndarray, fake_outfits: np.ndarray) -> float:
-    """ROC AUC of real outfits against outfits of random same-category items, scored by mean pairwise cosine."""
+def compatibility_auc(emb: torch.Tensor, position: torch.Tensor, outfits: np.ndarray, fake_outfits: np.ndarray, pair_measure: str = "cosine") -> float:
+    """ROC AUC of real outfits against fake ones (random same-category items, or a compatibility
+    file's label-0 outfits), an outfit scored by the mean pair score of its items."""
     emb = F.normalize(emb.float(), dim=1)
-    real, fake = _outfit_scores(emb, position, outfits), _outfit_scores(emb, position, fake_outfits)
+    pair_score = PAIR_SCORES[pair_measure]
+    real, fake = _outfit_scores(emb, position, outfits, pair_score), _outfit_scores(emb, position, fake_outfits, pair_score)
     labels = np.r_[np.ones(len(real)), np.zeros(len(fake))]
     return float(roc_auc_score(labels, np.r_[real, fake]))
 
@@ -119,10 +136,11 @@ def test_metrics(compatible: torch.Tensor, similar: torch.Tensor, row_ids: torch
     """
     position = position_lookup(row_ids, len(sets.table))
     compatible, similar = compatible.detach().float().cpu(), similar.detach().float().cpu()
+    fitb = sets.fitb
     metrics = {
         "triplet_accuracy": triplet_accuracy(compatible, position, sets.triplets),
-        "fitb_accuracy": fitb_accuracy(compatible, position, sets.fitb.questions, sets.fitb.answers) if sets.fitb else float("nan"),
-        "compatibility_auc": compatibility_auc(compatible, position, sets.outfits, sets.fake_outfits),
+        "fitb_accuracy": fitb_accuracy(compatible, position, fitb.questions, fitb.answers, sets.pair_measure) if fitb else float("nan"),
+        "compatibility_auc": compatibility_auc(compatible, position, sets.outfits, sets.fake_outfits, sets.pair_measure),
     }
     order = position[torch.as_tensor(sets.rows)]
     metrics["similar_style_at5"] = style_agreement_at_k(

@@ -1,7 +1,8 @@
-"""Per-category counts of any CTL or STL annotation file (``ctl-data stats``).
+"""Per-category counts of any CTL or STL annotation file, and the splits of a Polyvore Outfits folder
+(``ctl-data stats``).
 
 They reproduce the paper's Table 1 (STL ``fashion-cat.json``) and Table 2 (CTL products) from the
-annotation files themselves.
+annotation files themselves, and Polyvore's outfit and item counts per split (DESIGN.md section 2).
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ from ctl_lightning.data.formats.ctl import (
     read_ctl_fitb,
     read_ctl_raw,
     read_ctl_triplets,
+)
+from ctl_lightning.data.formats.polyvore import (
+    METADATA_FILE,
+    PARTS,
+    SPLITS,
+    read_polyvore_split,
 )
 from ctl_lightning.data.formats.stl import read_stl_categories, read_stl_products
 from ctl_lightning.errors import DataFormatError
@@ -81,3 +88,36 @@ def file_stats(path: str | Path, on_error: str = "raise") -> FileStats:
         counts = Counter(category for _, category in result.records)
         totals = {"products": len(result.records), "categories": len(counts)}
     return FileStats(kind, counts, totals, result.skip_summary())
+
+
+@dataclass
+class PolyvoreStats:
+    parts: list[dict]  # split, part (train, valid, test, all), outfits, items (distinct), categories
+    categories: dict[str, Counter]  # split -> distinct items per category, all parts together
+    questions: dict[str, dict[str, int]]  # split -> counts of its test question files
+    skipped: list[str]
+
+
+def polyvore_stats(folder: str | Path, on_error: str = "raise") -> PolyvoreStats:
+    """Outfits, items and categories per part of each split found in a ``polyvore_outfits`` folder."""
+    folder = Path(folder)
+    if not (folder / METADATA_FILE).is_file():
+        raise DataFormatError(folder / METADATA_FILE, None, "file not found; a Polyvore Outfits folder holds it")
+    stats = PolyvoreStats([], {}, {}, [])
+    for split in (s for s in SPLITS if (folder / s).is_dir()):
+        data = read_polyvore_split(folder, split, on_error)
+        items = {}
+        for part in PARTS:
+            in_part = {item.item_id: item.category for outfit in data.outfits[part] for item in outfit.items}
+            stats.parts.append({"split": split, "part": part, "outfits": len(data.outfits[part]), "items": len(in_part),
+                                "categories": len(set(in_part.values()))})  # fmt: skip
+            items.update(in_part)
+        stats.parts.append({"split": split, "part": "all", "outfits": sum(len(data.outfits[part]) for part in PARTS),
+                            "items": len(items), "categories": len(set(items.values()))})  # fmt: skip
+        stats.categories[split] = Counter(items.values())
+        labels = Counter(q.label for q in data.compatibility)
+        stats.questions[split] = {"real outfits": labels[1], "fake outfits": labels[0], "FITB questions": len(data.fitb)}
+        stats.skipped += [result.skip_summary() for result in data.results if result.skipped]
+    if not stats.parts:
+        raise DataFormatError(folder, None, f"has neither {' nor '.join(SPLITS)}/")
+    return stats

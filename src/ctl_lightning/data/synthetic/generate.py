@@ -1,4 +1,4 @@
-"""Write the embedded synthetic dataset in the real CTL and STL formats.
+"""Write the embedded synthetic dataset in the real CTL and STL formats, or in the Polyvore Outfits layout.
 
 Everything downstream (readers, product store, DataModules) runs on it exactly as on real data.
 Each outfit draws from its own random generator, seeded by ``(seed, outfit index)``, so the output
@@ -18,12 +18,15 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ctl_lightning.data.formats.ctl import RAW_FIELDS, product_key
+from ctl_lightning.data.formats.polyvore import SPLITS
 from ctl_lightning.data.synthetic import benchmark, world
 from ctl_lightning.data.synthetic.drawing import (
     item_size,
     render_attribute_item,
     render_item,
 )
+from ctl_lightning.data.synthetic.polyvore_layout import PolyvoreRow, write_polyvore
+from ctl_lightning.data.synthetic.questions import fitb_draws
 from ctl_lightning.data.synthetic.styles import (
     CTL_LABELS,
     STL_CATEGORY_PATHS,
@@ -40,6 +43,7 @@ GENERATOR_VERSION = 3  # bump when the output changes, so that cached datasets a
 # The real header is separated by spaces, the rows by tabs; the synthetic files keep that quirk.
 RAW_HEADER = "image_signature bounding_x  bounding_y  bounding_width  bounding_height label"
 
+VALID_FRACTION = 0.1  # Polyvore layout: outfits of valid.json (the CTL layout validates on a share of train)
 ACCESSORIES = ("Handbags", "Jewelry", "Hats", "Sunglasses", "Watches", "Scarves & Shawls")
 ACCESSORY_WEIGHTS = np.array([0.34, 0.18, 0.14, 0.13, 0.1, 0.11])
 
@@ -56,6 +60,7 @@ class SynthConfig:
     workers: int = 0  # 0: one per core
     world: str = "bench"  # bench: attribute rules with headroom; toy: one latent style per outfit
     split: str = "nondisjoint"  # bench only; disjoint: test looks combine hue and scheme unseen in training
+    layout: str = "ctl"  # ctl: ctl/ and stl/; polyvore: polyvore_outfits/ with both splits (bench only)
     render: bool = True  # False: annotations only (no images), for figures computed from the latent truth
 
 
@@ -129,21 +134,42 @@ def _render_outfit(job) -> tuple[str, list[Row]]:
     return signature, rows
 
 
-def _bench_outfit(job) -> tuple[str, list[Row]]:
-    """Plan (and, when ``images_dir`` is set, draw) benchmark outfit ``index``; test outfits take the
-    test looks of the split and hold no off-look item."""
-    seed, index, canvas, images_dir, is_test, split = job
-    rng = np.random.default_rng([seed, 1, index])
-    signature = _signature(rng)
+def _plan_bench(rng: np.random.Generator, canvas: int, is_test: bool, split: str) -> tuple[world.Look, benchmark.Plan]:
+    """A benchmark outfit: test outfits take the test looks of the split and hold no off-look item."""
     pairs = world.combos(split, "test" if is_test else "train")
     look = world.sample_look(rng, pairs)
     categories = compose_outfit(rng)
-    plan = benchmark.plan_outfit(categories, _layout(len(categories), canvas, rng), look, rng, not is_test, pairs)
+    return look, benchmark.plan_outfit(categories, _layout(len(categories), canvas, rng), look, rng, not is_test, pairs)
+
+
+def _bench_outfit(job) -> tuple[str, list[Row]]:
+    """Plan (and, when ``images_dir`` is set, draw) benchmark outfit ``index`` as a collage."""
+    seed, index, canvas, images_dir, is_test, split = job
+    rng = np.random.default_rng([seed, 1, index])
+    signature = _signature(rng)
+    look, plan = _plan_bench(rng, canvas, is_test, split)
     if images_dir:
         draw_rng = np.random.default_rng([seed, 4, index])
         benchmark.save_jpeg(benchmark.render(plan, canvas, draw_rng), Path(images_dir) / f"{signature}.jpg", draw_rng)
     return signature, [(p.category, tuple(v / canvas for v in p.box), world.similarity_class(p.category, p.item), p, look)
                        for p in plan.items]  # fmt: skip
+
+
+def _polyvore_outfit(job) -> list[PolyvoreRow]:
+    """Plan benchmark outfit ``index`` of ``split`` (and, when ``images_dir`` is set, draw each item as
+    a product shot named by its item id). The streams differ per split, so item ids never collide."""
+    seed, index, canvas, images_dir, is_test, split = job
+    stream = SPLITS.index(split)
+    rng = np.random.default_rng([seed, 6, stream, index])
+    look, plan = _plan_bench(rng, canvas, is_test, split)
+    draw_rng = np.random.default_rng([seed, 7, stream, index])
+    rows = []
+    for planned in plan.items:
+        item_id = _signature(rng)
+        if images_dir:
+            _shot(render_attribute_item(planned.category, planned.item, *planned.size, draw_rng), Path(images_dir) / f"{item_id}.jpg")
+        rows.append((item_id, world.similarity_class(planned.category, planned.item), planned, look))
+    return rows
 
 
 def _shot(item: Image.Image, path: Path) -> None:
@@ -234,24 +260,14 @@ def _write_ctl(root: Path, outfits, n_test: int, rng: np.random.Generator) -> No
 def _fitb_questions(outfits, rng: np.random.Generator) -> list[dict]:
     """One question per outfit: blank one item; 3 wrong candidates of its category from other outfits."""
 
-    def item(signature: str, label: str, box) -> dict:
-        return dict(signature=signature, x=_fmt(box[0]), y=_fmt(box[1]), w=_fmt(box[2]), h=_fmt(box[3]), label=label)
+    def item(o: int, k: int) -> dict:
+        signature, rows = outfits[o]
+        label, box = rows[k][:2]
+        return {"signature": signature, "x": _fmt(box[0]), "y": _fmt(box[1]), "w": _fmt(box[2]), "h": _fmt(box[3]), "label": label}
 
-    by_label: dict[str, list[tuple[int, dict]]] = {}
-    for o, (signature, rows) in enumerate(outfits):
-        for label, box, *_ in rows:
-            by_label.setdefault(label, []).append((o, item(signature, label, box)))
-    questions = []
-    for o, (signature, rows) in enumerate(outfits):
-        blank = int(rng.integers(len(rows)))
-        label, box = rows[blank][:2]
-        pool = [candidate for owner, candidate in by_label[label] if owner != o]
-        if len(rows) < 2 or len(pool) < 3:
-            continue
-        wrong = [pool[i] for i in rng.choice(len(pool), size=3, replace=False)]
-        question = [item(signature, row[0], row[1]) for k, row in enumerate(rows) if k != blank]
-        questions.append({"question": question, "answers": [item(signature, label, box), *wrong]})
-    return questions
+    draws = fitb_draws([[row[0] for row in rows] for _, rows in outfits], rng)
+    return [{"question": [item(o, k) for k in range(len(outfits[o][1])) if k != blank], "answers": [item(o, blank), *(item(*w) for w in wrong)]}
+            for (o, blank), wrong in draws]  # fmt: skip
 
 
 def _write_stl(root: Path, scenes) -> None:
@@ -281,7 +297,8 @@ def is_complete(out: Path, config: SynthConfig | None = None) -> bool:
         return True
     wanted = dict(seed=config.seed, outfits=config.outfits, styles=config.styles, canvas=config.canvas, scenes=config.scenes,
                   world=config.world, split=config.split, rendered=config.render)  # fmt: skip
-    return all(manifest.get(k) == v for k, v in wanted.items())
+    # Datasets written before the Polyvore layout existed have no layout in their manifest: CTL's.
+    return all(manifest.get(k) == v for k, v in wanted.items()) and manifest.get("layout", "ctl") == config.layout
 
 
 def generate(config: SynthConfig) -> Path:
@@ -296,25 +313,16 @@ def generate(config: SynthConfig) -> Path:
         raise CtlError(f"--scenes must be at least 1, got {config.scenes}")
     if config.world not in ("bench", "toy"):
         raise CtlError(f"world must be bench or toy, got {config.world!r}")
+    if config.layout not in ("ctl", "polyvore") or (config.layout == "polyvore" and config.world != "bench"):
+        raise CtlError(f"layout must be ctl, or polyvore with the bench world; got {config.layout!r} with {config.world!r}")
     world.combos(config.split, "train")  # a bad split name fails here, before any drawing
     with building(out) as tmp:
-        for sub in ("ctl/images", "stl/scenes", "stl/products"):
-            (tmp / sub).mkdir(parents=True)
         workers = config.workers or max(1, os.cpu_count() or 1)
-        styles = make_styles(config.styles, CTL_LABELS + tuple(STL_CATEGORY_PATHS), np.random.default_rng([config.seed, 0]))
         n_test = max(2, int(round(config.outfits * config.test_fraction)))
-        images = str(tmp / "ctl" / "images") if config.render else ""
-        if config.world == "bench":
-            jobs = [(config.seed, i, config.canvas, images, i >= config.outfits - n_test, config.split) for i in range(config.outfits)]
-            outfits = _run(_bench_outfit, jobs, styles, workers, "benchmark-world collages")
+        if config.layout == "polyvore":
+            _generate_polyvore(config, tmp / "polyvore_outfits", n_test, workers)
         else:
-            jobs = [(config.seed, i, config.canvas, images) for i in range(config.outfits)]
-            outfits = _run(_render_outfit, jobs, styles, workers, "synthetic CTL collages")
-        _write_ctl(tmp / "ctl", outfits, n_test, np.random.default_rng([config.seed, 3]))
-        if config.render:
-            stl_jobs = [(config.seed, i, config.canvas, str(tmp / "stl")) for i in range(config.scenes)]
-            scene_fn = _bench_scene if config.world == "bench" else _render_scene
-            _write_stl(tmp / "stl", _run(scene_fn, stl_jobs, styles, workers, "synthetic STL scenes"))
+            _generate_ctl_stl(config, tmp, n_test, workers)
         manifest = dict(
             generator_version=GENERATOR_VERSION,
             seed=config.seed,
@@ -325,9 +333,42 @@ def generate(config: SynthConfig) -> Path:
             scenes=config.scenes,
             world=config.world,
             split=config.split,
+            layout=config.layout,
             rendered=config.render,
             fields=list(RAW_FIELDS),
         )
         write_json(tmp / MANIFEST, manifest)
         replace_dir(tmp, out)
     return out
+
+
+def _generate_polyvore(config: SynthConfig, root: Path, n_test: int, workers: int) -> None:
+    """Both splits of the benchmark world in the Polyvore layout, each with ``config.outfits`` outfits:
+    the last ``n_test`` are test outfits, the ``VALID_FRACTION`` before them validation ones."""
+    (root / "images").mkdir(parents=True)
+    images = str(root / "images") if config.render else ""
+    n_valid = max(2, round(config.outfits * VALID_FRACTION))
+    parts = ["train"] * (config.outfits - n_valid - n_test) + ["valid"] * n_valid + ["test"] * n_test
+    drawn = {}
+    for split in SPLITS:
+        jobs = [(config.seed, i, config.canvas, images, part == "test", split) for i, part in enumerate(parts)]
+        drawn[split] = _run(_polyvore_outfit, jobs, [], workers, f"benchmark-world products ({split})")
+    write_polyvore(root, drawn, parts, np.random.default_rng([config.seed, 8]))
+
+
+def _generate_ctl_stl(config: SynthConfig, tmp: Path, n_test: int, workers: int) -> None:
+    for sub in ("ctl/images", "stl/scenes", "stl/products"):
+        (tmp / sub).mkdir(parents=True)
+    styles = make_styles(config.styles, CTL_LABELS + tuple(STL_CATEGORY_PATHS), np.random.default_rng([config.seed, 0]))
+    images = str(tmp / "ctl" / "images") if config.render else ""
+    if config.world == "bench":
+        jobs = [(config.seed, i, config.canvas, images, i >= config.outfits - n_test, config.split) for i in range(config.outfits)]
+        outfits = _run(_bench_outfit, jobs, styles, workers, "benchmark-world collages")
+    else:
+        jobs = [(config.seed, i, config.canvas, images) for i in range(config.outfits)]
+        outfits = _run(_render_outfit, jobs, styles, workers, "synthetic CTL collages")
+    _write_ctl(tmp / "ctl", outfits, n_test, np.random.default_rng([config.seed, 3]))
+    if config.render:
+        stl_jobs = [(config.seed, i, config.canvas, str(tmp / "stl")) for i in range(config.scenes)]
+        scene_fn = _bench_scene if config.world == "bench" else _render_scene
+        _write_stl(tmp / "stl", _run(scene_fn, stl_jobs, styles, workers, "synthetic STL scenes"))
