@@ -48,8 +48,9 @@ def test_triplet_batches_carry_row_ids_and_store_pixels(datamodule):
     expected = datamodule.train_triplets[order]
     seen = []
     for batch in batches:
-        assert set(batch) == {"row_ids", "labels", "triplets", "images"}
+        assert set(batch) == {"row_ids", "labels", "categories", "triplets", "images"}
         rows, triplets = batch["row_ids"].numpy(), batch["triplets"].numpy()
+        assert np.array_equal(store.table.categories[rows], np.unique(store.table.categories)[batch["categories"].numpy()])
         assert batch["images"].dtype == torch.uint8 and batch["images"].shape == (len(rows), SIZE, SIZE, 3)
         assert np.array_equal(batch["images"].numpy(), np.asarray(store.images)[rows])
         assert len(np.unique(rows)) == len(rows)  # each product embedded once

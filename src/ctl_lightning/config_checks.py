@@ -13,7 +13,9 @@ from collections.abc import Callable
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from ctl_lightning.data.datamodules import BATCHINGS
 from ctl_lightning.errors import CtlError
+from ctl_lightning.losses.mining import MINERS
 from ctl_lightning.losses.triplet import DISTANCES
 
 MAX_IMAGE_SIZE = 1024  # crops are stored uncompressed: 1024 px is 3 MB a product
@@ -35,6 +37,7 @@ RULES: tuple[tuple[str, str, Callable[[object], bool]], ...] = (
     ("model.trainable_stages", "an integer >= 0", lambda v: _integer(v) and v >= 0),
     ("loss.margin", "a number >= 0", lambda v: _number(v) and v >= 0),
     ("loss.distance", f"one of {', '.join(DISTANCES)}", lambda v: v in DISTANCES),
+    ("loss.miner", f"one of {', '.join(MINERS)}", lambda v: v in MINERS),
     ("loss.centers_per_class", "an integer >= 2", lambda v: _integer(v) and v >= 2),
     ("loss.la", "a number > 0", lambda v: _number(v) and v > 0),
     ("loss.gamma", "a number > 0", lambda v: _number(v) and v > 0),
@@ -47,6 +50,9 @@ RULES: tuple[tuple[str, str, Callable[[object], bool]], ...] = (
     ("data.eval_batch_size", "an integer > 0", lambda v: _integer(v) and v > 0),
     ("data.num_workers", "an integer >= 0", lambda v: _integer(v) and v >= 0),
     ("data.triplets_per_outfit", "an integer > 0", lambda v: _integer(v) and v > 0),
+    ("data.batching", f"one of {', '.join(BATCHINGS)}", lambda v: v in BATCHINGS),
+    ("data.outfits_per_batch", "an integer >= 2", lambda v: _integer(v) and v >= 2),
+    ("data.items_per_outfit", "an integer >= 2", lambda v: _integer(v) and v >= 2),
     ("data.val_fraction", "a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1),
     ("data.source.outfits", "an integer >= 10", lambda v: _integer(v) and v >= 10),
     ("data.source.styles", "an integer >= 2", lambda v: _integer(v) and v >= 2),

@@ -3,6 +3,8 @@
 Items are row ids; collation turns a list of them into one batch read from the memory-mapped store.
 A triplet batch embeds each distinct product once: ``images`` holds the unique products and
 ``triplets`` indexes anchors, positives and negatives into them, since triplets share images.
+Outfit-grouped batches (``data.batching=outfits``) hold a few items of each of a few outfits, so that
+their products form many triplets, and a miner (``loss.miner``) has in-batch positives to choose from.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 from torch.utils.data import Dataset, RandomSampler
 
 from ctl_lightning.data.store import ProductStore
+from ctl_lightning.losses.mining import outfit_triplets
 
 
 class RowsDataset(Dataset):
@@ -27,8 +30,30 @@ class RowsDataset(Dataset):
         return self.rows[index]
 
 
-class TripletCollate:
-    """``[B, 3]`` triplets -> ``{row_ids [U], labels [U], triplets [B, 3], images [U, H, W, 3] uint8}``.
+class _TrainingCollate:
+    """What training batches share: the distinct products' row ids, outfit classes, category codes
+    (the miners keep negatives in the positive's category) and pixels, and triplets indexing them."""
+
+    def __init__(self, store: ProductStore, labels: np.ndarray, load_images: bool = True):
+        self.store = store
+        self.labels = labels
+        self.categories = np.unique(store.table.categories, return_inverse=True)[1].astype(np.int64)
+        self.load_images = load_images
+
+    def _batch(self, rows: np.ndarray, triplets: torch.Tensor) -> dict[str, torch.Tensor]:
+        batch = {
+            "row_ids": torch.from_numpy(rows),
+            "labels": torch.from_numpy(self.labels[rows]),
+            "categories": torch.from_numpy(self.categories[rows]),
+            "triplets": triplets,
+        }
+        if self.load_images:
+            batch["images"] = torch.from_numpy(self.store.read(rows))
+        return batch
+
+
+class TripletCollate(_TrainingCollate):
+    """``[B, 3]`` triplets -> ``{row_ids [U], labels [U], categories [U], triplets [B, 3], images [U, H, W, 3] uint8}``.
 
     With ``dedup=False`` every triplet member is its own entry (U = 3B); the loss is the same, only
     more images are embedded. ``load_images=False`` leaves the pixels out when the model embeds from
@@ -36,9 +61,7 @@ class TripletCollate:
     """
 
     def __init__(self, store: ProductStore, labels: np.ndarray, load_images: bool = True, dedup: bool = True):
-        self.store = store
-        self.labels = labels
-        self.load_images = load_images
+        super().__init__(store, labels, load_images)
         self.dedup = dedup
 
     def __call__(self, samples: list[np.ndarray]) -> dict[str, torch.Tensor]:
@@ -47,14 +70,19 @@ class TripletCollate:
             rows, inverse = np.unique(triplets, return_inverse=True)
         else:
             rows, inverse = triplets.reshape(-1), np.arange(triplets.size)
-        batch = {
-            "row_ids": torch.from_numpy(rows),
-            "labels": torch.from_numpy(self.labels[rows]),
-            "triplets": torch.from_numpy(inverse.reshape(-1, 3)),
-        }
-        if self.load_images:
-            batch["images"] = torch.from_numpy(self.store.read(rows))
-        return batch
+        return self._batch(rows, torch.from_numpy(inverse.reshape(-1, 3)))
+
+
+class OutfitCollate(_TrainingCollate):
+    """Outfit groups (``[K]`` row ids of one outfit, -1 padded) -> the same batch as :class:`TripletCollate`,
+    whose ``triplets`` are all those the CTL protocol allows among the batch's products
+    (:func:`~ctl_lightning.losses.mining.outfit_triplets`): what ``loss.miner=none`` trains on."""
+
+    def __call__(self, samples: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        groups = np.stack(samples)
+        rows = np.unique(groups[groups >= 0])
+        triplets = outfit_triplets(torch.from_numpy(self.labels[rows]), torch.from_numpy(self.categories[rows]))
+        return self._batch(rows, triplets)
 
 
 class ProductCollate:

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from ctl_lightning.data.batches import (
     EpochShuffle,
+    OutfitCollate,
     ProductCollate,
     RowsDataset,
     TripletCollate,
@@ -31,6 +32,7 @@ from ctl_lightning.data.triplets import (
     compatibility_sets,
     fitb_rows,
     labelled_outfits,
+    outfit_groups,
     sample_triplets,
     split_supplied,
     triplets_from_items,
@@ -41,7 +43,8 @@ log = logging.getLogger(__name__)
 
 # One random stream per purpose: the held-out sets stay the same whatever the training settings
 # (triplets per outfit, validation share), so runs and sweeps are comparable. New streams go last.
-STREAMS = ("train", "val", "heldout", "compat", "val_triplets")
+STREAMS = ("train", "val", "heldout", "compat", "val_triplets", "outfit_groups")
+BATCHINGS = ("triplets", "outfits")
 
 
 @dataclass
@@ -149,17 +152,32 @@ class _StoreDataModule(pl.LightningDataModule):
 
 
 class TripletsDataModule(_StoreDataModule):
-    """CTL outfits: sampled (or user-supplied) training triplets, held-out test sets, all products for predict."""
+    """CTL outfits: sampled (or user-supplied) training triplets, held-out test sets, all products for predict.
+
+    ``batching="outfits"`` trains on outfit-grouped batches instead: ``outfits_per_batch`` groups of
+    at most ``items_per_outfit`` products of one training outfit each (drawn once per seed, shuffled
+    per epoch like triplets), whose triplets are all those the batch's products can form. Validation
+    always uses the sampled validation triplets.
+    """
 
     has_test_sets = True
 
     def __init__(self, source: CtlSource, image_size: int | None = 64, batch_size: int = 64, eval_batch_size: int = 256,
                  num_workers: int = 0, triplets_per_outfit: int = 4, val_fraction: float = 0.1, seed: int = 0,
-                 dedup: bool = True, pin_memory: bool = False):  # fmt: skip
+                 dedup: bool = True, pin_memory: bool = False, batching: str = "triplets", outfits_per_batch: int = 32,
+                 items_per_outfit: int = 4):  # fmt: skip
         super().__init__(source, image_size, batch_size, eval_batch_size, num_workers, seed, pin_memory)
         if triplets_per_outfit < 1:
             raise CtlError(f"triplets_per_outfit must be at least 1, got {triplets_per_outfit}")
+        if batching not in BATCHINGS:
+            raise CtlError(f"data.batching must be one of {', '.join(BATCHINGS)}, got {batching!r}")
+        if outfits_per_batch < 2 or items_per_outfit < 2:
+            raise CtlError(f"outfit-grouped batches need outfits_per_batch >= 2 and items_per_outfit >= 2 (a negative "
+                           f"and a positive), got {outfits_per_batch} and {items_per_outfit}")  # fmt: skip
         self.triplets_per_outfit = triplets_per_outfit
+        self.batching = batching
+        self.outfits_per_batch = outfits_per_batch
+        self.items_per_outfit = items_per_outfit
         self.val_fraction = val_fraction
         self.dedup = dedup
         self.labels: np.ndarray | None = None
@@ -206,19 +224,25 @@ class TripletsDataModule(_StoreDataModule):
         held = self.validation_outfits
         supplied = self.source.triplets()
         if supplied is not None:
+            if self.batching == "outfits":
+                raise CtlError(f"data.batching=outfits groups the training outfits itself and would ignore {supplied.path}: "
+                               "use data.batching=triplets with a triplet file")  # fmt: skip
             is_validation = np.array([s == "train" and g in held for g, s in zip(table.groups, table.splits)], dtype=bool)
             triplets = triplets_from_items(table, supplied.records, str(supplied.path))
             self.train_triplets, self.val_triplets = split_supplied(triplets, is_validation, str(supplied.path))
         else:
             training = OutfitIndex(table, "train", classes, "the training outfits")
             self.train_triplets = sample_triplets(training, self.triplets_per_outfit, self._stream("train"))
+            if self.batching == "outfits":
+                self.train_groups = outfit_groups(training, self.items_per_outfit, self._stream("outfit_groups"))
             self.val_triplets = np.empty((0, 3), dtype=np.int64)
             validation = self._validation_index(table)
             if validation is not None:
                 self.val_triplets = sample_triplets(validation, self.triplets_per_outfit, self._stream("val_triplets"))
         self.evaluation = held_out_sets(table, self.source, self.seed)
+        trains_on = f"{len(self.train_groups)} outfit groups" if self.batching == "outfits" else f"{len(self.train_triplets)} triplets"
         log.info(
-            f"{len(store)} products; {len(self.train_triplets)} train / {len(self.val_triplets)} val triplets; "
+            f"{len(store)} products; train on {trains_on}; {len(self.val_triplets)} val triplets; "
             f"{len(self.evaluation.triplets)} held-out test triplets"
         )
 
@@ -233,6 +257,9 @@ class TripletsDataModule(_StoreDataModule):
         return self._loader(triplets, collate, self.batch_size, shuffle)
 
     def train_dataloader(self) -> DataLoader:
+        if self.batching == "outfits":
+            collate = OutfitCollate(self._open(), self.labels, self.load_images)
+            return self._loader(self.train_groups, collate, self.outfits_per_batch, shuffle=True)
         return self._triplet_loader(self.train_triplets, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

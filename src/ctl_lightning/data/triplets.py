@@ -88,6 +88,18 @@ def sample_triplets(index: OutfitIndex, per_outfit: int, rng: np.random.Generato
     return np.asarray(triplets, dtype=np.int64)
 
 
+def outfit_groups(index: OutfitIndex, items_per_group: int, rng: np.random.Generator) -> np.ndarray:
+    """``[G, items_per_group]`` row ids, -1 padded: each outfit's products in a random order, cut into
+    as few groups of at most ``items_per_group`` as hold them all, as even as possible (7 items, 4 per
+    group: 4 and 3). Every product of the index is in exactly one group, so an epoch over the groups
+    trains on each product once; outfits with fewer items make one smaller group."""
+    groups = []
+    for rows in index.outfits.values():
+        shuffled = rows[rng.permutation(len(rows))]
+        groups.extend(np.array_split(shuffled, -(-len(rows) // items_per_group)))
+    return _pad(groups)
+
+
 def split_supplied(triplets: np.ndarray, is_validation: np.ndarray, origin: str) -> tuple[np.ndarray, np.ndarray]:
     """User triplets -> (training, validation), given ``is_validation [N]`` per row id.
 

@@ -72,6 +72,7 @@ class SoftTripleLoss(nn.Module):
     """SoftTriple with the paper's defaults: lambda=20, gamma=0.1, tau=0.2, delta(margin)=0.01, K=10."""
 
     uses_classes = True  # scores only products of training outfits (label >= 0)
+    miner = None  # trains on classes, not triplets: nothing to mine
 
     def __init__(self, num_classes: int, embedding_dim: int, centers_per_class: int = 10, la: float = 20.0,
                  gamma: float = 0.1, tau: float = 0.2, margin: float = 0.01):  # fmt: skip

@@ -1,4 +1,5 @@
-"""The seed's triplet loss, ``max(||a-p||^2 - ||a-n||^2 + margin, 0)``, averaged over the batch."""
+"""The seed's triplet loss, ``max(||a-p||^2 - ||a-n||^2 + margin, 0)``, averaged over the batch's
+triplets: the sampled ones, or those its miner picks (``loss.miner``, :mod:`ctl_lightning.losses.mining`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pytorch_metric_learning import distances, losses, reducers
 from torch import nn
 
 from ctl_lightning.errors import CtlError
+from ctl_lightning.losses.mining import make_miner
 
 DISTANCES = ("squared_euclidean", "cosine")
 
@@ -18,11 +20,14 @@ class TripletLoss(nn.Module):
     otherwise meet any margin by scaling its outputs up. On unit vectors the squared Euclidean
     distance is ``2 - 2 cos``, so margins are on a fixed scale. The reduction is the plain mean over
     all triplets, as in the seed, not pytorch-metric-learning's default mean over non-zero ones.
+
+    ``miner`` (``none``, ``batch_hard``, ``semihard``, ``multi_similarity``) is built with the loss's
+    margin and distance; the model calls it on training batches and passes its triplets here.
     """
 
     uses_classes = False  # scores any triplet, validation ones included
 
-    def __init__(self, margin: float = 0.2, distance: str = "squared_euclidean", normalize: bool = True):
+    def __init__(self, margin: float = 0.2, distance: str = "squared_euclidean", normalize: bool = True, miner: str = "none"):
         super().__init__()
         if distance not in DISTANCES:
             raise CtlError(f"loss.distance must be one of {DISTANCES}, got {distance!r}")
@@ -33,6 +38,7 @@ class TripletLoss(nn.Module):
             else distances.CosineSimilarity()
         )
         self.loss = losses.TripletMarginLoss(margin=margin, distance=metric, reducer=reducers.MeanReducer())
+        self.miner = make_miner(miner, margin, metric)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, triplets: torch.Tensor) -> torch.Tensor:
         return self.loss(embeddings, indices_tuple=(triplets[:, 0], triplets[:, 1], triplets[:, 2]))

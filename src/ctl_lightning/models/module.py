@@ -223,13 +223,22 @@ class CompatibilityModule(pl.LightningModule):
         loss = None
         # Validation outfits have no class (label -1): a class loss such as SoftTriple has no value on them.
         if stage == "train" or not self.loss.uses_classes:
-            loss = self.loss(embeddings, batch["labels"], batch["triplets"])
+            loss = self.loss(embeddings, batch["labels"], self._loss_triplets(batch, embeddings, stage))
             self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=sync)
         with torch.no_grad():  # on the device: no host synchronization per step
             t = batch["triplets"]
             accuracy = triplet_wins(embeddings.detach(), t[:, 0], t[:, 1], t[:, 2]).float().mean()
         self.log(f"{stage}/triplet_accuracy", accuracy, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=n, sync_dist=sync)
         return loss
+
+    def _loss_triplets(self, batch: dict[str, torch.Tensor], embeddings: torch.Tensor, stage: str) -> torch.Tensor:
+        """The batch's own triplets, or on training batches those the loss's miner picks. Validation
+        always scores the sampled triplets, so that runs with and without a miner compare."""
+        if stage != "train" or self.loss.miner is None:
+            return batch["triplets"]
+        mined = self.loss.miner(embeddings, batch["labels"], batch["categories"])
+        self.log("train/mined_triplets", float(len(mined)), on_step=False, on_epoch=True, batch_size=1)
+        return mined
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._triplet_step(batch, "train")
