@@ -1,4 +1,5 @@
-"""The frozen-backbone feature cache and the per-batch deduplication of triplet members."""
+"""The frozen-backbone feature cache, the per-batch deduplication of triplet members, and the
+forward passes that outfit-grouped batches share."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import time
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
+from pytorch_metric_learning.distances import LpDistance
 
 from ctl_lightning.benchmarks.loading import _StepTimer
 from ctl_lightning.data.products import ProductTable
 from ctl_lightning.data.triplets import OutfitIndex, sample_triplets
+from ctl_lightning.losses.mining import OutfitMiner
 
 
 def _epoch_seconds(model, dm, steps: int | None, skip: int = 2) -> tuple[float, int]:
@@ -71,3 +75,25 @@ def dedup(dm, real_table: ProductTable | None, batch_size: int) -> dict:
         triplets = sample_triplets(OutfitIndex(real_table, "train"), 1, np.random.default_rng(0))
         out["ctl_raw_test_annotations"] = _forward_passes(triplets, batch_size)
     return out
+
+
+def _shared(triplets: int, unique: int) -> dict:
+    return {"triplets": triplets, "images_without_dedup": 3 * triplets, "images_with_dedup": unique, "saved_fraction": 1 - unique / (3 * triplets)}
+
+
+def grouped(dm) -> dict:
+    """Outfit-grouped batches (``data.batching=outfits``): the distinct products one epoch embeds
+    against 3 per triplet it trains on, with every in-batch triplet (``loss.miner=none``) and with
+    ``batch_hard``'s one per anchor and positive category (a count that does not depend on the
+    embeddings, so random ones serve). Counts, not timings: any machine gives the same."""
+    dm.load_images = False
+    miner = OutfitMiner("batch_hard", 0.2, LpDistance(normalize_embeddings=True, p=2, power=2))
+    generator = torch.Generator().manual_seed(0)
+    unique = every = hardest = batches = 0
+    for batch in dm.train_dataloader():
+        unique += len(batch["row_ids"])
+        every += len(batch["triplets"])
+        hardest += len(miner(torch.randn(len(batch["row_ids"]), 8, generator=generator), batch["labels"], batch["categories"]))
+        batches += 1
+    shape = {"batches": batches, "outfits_per_batch": dm.outfits_per_batch, "items_per_outfit": dm.items_per_outfit}
+    return {"all_in_batch": {**shape, **_shared(every, unique)}, "batch_hard": {**shape, **_shared(hardest, unique)}}

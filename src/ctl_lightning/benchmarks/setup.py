@@ -16,10 +16,10 @@ from ctl_lightning.models.module import CompatibilityModule
 
 
 def datamodule(root: Path, outfits: int, image_size: int = 64, batch_size: int = 64, num_workers: int = 0,
-               triplets_per_outfit: int = 8, seed: int = 42) -> TripletsDataModule:  # fmt: skip
+               triplets_per_outfit: int = 8, seed: int = 42, batching: str = "triplets") -> TripletsDataModule:  # fmt: skip
     source = SyntheticCtl(root, seed=0, outfits=outfits)
     dm = TripletsDataModule(source, image_size=image_size, batch_size=batch_size, num_workers=num_workers,
-                            triplets_per_outfit=triplets_per_outfit, seed=seed)  # fmt: skip
+                            triplets_per_outfit=triplets_per_outfit, seed=seed, batching=batching)  # fmt: skip
     dm.prepare_data()
     dm.setup("fit")
     return dm
