@@ -20,7 +20,7 @@ SHARED_DATA = Path(os.environ.get("CTL_SHARED_DATA", REPO.parent / "shared" / "d
 
 # Small enough for CI, large enough that every category has negatives in the test split.
 TINY = ["data.source.outfits=150", "data.source.scenes=30", "data.image_size=32", "trainer.max_epochs=1",
-        "trainer.enable_progress_bar=false", "recommendation_examples=2"]  # fmt: skip
+        "trainer.enable_progress_bar=false", "recommendation_examples=2", "model.trainable_stages=0"]  # fmt: skip
 
 
 def shared_file(*parts: str) -> Path:
