@@ -97,7 +97,7 @@ class CategorySubspaces(nn.Module):
             mapped = embeddings.clone()
             for pair in pairs[known].unique().tolist():
                 chosen = pairs == pair
-                mapped[chosen] = embeddings[chosen] @ self.weight[pair].T
+                mapped[chosen] = (embeddings[chosen] @ self.weight[pair].T).to(mapped.dtype)  # bf16 under autocast
         return F.normalize(torch.where(known[:, None], mapped, embeddings), dim=1)
 
     def l1(self, pairs: torch.Tensor) -> torch.Tensor:
