@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY, compose_config, run_script, script_paths
 
-from conftest import TINY, run_script, script_paths
+from ctl_lightning.config_checks import validate
 from ctl_lightning.data.products import ProductSpec, ProductTable
 from ctl_lightning.errors import CtlError
 from ctl_lightning.evaluation import metrics
@@ -171,9 +172,6 @@ def test_damaged_subspaces_are_a_one_line_error(tmp_path):
 
 
 def test_model_and_loss_must_both_be_type_aware(tmp_path):
-    from ctl_lightning.config_checks import validate
-    from conftest import compose_config
-
     cfg = compose_config("train", tmp_path, tmp_path, ["model=type_aware"])
     assert cfg.loss._target_.endswith("TypeAwareTripletLoss") and cfg.loss.margin == 0.3
     validate(cfg)

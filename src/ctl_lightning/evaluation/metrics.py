@@ -95,13 +95,18 @@ class PairScore:
         if self.subspaces is None:
             return PAIR_SCORES[self.measure](x, y)
         (n, k, dim), width = x.shape, y.shape[1]
-        category = self.categories[torch.as_tensor(np.maximum(rows_x, 0))], self.categories[torch.as_tensor(np.maximum(rows_y, 0))]
-        pairs = self.subspaces.pair_ids(category[0][:, :, None].expand(n, k, width), category[1][:, None, :].expand(n, k, width))
+        category_x = self.categories[torch.as_tensor(np.maximum(rows_x, 0))]
+        category_y = self.categories[torch.as_tensor(np.maximum(rows_y, 0))]
+        pairs = self.subspaces.pair_ids(category_x[:, :, None].expand(n, k, width), category_y[:, None, :].expand(n, k, width))
         xs, ys = x[:, :, None].expand(n, k, width, dim), y[:, None].expand(n, k, width, dim)
+        scores = torch.empty(n, k, width)
         step = max(1, SUBSPACE_PAIRS_PER_CHUNK // (k * width))
-        chunks = [ROW_SCORES[self.measure](*(self.subspaces(v[i : i + step].reshape(-1, dim), pairs[i : i + step].reshape(-1)) for v in (xs, ys)))
-                  for i in range(0, n, step)]  # fmt: skip
-        return torch.cat(chunks).reshape(n, k, width)
+        for chunk in (slice(i, i + step) for i in range(0, n, step)):
+            chunk_pairs = pairs[chunk].reshape(-1)
+            mapped_x = self.subspaces(xs[chunk].reshape(-1, dim), chunk_pairs)
+            mapped_y = self.subspaces(ys[chunk].reshape(-1, dim), chunk_pairs)
+            scores[chunk] = ROW_SCORES[self.measure](mapped_x, mapped_y).reshape(-1, k, width)
+        return scores
 
 
 def _mean_score_to_set(emb: torch.Tensor, position: torch.Tensor, items: np.ndarray, groups: np.ndarray, pair_score: PairScore) -> torch.Tensor:
