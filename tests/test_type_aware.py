@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY, compose_config, run_script, script_paths
 
+from ctl_lightning.app.logic import catalog_summary
 from ctl_lightning.config_checks import validate
 from ctl_lightning.data.products import ProductSpec, ProductTable
 from ctl_lightning.errors import CtlError
@@ -145,7 +146,8 @@ def test_complementary_search_ranks_in_the_pair_subspace(tmp_path):
     for name, subspaces in (("single", None), ("type_aware", PairSubspaces(matrices, pairs, "learned"))):
         write_catalogs(tmp_path / name, table, vectors, subspaces)
     single, type_aware = Recommender(tmp_path / "single"), Recommender(tmp_path / "type_aware")
-    assert single.compatible.subspaces is None and type_aware.compatible.subspaces.kind == "learned"
+    assert catalog_summary(single)["complementary_search"] == "one space"
+    assert catalog_summary(type_aware)["complementary_search"] == "learned subspaces of 6 category pairs"  # the app says which
 
     def ranking(recommender, per_category):
         found = recommender.recommend_complementary(recommender.product_query("top"), k=4, per_category=per_category).items
