@@ -17,6 +17,7 @@ from ctl_lightning.data.datamodules import BATCHINGS
 from ctl_lightning.errors import CtlError
 from ctl_lightning.losses.mining import MINERS
 from ctl_lightning.losses.triplet import DISTANCES
+from ctl_lightning.models.subspaces import SUBSPACE_KINDS
 
 MAX_IMAGE_SIZE = 1024  # crops are stored uncompressed: 1024 px is 3 MB a product
 
@@ -35,7 +36,10 @@ RULES: tuple[tuple[str, str, Callable[[object], bool]], ...] = (
     ("model.dropout", "a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1),
     ("model.embed_batch_size", "an integer > 0", lambda v: _integer(v) and v > 0),
     ("model.trainable_stages", "an integer >= 0", lambda v: _integer(v) and v >= 0),
+    ("model.subspaces", f"one of {', '.join(SUBSPACE_KINDS)}", lambda v: v in SUBSPACE_KINDS),
     ("loss.margin", "a number >= 0", lambda v: _number(v) and v >= 0),
+    ("loss.mask_weight", "a number >= 0", lambda v: _number(v) and v >= 0),
+    ("loss.embed_weight", "a number >= 0", lambda v: _number(v) and v >= 0),
     ("loss.distance", f"one of {', '.join(DISTANCES)}", lambda v: v in DISTANCES),
     ("loss.miner", f"one of {', '.join(MINERS)}", lambda v: v in MINERS),
     ("loss.centers_per_class", "an integer >= 2", lambda v: _integer(v) and v >= 2),
@@ -73,6 +77,10 @@ def _incompatibility(cfg: DictConfig) -> str | None:
         return f"data={data_class.__name__} has no training outfits: train.py needs a CTL data config (ctl, synthetic, toy)"
     if getattr(loss_class, "uses_classes", False) and not has_outfits:
         return f"loss={loss_class.__name__} takes its classes from training outfits, which data={data_class.__name__} does not have"
+    type_aware_model = OmegaConf.select(cfg, "model.subspaces") is not None
+    if type_aware_model != getattr(loss_class, "uses_subspaces", False):
+        return ("model=type_aware and loss=type_aware go together (its triplet loss measures each triplet in a category-pair "
+                f"subspace); got model {OmegaConf.select(cfg, 'model._target_')} with loss={loss_class.__name__}")
     return None
 
 

@@ -62,6 +62,8 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     datamodule = instantiate(cfg.data)
     loss = instantiate(cfg.loss, **runtime_values(cfg.loss, num_classes=lambda: datamodule.num_classes,
                                                   embedding_dim=cfg.model.embedding_dim))  # fmt: skip
+    with open_dict(cfg):  # written into the config itself, so that checkpoints carry the values
+        cfg.model.update(runtime_values(cfg.model, categories=lambda: datamodule.categories))
     model = instantiate(cfg.model, loss=loss, optimizer=instantiate(cfg.optimizer))
     loggers = _instantiate_dict(cfg.get("logger"))
     callbacks = [*_instantiate_dict(cfg.get("callbacks")), RunConfigInCheckpoint(cfg)]

@@ -207,8 +207,10 @@ def framed(image, width: int = 4, colour: tuple[int, int, int] = (200, 30, 45)):
 def catalog_summary(recommender) -> dict:
     manifest = recommender.similar.manifest
     categories = sorted(recommender.index["similar"].partitions)
+    subspaces = recommender.compatible.subspaces
     return {
         "products": len(recommender),
+        "complementary_search": "one space" if subspaces is None else f"{subspaces.kind} subspaces of {len(subspaces.pairs)} category pairs",
         "categories": categories,
         "backbone": manifest.get("model", {}).get("backbone"),
         "created": manifest.get("created"),

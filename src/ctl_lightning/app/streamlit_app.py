@@ -139,7 +139,8 @@ def main() -> None:
     summary = logic.catalog_summary(recommender)
     with st.sidebar:
         st.caption(f"{summary['products']} products in {len(summary['categories'])} categories · "
-                   f"{summary['backbone']} · catalogs of {summary['created']}")  # fmt: skip
+                   f"{summary['backbone']} · complementary search in {summary['complementary_search']} · "
+                   f"catalogs of {summary['created']}")  # fmt: skip
     try:
         query = choose_query(recommender, summary["categories"])
         if query is None:

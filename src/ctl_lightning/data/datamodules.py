@@ -123,6 +123,13 @@ class _StoreDataModule(pl.LightningDataModule):
             raise CtlError("data.image_size is null and no model is attached to tell its input size; set data.image_size")
         return int(module.input_size)
 
+    @cached_property
+    def categories(self) -> list[str]:
+        """Every category of the dataset, sorted; known from the annotations alone, so that a
+        type-aware model can be built (a subspace per pair of them) before the store is."""
+        specs, _ = self.source.product_specs()
+        return sorted({spec.category for spec in specs})
+
     def prepare_data(self) -> None:
         self.source.open_store(self.resolved_image_size)
 

@@ -4,6 +4,10 @@ Every function takes L2-normalizable embeddings ``emb [M, D]`` of M products and
 lookup from store row id to the embedding's index (-1 where a row was not embedded); the evaluation
 sets are given as row ids. The same functions score trained embeddings and raw backbone features,
 so the baseline is measured exactly like the model.
+
+A type-aware model (``model=type_aware``) passes its ``subspaces`` and the category id of every store
+row (``categories``): each item pair is then measured in the subspace of its two categories, a triplet
+in that of its anchor and positive. Without them every pair is measured in the one embedding space.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
+
+# Item pairs measured at once in pair subspaces: bounds the memory of their [pairs, D] projections.
+SUBSPACE_PAIRS_PER_CHUNK = 1 << 16
 
 
 def position_lookup(row_ids: torch.Tensor, n_rows: int) -> torch.Tensor:
@@ -37,17 +44,24 @@ def _gather_padded(emb: torch.Tensor, position: torch.Tensor, rows: np.ndarray) 
     return _gather(emb, position, np.where(rows >= 0, rows, rows.max())), valid
 
 
-def triplet_wins(emb: torch.Tensor, anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-    """Per triplet: cos(anchor, positive) > cos(anchor, negative) (ties lose), on ``emb``'s device."""
-    emb = F.normalize(emb.float(), dim=1)
-    a = emb[anchors]
-    return (a * emb[positives]).sum(1) > (a * emb[negatives]).sum(1)
+def triplet_wins(emb: torch.Tensor, anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
+                 subspaces=None, pairs: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Per triplet: cos(anchor, positive) > cos(anchor, negative) (ties lose), on ``emb``'s device;
+    with ``subspaces``, measured in the subspace ``pairs`` names for each triplet."""
+    if subspaces is None:
+        emb = F.normalize(emb.float(), dim=1)
+        a, p, n = emb[anchors], emb[positives], emb[negatives]
+    else:
+        a, p, n = (subspaces(emb[members], pairs) for members in (anchors, positives, negatives))
+    return (a * p).sum(1) > (a * n).sum(1)
 
 
-def triplet_accuracy(emb: torch.Tensor, position: torch.Tensor, triplets: np.ndarray) -> float:
+def triplet_accuracy(emb: torch.Tensor, position: torch.Tensor, triplets: np.ndarray, subspaces=None,
+                     categories: torch.Tensor | None = None) -> float:  # fmt: skip
     """Share of triplets with cos(anchor, positive) > cos(anchor, negative); ties count as wrong."""
     a, p, n = (_gather(torch.arange(len(emb)), position, triplets[:, i]) for i in range(3))
-    return float(triplet_wins(emb, a, p, n).float().mean())
+    pairs = None if subspaces is None else subspaces.pair_ids(*(categories[torch.as_tensor(triplets[:, i])] for i in (0, 1)))
+    return float(triplet_wins(emb, a, p, n, subspaces, pairs).float().mean())
 
 
 def cosine_pairs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -58,47 +72,77 @@ def cosine_pairs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def pair_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``[n, K, L]`` Euclidean distance of every pair ``x[i, k], y[i, l]``: Polyvore's pair measure
-    (mvasil/fashion-compatibility). Measured here in the one embedding space; a type-aware model
-    measures each pair in the subspace of the pair's two categories, and plugs in here."""
+    (mvasil/fashion-compatibility), in the one embedding space; a type-aware model measures each pair
+    in the subspace of its two categories instead (:class:`PairScore`)."""
     return torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist")
 
 
 # How a protocol scores an item pair, higher for more compatible; EvaluationSets.pair_measure names one.
 PAIR_SCORES = {"cosine": cosine_pairs, "distance": lambda x, y: -pair_distances(x, y)}
+# The same measures of aligned rows ``x[i], y[i]`` (unit length): pairs each in a subspace of its own.
+ROW_SCORES = {"cosine": lambda x, y: (x * y).sum(-1), "distance": lambda x, y: -(x - y).norm(dim=-1)}
 
 
-def _mean_score_to_set(emb: torch.Tensor, position: torch.Tensor, items: np.ndarray, groups: np.ndarray, pair_score) -> torch.Tensor:
+class PairScore:
+    """``[n, K, L]`` scores of every pair ``x[i, k], y[i, l]`` of store rows ``rows_x``, ``rows_y``
+    (pads -1 score anything: callers mask them) by the protocol's measure; with ``subspaces``, each
+    pair measured in the subspace of its two categories (``categories``: category id per row id)."""
+
+    def __init__(self, measure: str = "cosine", subspaces=None, categories: torch.Tensor | None = None):
+        self.measure, self.subspaces, self.categories = measure, subspaces, categories
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, rows_x: np.ndarray, rows_y: np.ndarray) -> torch.Tensor:
+        if self.subspaces is None:
+            return PAIR_SCORES[self.measure](x, y)
+        (n, k, dim), width = x.shape, y.shape[1]
+        category_x = self.categories[torch.as_tensor(np.maximum(rows_x, 0))]
+        category_y = self.categories[torch.as_tensor(np.maximum(rows_y, 0))]
+        pairs = self.subspaces.pair_ids(category_x[:, :, None].expand(n, k, width), category_y[:, None, :].expand(n, k, width))
+        xs, ys = x[:, :, None].expand(n, k, width, dim), y[:, None].expand(n, k, width, dim)
+        scores = torch.empty(n, k, width)
+        step = max(1, SUBSPACE_PAIRS_PER_CHUNK // (k * width))
+        for chunk in (slice(i, i + step) for i in range(0, n, step)):
+            chunk_pairs = pairs[chunk].reshape(-1)
+            mapped_x = self.subspaces(xs[chunk].reshape(-1, dim), chunk_pairs)
+            mapped_y = self.subspaces(ys[chunk].reshape(-1, dim), chunk_pairs)
+            scores[chunk] = ROW_SCORES[self.measure](mapped_x, mapped_y).reshape(-1, k, width)
+        return scores
+
+
+def _mean_score_to_set(emb: torch.Tensor, position: torch.Tensor, items: np.ndarray, groups: np.ndarray, pair_score: PairScore) -> torch.Tensor:
     """For each row i: mean pair score of ``items[i, j]`` with the valid (>= 0) entries of ``groups[i]``;
     -inf for padded items, so they never rank above a real one."""
     g, valid = _gather_padded(emb, position, groups)  # [n, L, D]
     x, real = _gather_padded(emb, position, items)  # [n, K, D]
-    scores = (pair_score(x, g) * valid[:, None, :]).sum(-1) / valid.sum(-1, keepdim=True).clamp(min=1)
+    scores = (pair_score(x, g, items, groups) * valid[:, None, :]).sum(-1) / valid.sum(-1, keepdim=True).clamp(min=1)
     return scores.masked_fill(~real, -float("inf"))
 
 
-def fitb_accuracy(emb: torch.Tensor, position: torch.Tensor, questions: np.ndarray, answers: np.ndarray, pair_measure: str = "cosine") -> float:
+def fitb_accuracy(emb: torch.Tensor, position: torch.Tensor, questions: np.ndarray, answers: np.ndarray, pair_measure: str = "cosine",
+                  subspaces=None, categories: torch.Tensor | None = None) -> float:  # fmt: skip
     """Share of questions whose answer 0 scores strictly above every other real answer (ties lose, as in
     triplet accuracy: a model that scores all candidates alike must not look right); the score of a
     candidate is its mean pair score with the question items (with distances: the smallest summed
     distance wins, the question's size being the same for every candidate)."""
     emb = F.normalize(emb.float(), dim=1)
-    scores = _mean_score_to_set(emb, position, answers, questions, PAIR_SCORES[pair_measure])
+    scores = _mean_score_to_set(emb, position, answers, questions, PairScore(pair_measure, subspaces, categories))
     return float((scores[:, 1:] < scores[:, :1]).all(dim=1).float().mean())
 
 
-def _outfit_scores(emb: torch.Tensor, position: torch.Tensor, outfits: np.ndarray, pair_score) -> np.ndarray:
+def _outfit_scores(emb: torch.Tensor, position: torch.Tensor, outfits: np.ndarray, pair_score: PairScore) -> np.ndarray:
     """Mean pair score over the pairs of valid items of each outfit."""
     x, valid = _gather_padded(emb, position, outfits)
     k = outfits.shape[1]
     pairs = valid[:, :, None] & valid[:, None, :] & torch.ones(k, k, dtype=torch.bool).triu(1)
-    return ((pair_score(x, x) * pairs).sum((1, 2)) / pairs.sum((1, 2)).clamp(min=1)).numpy()
+    return ((pair_score(x, x, outfits, outfits) * pairs).sum((1, 2)) / pairs.sum((1, 2)).clamp(min=1)).numpy()
 
 
-def compatibility_auc(emb: torch.Tensor, position: torch.Tensor, outfits: np.ndarray, fake_outfits: np.ndarray, pair_measure: str = "cosine") -> float:
+def compatibility_auc(emb: torch.Tensor, position: torch.Tensor, outfits: np.ndarray, fake_outfits: np.ndarray, pair_measure: str = "cosine",
+                      subspaces=None, categories: torch.Tensor | None = None) -> float:  # fmt: skip
     """ROC AUC of real outfits against fake ones (random same-category items, or a compatibility
     file's label-0 outfits), an outfit scored by the mean pair score of its items."""
     emb = F.normalize(emb.float(), dim=1)
-    pair_score = PAIR_SCORES[pair_measure]
+    pair_score = PairScore(pair_measure, subspaces, categories)
     real, fake = _outfit_scores(emb, position, outfits, pair_score), _outfit_scores(emb, position, fake_outfits, pair_score)
     labels = np.r_[np.ones(len(real)), np.zeros(len(fake))]
     return float(roc_auc_score(labels, np.r_[real, fake]))
@@ -128,19 +172,21 @@ def style_agreement_at_k(emb: torch.Tensor, rows: np.ndarray, queries: np.ndarra
     return float(np.concatenate(agreements).mean()) if agreements else float("nan")
 
 
-def test_metrics(compatible: torch.Tensor, similar: torch.Tensor, row_ids: torch.Tensor, sets) -> dict[str, float]:
+def test_metrics(compatible: torch.Tensor, similar: torch.Tensor, row_ids: torch.Tensor, sets, subspaces=None) -> dict[str, float]:
     """The four test metrics of one model; ``sets`` is the DataModule's :class:`EvaluationSets`.
 
-    Compatibility metrics use the ``compatible`` (head) embeddings; similar-product agreement uses
-    the ``similar`` ones (backbone features, the paper's similar-products embedding).
+    Compatibility metrics use the ``compatible`` (head) embeddings, in the pairs' ``subspaces`` for a
+    type-aware model; similar-product agreement uses the ``similar`` ones (backbone features, the
+    paper's similar-products embedding).
     """
     position = position_lookup(row_ids, len(sets.table))
     compatible, similar = compatible.detach().float().cpu(), similar.detach().float().cpu()
     fitb = sets.fitb
+    pairwise = {"subspaces": subspaces, "categories": None if subspaces is None else subspaces.category_ids(sets.table.categories)}
     metrics = {
-        "triplet_accuracy": triplet_accuracy(compatible, position, sets.triplets),
-        "fitb_accuracy": fitb_accuracy(compatible, position, fitb.questions, fitb.answers, sets.pair_measure) if fitb else float("nan"),
-        "compatibility_auc": compatibility_auc(compatible, position, sets.outfits, sets.fake_outfits, sets.pair_measure),
+        "triplet_accuracy": triplet_accuracy(compatible, position, sets.triplets, **pairwise),
+        "fitb_accuracy": fitb_accuracy(compatible, position, fitb.questions, fitb.answers, sets.pair_measure, **pairwise) if fitb else float("nan"),
+        "compatibility_auc": compatibility_auc(compatible, position, sets.outfits, sets.fake_outfits, sets.pair_measure, **pairwise),
     }
     order = position[torch.as_tensor(sets.rows)]
     metrics["similar_style_at5"] = style_agreement_at_k(

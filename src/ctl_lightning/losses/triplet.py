@@ -1,5 +1,8 @@
 """The seed's triplet loss, ``max(||a-p||^2 - ||a-n||^2 + margin, 0)``, averaged over the batch's
-triplets: the sampled ones, or those its miner picks (``loss.miner``, :mod:`ctl_lightning.losses.mining`)."""
+triplets: the sampled ones, or those its miner picks (``loss.miner``, :mod:`ctl_lightning.losses.mining`).
+
+``distance=euclidean`` gives the type-aware paper's form, ``max(||a-p|| - ||a-n|| + margin, 0)``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from torch import nn
 from ctl_lightning.errors import CtlError
 from ctl_lightning.losses.mining import make_miner
 
-DISTANCES = ("squared_euclidean", "cosine")
+DISTANCES = ("squared_euclidean", "euclidean", "cosine")
 
 
 class TripletLoss(nn.Module):
@@ -33,9 +36,9 @@ class TripletLoss(nn.Module):
             raise CtlError(f"loss.distance must be one of {DISTANCES}, got {distance!r}")
         self.margin = margin
         metric = (
-            distances.LpDistance(normalize_embeddings=normalize, p=2, power=2)
-            if distance == "squared_euclidean"
-            else distances.CosineSimilarity()
+            distances.CosineSimilarity()
+            if distance == "cosine"
+            else distances.LpDistance(normalize_embeddings=normalize, p=2, power=2 if distance == "squared_euclidean" else 1)
         )
         self.loss = losses.TripletMarginLoss(margin=margin, distance=metric, reducer=reducers.MeanReducer())
         self.miner = make_miner(miner, margin, metric)

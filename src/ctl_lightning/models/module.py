@@ -16,6 +16,7 @@ Beyond the paper's recipe this module:
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 from typing import Callable
@@ -32,6 +33,7 @@ from ctl_lightning.errors import CtlError
 from ctl_lightning.evaluation.metrics import test_metrics, triplet_wins
 from ctl_lightning.models.backbones import check_split, create_backbone, run_modules, split_after_stages
 from ctl_lightning.models.heads import EmbeddingHead
+from ctl_lightning.models.subspaces import CategorySubspaces
 
 log = logging.getLogger(__name__)
 
@@ -223,11 +225,10 @@ class CompatibilityModule(pl.LightningModule):
         loss = None
         # Validation outfits have no class (label -1): a class loss such as SoftTriple has no value on them.
         if stage == "train" or not self.loss.uses_classes:
-            loss = self.loss(embeddings, batch["labels"], self._loss_triplets(batch, embeddings, stage))
+            loss = self.loss_value(embeddings, batch, self._loss_triplets(batch, embeddings, stage))
             self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=sync)
         with torch.no_grad():  # on the device: no host synchronization per step
-            t = batch["triplets"]
-            accuracy = triplet_wins(embeddings.detach(), t[:, 0], t[:, 1], t[:, 2]).float().mean()
+            accuracy = self.batch_triplet_wins(embeddings.detach(), batch).float().mean()
         self.log(f"{stage}/triplet_accuracy", accuracy, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=n, sync_dist=sync)
         return loss
 
@@ -239,6 +240,18 @@ class CompatibilityModule(pl.LightningModule):
         mined = self.loss.miner(embeddings, batch["labels"], batch["categories"])
         self.log("train/mined_triplets", float(len(mined)), on_step=False, on_epoch=True, batch_size=1)
         return mined
+
+    def loss_value(self, embeddings: torch.Tensor, batch: dict[str, torch.Tensor], triplets: torch.Tensor) -> torch.Tensor:
+        return self.loss(embeddings, batch["labels"], triplets)
+
+    def batch_triplet_wins(self, embeddings: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        t = batch["triplets"]
+        return triplet_wins(embeddings, t[:, 0], t[:, 1], t[:, 2])
+
+    def pair_subspaces(self) -> CategorySubspaces | None:
+        """Where item pairs are measured: ``None``, the one embedding space (a type-aware model: its
+        subspaces, which the test metrics and the catalogs then use)."""
+        return None
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._triplet_step(batch, "train")
@@ -268,7 +281,10 @@ class CompatibilityModule(pl.LightningModule):
         if self.trainer.world_size > 1:  # every rank gathers all test products and computes the same metrics
             outputs = {k: v.flatten(0, 1) for k, v in self.all_gather(outputs).items()}
         sets = self.trainer.datamodule.evaluation
-        results = test_metrics(outputs["compatible"], outputs["similar"], outputs["row_ids"].cpu(), sets)
+        subspaces = self.pair_subspaces()
+        if subspaces is not None:  # the metrics run on the CPU, where the gathered embeddings are
+            subspaces = copy.deepcopy(subspaces).cpu()
+        results = test_metrics(outputs["compatible"], outputs["similar"], outputs["row_ids"].cpu(), sets, subspaces)
         metrics = {f"test/{k}": v for k, v in results.items()}
         metrics.update({f"baseline/{k}": v for k, v in self.baseline.items()})
         self.log_dict({k: v for k, v in metrics.items() if np.isfinite(v)}, sync_dist=False)

@@ -3,7 +3,8 @@
 A catalog folder holds L2-normalized float32 embeddings (``embeddings.npy``, one row per product),
 their store row ids (``row_ids.npy``, ascending), the products' metadata (``products.tsv``) and a
 ``manifest.json`` with the fingerprints of the model, config and data that made it. Paths in the
-manifest are relative to the run folder, so a run can be moved. It is written under a temporary
+manifest are relative to the run folder, so a run can be moved. The ``compatible`` catalog of a
+type-aware model also holds its category-pair subspaces (:mod:`ctl_lightning.retrieval.subspaces`). It is written under a temporary
 name and renamed into place, and loaded memory-mapped, so nothing is re-read per query.
 
 Opening a catalog checks every file against the manifest: shapes, dtypes, and that every embedding
@@ -31,6 +32,7 @@ from ctl_lightning.io import (
     reserve,
     write_json,
 )
+from ctl_lightning.retrieval.subspaces import SUBSPACES_FILE, PairSubspaces
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ class Catalog:
     row_ids: np.ndarray
     table: ProductTable
     manifest: dict
+    subspaces: PairSubspaces | None = None  # a type-aware model's compatible catalog: its pair subspaces
 
     def __len__(self) -> int:
         return len(self.row_ids)
@@ -98,7 +101,22 @@ class Catalog:
         table, table_rows = ProductTable.read_tsv(path / "products.tsv")
         if not np.array_equal(table_rows, row_ids):
             raise CtlError(f"{path / 'products.tsv'}: its row ids are not those of row_ids.npy; the catalog is damaged")
-        return cls(path, embeddings, row_ids, table, manifest)
+        return cls(path, embeddings, row_ids, table, manifest, _load_subspaces(path, manifest))
+
+
+def _load_subspaces(path: Path, manifest: dict) -> PairSubspaces | None:
+    """The subspaces the manifest announces, checked like the embeddings; ``None`` for a single space."""
+    described = manifest.get("subspaces")
+    if described is None:
+        return None
+    pairs = described.get("pairs") if isinstance(described, dict) else None
+    if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 and all(isinstance(c, str) for c in p) for p in pairs):
+        raise CtlError(f"{path / 'manifest.json'}: its subspaces entry does not list category pairs; the catalog is damaged")
+    dim = manifest["dim"]
+    matrices = _load_array(path / SUBSPACES_FILE, np.float32, (len(pairs), dim, dim))
+    if len(nonfinite_rows(matrices.reshape(len(pairs), -1))):
+        raise CtlError(f"{path / SUBSPACES_FILE}: holds NaN or inf; rebuild the catalog")
+    return PairSubspaces(matrices, [tuple(p) for p in pairs], str(described.get("kind")))
 
 
 def _load_array(path: Path, dtype: type, shape: tuple[int, ...]) -> np.ndarray:
@@ -136,8 +154,9 @@ class Shard:
 
 
 def write_catalog(path: Path, expected_rows: np.ndarray, shards: list[Shard], table: ProductTable, manifest: dict,
-                  block_bytes: int = BLOCK_BYTES) -> Path:  # fmt: skip
-    """Merge shards into a catalog folder, block by block in row-id order, and publish it atomically.
+                  block_bytes: int = BLOCK_BYTES, subspaces: PairSubspaces | None = None) -> Path:  # fmt: skip
+    """Merge shards into a catalog folder, block by block in row-id order, and publish it atomically
+    (with a type-aware model's ``subspaces``, published in the same rename).
 
     Every expected row must come from exactly one shard entry, which is verified before anything is
     written. Memory holds one block (``block_bytes``) however large the catalog: shards are read
@@ -190,6 +209,9 @@ def write_catalog(path: Path, expected_rows: np.ndarray, shards: list[Shard], ta
         np.save(tmp / "row_ids.npy", rows)
         table.write_tsv(tmp / "products.tsv", rows)
         header_fields = {"format": "ctl-catalog", "version": CATALOG_VERSION, "count": len(rows), "zero_vectors": zero_vectors}
+        if subspaces is not None:
+            np.save(tmp / SUBSPACES_FILE, np.asarray(subspaces.matrices, dtype=np.float32))
+            header_fields["subspaces"] = subspaces.describe()
         write_json(tmp / "manifest.json", {**header_fields, **manifest})
         replace_dir(tmp, path)
     if zero_vectors:

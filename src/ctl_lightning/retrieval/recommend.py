@@ -4,6 +4,8 @@
   query itself or exact duplicates of it;
 * complementary: nearest neighbours in the ``compatible`` catalog, in the other categories; by
   default the best item of each other category, then the best ``k`` categories (as the seed did).
+  A type-aware catalog searches each other category in the subspace of the pair (query category,
+  that category); it keeps that category's mapped vectors for later queries of the query's category.
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ class Recommender:
             raise CtlError(f"{catalog_dir}: the similar and compatible catalogs come from different runs or data")
         categories = self.similar.table.categories
         self.data_root = Path(data_root) if data_root else None
+        self.engine, self.dtype = engine, dtype
+        # (query category, target category) -> index over the target's items in the pair's subspace, their positions
+        self._pair_indexes: dict[tuple[str, str], tuple[ExactIndex, np.ndarray]] = {}
         self._embedder: ImageEmbedder | None = None
         self._model_checked = False
         self.index = {
@@ -193,11 +198,26 @@ class Recommender:
         take = per_category or k
         found = []
         for category in others:
-            scores, positions = index.search(query.compatible[None], take, category)
+            scores, positions = self._complementary_search(query, take, category)
             found += list(zip(scores[0], positions[0]))
         found.sort(key=lambda pair: -pair[0])
         items = [self.item(position, score, rank + 1) for rank, (score, position) in enumerate(found[:k])]
         return Recommendation("complementary", query.describe(), items)
+
+    def _complementary_search(self, query: Query, k: int, category: str) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``k`` items of ``category`` for the query: in the compatible catalog's one space, or
+        in the subspace of the pair (query's category, ``category``) of a type-aware catalog."""
+        subspaces = self.compatible.subspaces
+        if subspaces is None or not subspaces.has(query.category, category):
+            return self.index["compatible"].search(query.compatible[None], k, category)
+        key = (query.category, category)
+        if key not in self._pair_indexes:
+            positions = np.flatnonzero(self.table.categories == category)
+            mapped = subspaces.project(self.compatible.embeddings[positions], *key)
+            self._pair_indexes[key] = (make_index(self.engine, mapped, self.table.categories[positions], self.dtype), positions)
+        index, positions = self._pair_indexes[key]
+        scores, found = index.search(subspaces.project(query.compatible[None], *key), k, category)
+        return scores, positions[found]
 
     def infer_category(self, similar_vector: np.ndarray, k: int = 15) -> dict:
         """k-nearest-neighbour vote (weighted by cosine) over the similar catalog, all categories."""

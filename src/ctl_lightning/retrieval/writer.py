@@ -25,11 +25,14 @@ from ctl_lightning.retrieval.catalog import (
     state_fingerprint,
     write_catalog,
 )
+from ctl_lightning.retrieval.subspaces import PairSubspaces
 
 DESCRIPTIONS = {
     "similar": "backbone features: the paper's similar-products embedding",
     "compatible": "embedding head output: complementary (compatible) products",
 }
+TYPE_AWARE_DESCRIPTION = ("type-aware head's general embedding: complementary products, each (query, target) "
+                          "category pair searched in its subspace (subspaces.npy)")  # fmt: skip
 
 
 class CatalogWriter(BasePredictionWriter):
@@ -94,16 +97,26 @@ class CatalogWriter(BasePredictionWriter):
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         row_ids = [np.fromfile(shard / "row_ids.bin", dtype=np.int64) for shard in shards]
+        subspaces = catalog_subspaces(pl_module)
         for kind in KINDS:
             parts = [Shard(ids, shard / f"{kind}.bin", dims[kind]) for ids, shard in zip(row_ids, shards) if len(ids)]
             described = {
                 "run_dir": relative_to(self.run_dir, self.output_dir / kind),
                 "kind": kind,
                 "dim": dims[kind],
-                "embedding": DESCRIPTIONS[kind],
+                "embedding": TYPE_AWARE_DESCRIPTION if kind == "compatible" and subspaces else DESCRIPTIONS[kind],
             }
-            self.written[kind] = write_catalog(self.output_dir / kind, datamodule.predict_rows, parts, store.table, {**manifest, **described})
+            self.written[kind] = write_catalog(self.output_dir / kind, datamodule.predict_rows, parts, store.table, {**manifest, **described},
+                                               subspaces=subspaces if kind == "compatible" else None)  # fmt: skip
         shutil.rmtree(self.output_dir / ".shards", ignore_errors=True)
+
+
+def catalog_subspaces(pl_module: pl.LightningModule) -> PairSubspaces | None:
+    """A type-aware model's category-pair maps, as the compatible catalog stores them; ``None`` for a single space."""
+    subspaces = pl_module.pair_subspaces()
+    if subspaces is None:
+        return None
+    return PairSubspaces(subspaces.matrices().float().cpu().numpy(), subspaces.pairs, subspaces.kind)
 
 
 def relative_to(path: str | Path, folder: Path) -> str:
