@@ -4,6 +4,7 @@ complete training run (synthetic data -> store -> fit -> test -> catalogs) reuse
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,12 @@ def tiny_run(tmp_path_factory, data_dir) -> Path:
     OmegaConf.save({k: v for k, v in cfg.items() if k != "hydra"}, output / ".hydra" / "config.yaml")
     train(cfg)
     return output
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for children a test interrupts: a job started in the background by a shell
+    without job control inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_script(script: str, *overrides: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, run_script, shared_file
+from conftest import REPO, default_sigint, run_script, shared_file
 from PIL import Image
 
 from ctl_lightning.cli.data import main
@@ -321,7 +321,8 @@ def test_an_interrupted_run_says_so_in_one_line(serve, tmp_path):
     server = serve(images, {s: ["slow"] for s in images})
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "ctl_lightning.cli.data", "download", str(folder), "--base-url", server.url, "--timeout", "5"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=default_sigint)  # fmt: skip
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not server.log:
         time.sleep(0.02)

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY, compose_config, run_script, script_paths
+from conftest import REPO, TINY, compose_config, default_sigint, run_script, script_paths
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -212,7 +212,7 @@ MOMENTS = {
 def test_prepare_killed_at_any_moment_leaves_nothing_that_blocks_the_next_run(toy, tmp_path, sig, moment):
     store_dir = tmp_path / "stores"
     command = prepare_command(toy, store_dir, 160)
-    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=default_sigint)
     wait_for(lambda: MOMENTS[moment](store_dir, process.pid) or process.poll() is not None, 60, moment)
     assert process.poll() is None, "prepare finished before the kill; the test no longer tests anything"
     workers = children(process.pid)

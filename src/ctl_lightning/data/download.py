@@ -19,6 +19,7 @@ import asyncio
 import email.utils
 import io
 import json
+import logging
 import os
 import random
 import time
@@ -33,6 +34,10 @@ from tqdm.auto import tqdm
 
 from ctl_lightning.data.image_urls import ImageTarget
 from ctl_lightning.io import remove_stale_temporaries, write_bytes_atomic
+
+# httpx logs every request at INFO, which the CLI's logging shows: one line per image would bury the
+# progress bar and the report, which say what matters.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 MISSING_STATUSES = (404, 410)
 DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
