@@ -150,8 +150,8 @@ NOTES = """## Reading the table
   is given for `make train` and left out for the head-only recipe, where it is the baseline's by
   construction.
 - SoftTriple is opt-in (`--softtriple`): with one class per training outfit it has 40,500 centers at
-  the default size, 0.2-0.8 s a step on 2 CPU cores. Its row (head only, one epoch, nondisjoint) is in
-  `benchmark_world_softtriple.md` (`--splits nondisjoint --softtriple --reuse-runs --out
+  the default size, 0.2-0.8 s a step on 2 CPU cores. Its rows (head only, one epoch, both splits) are
+  in `benchmark_world_softtriple.md` (`--softtriple --reuse-runs --out
   experiments/benchmark_world_softtriple`).
 """
 
