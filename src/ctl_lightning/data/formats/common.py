@@ -134,6 +134,33 @@ def load_json_document(path: str | Path) -> object:
         raise DataFormatError(path, error.lineno, f"invalid JSON: {error.msg}") from None
 
 
+def load_json_list(path: Path, what: str) -> list:
+    """A whole-file JSON list of ``what`` entries, or a ``FILE`` error saying what was expected."""
+    data = load_json_document(path)
+    if not isinstance(data, list):
+        raise DataFormatError(path, None, f"expected a JSON list of {what}s")
+    if not data:
+        raise DataFormatError(path, None, f"file has no {what}s")
+    return data
+
+
+def load_json_mapping(path: Path, mapping: str, what: str) -> dict:
+    """A whole-file JSON object (``mapping`` says from what to what) with at least one ``what``."""
+    data = load_json_document(path)
+    if not isinstance(data, dict):
+        raise DataFormatError(path, None, f"expected a JSON object mapping {mapping}")
+    if not data:
+        raise DataFormatError(path, None, f"file has no {what}s")
+    return data
+
+
+def with_records(result: ParseResult[T], what: str) -> ParseResult[T]:
+    """``result``, or a ``FILE`` error when every ``what`` of a non-empty file was rejected."""
+    if not result.records:
+        raise DataFormatError(result.path, None, f"every {what} was rejected ({result.skip_reasons()})")
+    return result
+
+
 _JSON_SEPARATORS = re.compile(r"[\s,:]*")
 
 

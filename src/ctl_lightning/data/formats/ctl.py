@@ -21,10 +21,11 @@ from ctl_lightning.data.formats.common import (
     ParseResult,
     RowPolicy,
     RowRejected,
-    load_json_document,
+    load_json_list,
     parse_label,
     parse_xywh,
     read_text_lines,
+    with_records,
 )
 from ctl_lightning.errors import DataFormatError
 
@@ -87,10 +88,7 @@ def _read_tsv(path: str | Path, n_fields: int, on_error: str, parse) -> ParseRes
         raise DataFormatError(path, None, "file is empty")
     if n_data == 0:
         raise DataFormatError(path, None, "file has a header but no data rows")
-    result = ParseResult(path, records, policy.skipped)
-    if not records:
-        raise DataFormatError(path, None, f"every data row was rejected ({result.skip_reasons()})")
-    return result
+    return with_records(ParseResult(path, records, policy.skipped), "data row")
 
 
 def read_ctl_raw(path: str | Path, on_error: str = "raise") -> ParseResult[CtlItem]:
@@ -127,11 +125,7 @@ def _item_from_json(obj: object) -> CtlItem:
 def read_ctl_fitb(path: str | Path, on_error: str = "raise") -> ParseResult[FitbQuestion]:
     """Read a FITB JSON file. Errors give the question's line and its index (real files may be one line)."""
     path = Path(path)
-    data = load_json_document(path)
-    if not isinstance(data, list):
-        raise DataFormatError(path, None, "expected a JSON list of questions")
-    if not data:
-        raise DataFormatError(path, None, "file has no questions")
+    data = load_json_list(path, "question")
     policy = RowPolicy(path, on_error)
     questions = []
     for index, entry in enumerate(data):
@@ -147,10 +141,7 @@ def read_ctl_fitb(path: str | Path, on_error: str = "raise") -> ParseResult[Fitb
             questions.append(FitbQuestion(question, answers))
         except RowRejected as rejected:
             policy.reject_entry(index, rejected, subject=f"question {index}")
-    result = ParseResult(path, questions, policy.skipped)
-    if not questions:
-        raise DataFormatError(path, None, f"every question was rejected ({result.skip_reasons()})")
-    return result
+    return with_records(ParseResult(path, questions, policy.skipped), "question")
 
 
 def group_outfits(items: Sequence[CtlItem]) -> dict[str, list[CtlItem]]:

@@ -24,9 +24,11 @@ from ctl_lightning.data.formats.common import (
     ParseResult,
     RowPolicy,
     RowRejected,
-    load_json_document,
+    load_json_list,
+    load_json_mapping,
     parse_label,
     read_text_lines,
+    with_records,
 )
 from ctl_lightning.errors import CtlError, DataFormatError
 
@@ -79,28 +81,10 @@ def _check_tokens(tokens: object, known: Collection[str], what: str) -> tuple[st
     return tuple(tokens)
 
 
-def _every_record_rejected(result: ParseResult, what: str) -> None:
-    if not result.records:
-        raise DataFormatError(result.path, None, f"every {what} was rejected ({result.skip_reasons()})")
-
-
-def _json_list(path: Path, what: str) -> list:
-    data = load_json_document(path)
-    if not isinstance(data, list):
-        raise DataFormatError(path, None, f"expected a JSON list of {what}s")
-    if not data:
-        raise DataFormatError(path, None, f"file has no {what}s")
-    return data
-
-
 def read_polyvore_metadata(path: str | Path, on_error: str = "raise") -> ParseResult[tuple[str, str]]:
     """``polyvore_item_metadata.json`` as ``(item_id, semantic_category)`` pairs."""
     path = Path(path)
-    data = load_json_document(path)
-    if not isinstance(data, dict):
-        raise DataFormatError(path, None, "expected a JSON object mapping item_id to its metadata")
-    if not data:
-        raise DataFormatError(path, None, "file has no items")
+    data = load_json_mapping(path, "item_id to its metadata", "item")
     policy = RowPolicy(path, on_error)
     pairs = []
     for item_id, meta in data.items():
@@ -110,9 +94,7 @@ def read_polyvore_metadata(path: str | Path, on_error: str = "raise") -> ParseRe
             pairs.append((item_id, parse_label(meta.get("semantic_category"))))
         except RowRejected as rejected:
             policy.reject_entry(item_id, rejected, subject=f"item {item_id}")
-    result = ParseResult(path, pairs, policy.skipped)
-    _every_record_rejected(result, "item")
-    return result
+    return with_records(ParseResult(path, pairs, policy.skipped), "item")
 
 
 def _parse_outfit(entry: object, category_of: Mapping[str, str]) -> PolyvoreOutfit:
@@ -144,7 +126,7 @@ def read_polyvore_outfits(path: str | Path, category_of: Mapping[str, str], on_e
     path = Path(path)
     policy = RowPolicy(path, on_error)
     outfits, set_ids = [], set()
-    for index, entry in enumerate(_json_list(path, "outfit")):
+    for index, entry in enumerate(load_json_list(path, "outfit")):
         try:
             outfit = _parse_outfit(entry, category_of)
             if outfit.set_id in set_ids:
@@ -153,9 +135,7 @@ def read_polyvore_outfits(path: str | Path, category_of: Mapping[str, str], on_e
             outfits.append(outfit)
         except RowRejected as rejected:
             policy.reject_entry(index, rejected, subject=f"outfit {index}")
-    result = ParseResult(path, outfits, policy.skipped)
-    _every_record_rejected(result, "outfit")
-    return result
+    return with_records(ParseResult(path, outfits, policy.skipped), "outfit")
 
 
 def read_polyvore_compatibility(path: str | Path, known: Collection[str], on_error: str = "raise") -> ParseResult[CompatibilityQuestion]:
@@ -175,8 +155,7 @@ def read_polyvore_compatibility(path: str | Path, known: Collection[str], on_err
             policy.reject(number, rejected)
     if not questions and not policy.skipped:
         raise DataFormatError(path, None, "file is empty")
-    result = ParseResult(path, questions, policy.skipped)
-    _every_record_rejected(result, "line")
+    result = with_records(ParseResult(path, questions, policy.skipped), "line")
     if len({q.label for q in questions}) < 2:
         raise DataFormatError(path, None, "needs outfits of both labels (1 and 0) for an AUC")
     return result
@@ -202,14 +181,12 @@ def read_polyvore_fitb(path: str | Path, known: Collection[str], on_error: str =
     path = Path(path)
     policy = RowPolicy(path, on_error)
     questions = []
-    for index, entry in enumerate(_json_list(path, "question")):
+    for index, entry in enumerate(load_json_list(path, "question")):
         try:
             questions.append(_parse_fitb(entry, known))
         except RowRejected as rejected:
             policy.reject_entry(index, rejected, subject=f"question {index}")
-    result = ParseResult(path, questions, policy.skipped)
-    _every_record_rejected(result, "question")
-    return result
+    return with_records(ParseResult(path, questions, policy.skipped), "question")
 
 
 @dataclass

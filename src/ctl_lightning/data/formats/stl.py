@@ -17,10 +17,11 @@ from ctl_lightning.data.formats.common import (
     RowPolicy,
     RowRejected,
     check_box,
-    load_json_document,
+    load_json_mapping,
     parse_coordinate,
     parse_label,
     read_text_lines,
+    with_records,
 )
 from ctl_lightning.errors import DataFormatError
 
@@ -72,20 +73,13 @@ def read_stl_products(path: str | Path, on_error: str = "raise") -> ParseResult[
             policy.reject(number, rejected)
     if n_lines == 0:
         raise DataFormatError(path, None, "file is empty")
-    result = ParseResult(path, records, policy.skipped)
-    if not records:
-        raise DataFormatError(path, None, f"every row was rejected ({result.skip_reasons()})")
-    return result
+    return with_records(ParseResult(path, records, policy.skipped), "row")
 
 
 def read_stl_categories(path: str | Path, on_error: str = "raise") -> ParseResult[tuple[str, str]]:
     """Read ``fashion-cat.json`` into ``(product, category)`` pairs; the category is the path's last part."""
     path = Path(path)
-    data = load_json_document(path)
-    if not isinstance(data, dict):
-        raise DataFormatError(path, None, "expected a JSON object mapping product to category path")
-    if not data:
-        raise DataFormatError(path, None, "file has no products")
+    data = load_json_mapping(path, "product to category path", "product")
     policy = RowPolicy(path, on_error)
     pairs = []
     for product, category_path in data.items():
@@ -93,7 +87,4 @@ def read_stl_categories(path: str | Path, on_error: str = "raise") -> ParseResul
             pairs.append((product, parse_label(str(category_path or "").split("|")[-1])))
         except RowRejected as rejected:
             policy.reject_entry(product, rejected, subject=f"product {product}")
-    result = ParseResult(path, pairs, policy.skipped)
-    if not pairs:
-        raise DataFormatError(path, None, f"every product was rejected ({result.skip_reasons()})")
-    return result
+    return with_records(ParseResult(path, pairs, policy.skipped), "product")
