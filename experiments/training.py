@@ -68,6 +68,8 @@ def markdown(records: list[dict]) -> str:
         "The toy world (`data=toy`) is saturated: every method lands near its ceiling, so these runs check that",
         "the pipeline works, not which method is better; `benchmark_world.md` compares methods. The table below",
         "was measured before the validation outfits were split off ahead of triplet sampling; a rerun differs slightly.",
+        "Each row is one run with one seed, without a mean ± std: a gap between two rows (triplet against SoftTriple)",
+        "is not evidence for either method. `benchmark_world.md` compares methods as mean ± std over 3 seeds.",
         "",
         "Produced by `python experiments/training.py`, which runs each command below from the repository root",
         "on this machine (2 CPU cores, no GPU) and reads back each run's `metrics.json`. Seconds are wall-clock",
