@@ -64,6 +64,7 @@ from ctl_lightning.retrieval.recommend import Recommender
 from ctl_lightning.retrieval.render import Thumbnails
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
+TESTS_ENV = {**ENV, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}  # for fault_injection
 DIM = 8
 
 
@@ -139,9 +140,10 @@ def run_cli(main, argv: list[str], capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-def prepare_command(folder: Path, store_dir: Path, size: int, workers: int = 2) -> list[str]:
-    return [sys.executable, "-m", "ctl_lightning.cli.data", "prepare", str(folder), "--size", str(size),
-            "--workers", str(workers), "--store-dir", str(store_dir)]
+def prepare_command(folder: Path, store_dir: Path, size: int, workers: int = 2, slowed: bool = False) -> list[str]:
+    """``ctl-data prepare``; ``slowed``: each decode takes 50 ms longer, so a kill lands mid-build on any host."""
+    program = ["-c", "import fault_injection; fault_injection.slow_data_cli()"] if slowed else ["-m", "ctl_lightning.cli.data"]
+    return [sys.executable, *program, "prepare", str(folder), "--size", str(size), "--workers", str(workers), "--store-dir", str(store_dir)]
 
 
 def bomb_png(path: Path) -> Path:
@@ -180,8 +182,12 @@ def write_run_catalogs(run: Path, store: ProductStore, vectors: dict[str, np.nda
         manifest = {
             "model": {"backbone": "fake", "state_fingerprint": "f" * 20, "checkpoint": None},
             "config": {"path": None, "fingerprint": None},
-            "data": {"store": os.path.relpath(store.path, run), "root": os.path.relpath(store.path.parent, run),
-                     "fingerprint": store.fingerprint, "image_size": store.size},
+            "data": {
+                "store": os.path.relpath(store.path, run),
+                "root": os.path.relpath(store.path.parent, run),
+                "fingerprint": store.fingerprint,
+                "image_size": store.size,
+            },
             "run_dir": "../..",
             "kind": kind,
             "dim": DIM,
@@ -195,7 +201,9 @@ def write_run_catalogs(run: Path, store: ProductStore, vectors: dict[str, np.nda
 
 MOMENTS = {
     # The lock is taken and its holder's PID written, before any worker exists.
-    "lock taken": lambda store_dir, pid: (store_dir / "ctl-160px.lock").is_file() and (store_dir / "ctl-160px.lock").read_text().strip() == str(pid),
+    "lock taken": lambda store_dir, pid: (
+        (store_dir / "ctl-160px.lock").is_file() and (store_dir / "ctl-160px.lock").read_text().strip() == str(pid)
+    ),
     # Spawned decoder workers are up.
     "workers started": lambda store_dir, pid: len(children(pid)) >= 2,
     # Crops are being written into the temporary folder's reserved file.
@@ -206,13 +214,19 @@ MOMENTS = {
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "sig, moment",
-    [(signal.SIGKILL, "lock taken"), (signal.SIGKILL, "workers started"), (signal.SIGKILL, "crops being written"),
-     (signal.SIGTERM, "crops being written"), (signal.SIGINT, "crops being written")],
+    [
+        (signal.SIGKILL, "lock taken"),
+        (signal.SIGKILL, "workers started"),
+        (signal.SIGKILL, "crops being written"),
+        (signal.SIGTERM, "crops being written"),
+        (signal.SIGINT, "crops being written"),
+    ],
 )
 def test_prepare_killed_at_any_moment_leaves_nothing_that_blocks_the_next_run(toy, tmp_path, sig, moment):
     store_dir = tmp_path / "stores"
     command = prepare_command(toy, store_dir, 160)
-    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=default_sigint)
+    slowed = prepare_command(toy, store_dir, 160, slowed=True)
+    process = subprocess.Popen(slowed, env=TESTS_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=default_sigint)
     wait_for(lambda: MOMENTS[moment](store_dir, process.pid) or process.poll() is not None, 60, moment)
     assert process.poll() is None, "prepare finished before the kill; the test no longer tests anything"
     workers = children(process.pid)
@@ -241,7 +255,9 @@ def test_a_waiting_prepare_names_the_process_holding_the_lock(toy, tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", hold, str(store_dir / "ctl-16px")], env=ENV, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        process = subprocess.Popen(prepare_command(toy, store_dir, 16, workers=1), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        process = subprocess.Popen(
+            prepare_command(toy, store_dir, 16, workers=1), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         said = read_until(process, f"waiting for process {holder.pid} (running)", timeout=20)
         assert str(store_dir / "ctl-16px.lock") in said
     finally:
@@ -291,7 +307,9 @@ def used_bytes(mount: Path) -> int:
 
 def test_prepare_on_a_full_disk_is_a_one_line_error_and_frees_the_space(toy, small_disk):
     before = used_bytes(small_disk)
-    result = subprocess.run(prepare_command(toy, small_disk, 64, workers=1), env=ENV, capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        prepare_command(toy, small_disk, 64, workers=1), env=ENV, capture_output=True, text=True, timeout=120, check=False
+    )
     assert result.returncode == 2, result.stderr[-3000:]  # not SIGBUS (135)
     line = one_line_error(result.stderr, "ctl-data")
     assert str(small_disk / "ctl-64px") in line and re.search(r"needs [\d,]+ bytes", line)
@@ -374,7 +392,9 @@ CATALOG_DAMAGE = {
 def test_a_damaged_catalog_is_a_one_line_error_naming_the_file(fake_run, tmp_path, capsys, case):
     name, damage = CATALOG_DAMAGE[case]
     damage(fake_run / "catalogs" / "similar" / name)
-    code, stderr = run_cli(recommend_main, ["similar", "--catalog", str(fake_run), "--product", "1", "--out", str(tmp_path / "out")], capsys)
+    code, stderr = run_cli(
+        recommend_main, ["similar", "--catalog", str(fake_run), "--product", "1", "--out", str(tmp_path / "out")], capsys
+    )
     assert code == 2
     assert str(fake_run / "catalogs" / "similar" / name) in one_line_error(stderr, "ctl-recommend")
 
@@ -434,7 +454,9 @@ def test_nan_embeddings_are_refused_when_a_catalog_is_written(toy, tmp_path):
 
 
 def test_recommendations_json_is_strict(fake_run, tmp_path, capsys):
-    code, stderr = run_cli(recommend_main, ["complementary", "--catalog", str(fake_run), "--product", "2", "--out", str(tmp_path / "out")], capsys)
+    code, stderr = run_cli(
+        recommend_main, ["complementary", "--catalog", str(fake_run), "--product", "2", "--out", str(tmp_path / "out")], capsys
+    )
     assert code == 0, stderr
 
     def refuse(constant):
@@ -509,9 +531,9 @@ def test_the_default_configs_are_valid(tmp_path):
 
 
 def test_no_value_error_reaches_a_user():
-    with pytest.raises(CtlError, match="loss.distance"):
+    with pytest.raises(CtlError, match=r"loss.distance"):
         TripletLoss(distance="manhattan")
-    with pytest.raises(CtlError, match="loss.centers_per_class"):
+    with pytest.raises(CtlError, match=r"loss.centers_per_class"):
         SameClassCentersRegularizer(num_classes=3, centers_per_class=1)
     with pytest.raises(CtlError, match="on_error"):
         RowPolicy(Path("x.tsv"), "ignore")
@@ -519,7 +541,9 @@ def test_no_value_error_reaches_a_user():
 
 @pytest.mark.slow
 def test_train_with_a_bad_value_stops_at_once_with_one_line(tmp_path):
-    result = run_script("train.py", "model.embedding_dim=0", "loss.margin=-1", *TINY, *script_paths(tmp_path, tmp_path / "data"), timeout=120)
+    result = run_script(
+        "train.py", "model.embedding_dim=0", "loss.margin=-1", *TINY, *script_paths(tmp_path, tmp_path / "data"), timeout=120
+    )
     assert result.returncode == 2
     line = one_line_error(result.stderr, "train.py")
     assert "model.embedding_dim=0" in line and "loss.margin=-1" in line
@@ -569,8 +593,12 @@ def test_a_moved_run_serves_product_and_image_queries_and_evaluates_from_its_che
     query = tmp_path / "query.png"
     Image.fromarray(np.asarray(ProductStore.open(original.store_path()).images[0])).save(query)
     bomb = bomb_png(tmp_path / "bomb.png")
-    cases = [(["--product", "3"], 0), (["--image", str(query)], 0), (["--image", str(bomb)], 2),
-             (["--product", "3", "--data-root", str(data_root)], 0)]
+    cases = [
+        (["--product", "3"], 0),
+        (["--image", str(query)], 0),
+        (["--image", str(bomb)], 2),
+        (["--product", "3", "--data-root", str(data_root)], 0),
+    ]
     for argv, expected in cases:
         code, stderr = run_cli(recommend_main, ["similar", "--catalog", str(moved), *argv, "--out", str(tmp_path / "out")], capsys)
         assert code == expected, stderr
@@ -580,8 +608,14 @@ def test_a_moved_run_serves_product_and_image_queries_and_evaluates_from_its_che
             assert ("--data-root" in stderr) == ("--data-root" not in argv), stderr
     recommender = Recommender(moved)
     checkpoint = moved / Catalog.load(moved / "catalogs" / "similar").manifest["model"]["checkpoint"]
-    result = run_script("eval.py", f"ckpt_path={checkpoint}", *script_paths(tmp_path / "eval", data_dir),
-                        "trainer.enable_progress_bar=false", "recommendation_examples=0", timeout=300)
+    result = run_script(
+        "eval.py",
+        f"ckpt_path={checkpoint}",
+        *script_paths(tmp_path / "eval", data_dir),
+        "trainer.enable_progress_bar=false",
+        "recommendation_examples=0",
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "carries no run config" not in result.stdout + result.stderr
     assert len(Catalog.load(tmp_path / "eval" / "run" / "catalogs" / "similar")) == len(recommender)
@@ -591,14 +625,24 @@ def test_a_moved_run_serves_product_and_image_queries_and_evaluates_from_its_che
 def test_train_killed_while_building_fitting_and_predicting_recovers_each_time(tmp_path):
     data = tmp_path / "data"
     run = tmp_path / "run"
-    settings_ = ["data=toy", *[o for o in TINY if not o.startswith("trainer.max_epochs")], "trainer.max_epochs=2",
-                 "data.num_workers=0", *script_paths(tmp_path, data)]
-    env = {"PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    settings_ = [
+        "data=toy",
+        *[o for o in TINY if not o.startswith("trainer.max_epochs")],
+        "trainer.max_epochs=2",
+        "data.num_workers=0",
+        *script_paths(tmp_path, data),
+    ]
+    env = TESTS_ENV
     kill = "+callbacks.kill._target_=fault_injection.KillAt"
 
     # 1. kill -9 while train.py builds its product store (its decoder workers are up).
-    process = subprocess.Popen([sys.executable, str(REPO / "train.py"), *settings_], cwd=REPO, env={**ENV, **env},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *settings_],
+        cwd=REPO,
+        env={**ENV, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     stores = data / "synthetic" / "seed0-outfits150-styles16" / "ctl" / "store"
     wait_for(lambda: any(stores.glob(".ctl-32px.tmp-*")) or process.poll() is not None, 240, "the store build")
     workers = children(process.pid)
@@ -607,7 +651,9 @@ def test_train_killed_while_building_fitting_and_predicting_recovers_each_time(t
     wait_for(lambda: not any(running(w) for w in workers), 10, "the workers to die with their parent")
 
     # 2. The next run builds the store (no hang on the lock); kill -9 at the start of its second epoch.
-    result = run_script("train.py", *settings_, kill, "+callbacks.kill.hook=train_epoch_start", "+callbacks.kill.epoch=1", env=env, timeout=300)
+    result = run_script(
+        "train.py", *settings_, kill, "+callbacks.kill.hook=train_epoch_start", "+callbacks.kill.epoch=1", env=env, timeout=300
+    )
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
     assert leftovers(stores) == [] and (run / "checkpoints" / "last.ckpt").is_file()
 
@@ -619,8 +665,14 @@ def test_train_killed_while_building_fitting_and_predicting_recovers_each_time(t
 
     # 4. eval.py writes the catalogs; the killed predict's shards and a killed merge's folder are gone.
     (run / "catalogs" / f".similar.tmp-{dead_pid()}").mkdir(parents=True)
-    result = run_script("eval.py", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", *script_paths(tmp_path, data),
-                        "trainer.enable_progress_bar=false", "recommendation_examples=0", timeout=300)
+    result = run_script(
+        "eval.py",
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        *script_paths(tmp_path, data),
+        "trainer.enable_progress_bar=false",
+        "recommendation_examples=0",
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(Catalog.load(run / "catalogs" / "compatible")) == len(ProductStore.open(stores / "ctl-32px"))
     assert leftovers(run / "catalogs") == [] and not (run / "catalogs" / ".shards").exists()
@@ -635,11 +687,52 @@ READERS = {
     "stl-products": read_stl_products,
     "stl-categories": read_stl_categories,
 }
-FRAGMENTS = [b"\t", b"\n", b"\r\n", b" ", b"0.5", b"0.25", b"-1", b"1e309", b"nan", b"abc", b"Shoes", b"|", b"image_signature",
-             b"{", b"}", b"[", b"]", b'"', b":", b",", b'"bbox"', b'"product"', b'"scene"', b'"question"', b'"answers"',
-             b'"image_signature"', b'"label"', b"\xff", b"\xef\xbb\xbf", b"\x00", b"\xc3\xa9"]
-JSON_KEYS = ["question", "answers", "product", "scene", "bbox", "image_signature", "bounding_x", "bounding_y",
-             "bounding_width", "bounding_height", "label"]
+FRAGMENTS = [
+    b"\t",
+    b"\n",
+    b"\r\n",
+    b" ",
+    b"0.5",
+    b"0.25",
+    b"-1",
+    b"1e309",
+    b"nan",
+    b"abc",
+    b"Shoes",
+    b"|",
+    b"image_signature",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b'"',
+    b":",
+    b",",
+    b'"bbox"',
+    b'"product"',
+    b'"scene"',
+    b'"question"',
+    b'"answers"',
+    b'"image_signature"',
+    b'"label"',
+    b"\xff",
+    b"\xef\xbb\xbf",
+    b"\x00",
+    b"\xc3\xa9",
+]
+JSON_KEYS = [
+    "question",
+    "answers",
+    "product",
+    "scene",
+    "bbox",
+    "image_signature",
+    "bounding_x",
+    "bounding_y",
+    "bounding_width",
+    "bounding_height",
+    "label",
+]
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-2, 2) | st.floats(allow_nan=True) | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(JSON_KEYS) | st.text(max_size=4), inner, max_size=6),

@@ -7,6 +7,11 @@ descriptors at once (:func:`ctl_lightning.io.exclusive_lock`). Workers are forke
 spawned worker would first re-import the parent's main module (train.py imports torch and
 Lightning), seconds during which it could not yet die with its parent. They ignore Ctrl-C, which the
 parent handles by cancelling the jobs not yet started.
+
+A Ctrl-C that arrives while the parent forks would be lost: Python raises KeyboardInterrupt inside
+its own after-fork hooks (logging's lock release), where the exception is printed as "ignored" and
+the build runs on to exit 0. So the workers are all forked at once when the pool opens, with Ctrl-C
+held back meanwhile and raised after (:func:`ctrl_c_held_back`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import ctypes
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -42,6 +48,23 @@ class _Inline:
 
 
 @contextmanager
+def ctrl_c_held_back() -> Iterator[None]:
+    """Within the block a Ctrl-C is only noted; on leaving it, it takes effect as it would have."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield  # only the main thread may set handlers; an ignored Ctrl-C, or a default one (it kills), is never lost
+        return
+    noted: list = []
+    signal.signal(signal.SIGINT, lambda signum, frame: noted.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if noted:
+            previous(signal.SIGINT, noted[0])
+
+
+@contextmanager
 def worker_pool(workers: int, initializer: Callable | None = None, initargs: tuple = ()) -> Iterator:
     """Something with ``map(fn, jobs, chunksize)``: a pool of ``workers`` processes, or this process."""
     if workers <= 1:
@@ -56,6 +79,8 @@ def worker_pool(workers: int, initializer: Callable | None = None, initargs: tup
         initargs=(os.getpid(), initializer, initargs),
     )
     try:
+        with ctrl_c_held_back():
+            pool.submit(os.getpid).result()  # a first job forks every worker (fork context), all now
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
