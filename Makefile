@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-from-pyproject
 
-.PHONY: venv train test test-fast bench bench-quick app clean-data
+.PHONY: venv train lint test test-fast bench bench-quick app clean-data
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,12 @@ venv: $(STAMP)
 train: $(STAMP)
 	$(PY) train.py $(ARGS)
 
-test: $(STAMP)
+# The style gate: ruff's settings are in pyproject.toml; `ruff format .` fixes what format --check finds.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest $(ARGS)
 
 test-fast: $(STAMP)

@@ -1,8 +1,8 @@
 """Train the compatibility model, test it, and write the embedding catalogs.
 
-    python train.py                                  # defaults: synthetic data, efficientnet_lite0
-    python train.py model=resnet18 loss.margin=0.2   # swap a config group, override a value
-    python train.py -m loss=triplet,softtriple       # a sweep, one directory per job
+python train.py                                  # defaults: synthetic data, efficientnet_lite0
+python train.py model=resnet18 loss.margin=0.2   # swap a config group, override a value
+python train.py -m loss=triplet,softtriple       # a sweep, one directory per job
 """
 
 import hydra

@@ -31,8 +31,11 @@ def recommend(name: str, *args: str) -> dict:
     subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO)
     shutil.copy(out / "recommendations.png", HERE / "figures" / f"recommendations_{name}.png")
     payload = json.loads((out / "recommendations.json").read_text())
-    return {"command": "ctl-recommend " + " ".join(a if " " not in a else f"'{a}'" for a in args), "query": payload["query"],
-            "items": [(i["category"], i["score"], i["row_id"]) for i in payload["items"]]}  # fmt: skip
+    return {
+        "command": "ctl-recommend " + " ".join(a if " " not in a else f"'{a}'" for a in args),
+        "query": payload["query"],
+        "items": [(i["category"], i["score"], i["row_id"]) for i in payload["items"]],
+    }
 
 
 def main() -> None:
@@ -72,7 +75,11 @@ def main() -> None:
     for name, example in examples.items():
         q = example["query"]
         inferred = q.get("inferred_category")
-        about = f"inferred category **{inferred['category']}** (confidence {inferred['confidence']:.0%})" if inferred else f"category {q['category']}"
+        about = (
+            f"inferred category **{inferred['category']}** (confidence {inferred['confidence']:.0%})"
+            if inferred
+            else f"category {q['category']}"
+        )
         lines += [f"`{example['command']}`: {about}", "", f"![{name}](figures/recommendations_{name}.png)", ""]
     lines += [
         "The whole of `example.png` (a screenshot of a real Polyvore collage, several products at once, shown",

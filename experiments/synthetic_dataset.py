@@ -145,12 +145,17 @@ def main() -> None:
     }
     record = {
         "command": "python experiments/synthetic_dataset.py",
-        "dataset": {"outfits": OUTFITS, "seed": SEED, "image_size": SIZE, "products": timing["products"],
-                    "test_outfits": int(len(set(store.table.groups[store.table.rows_in_split("test")])))},
+        "dataset": {
+            "outfits": OUTFITS,
+            "seed": SEED,
+            "image_size": SIZE,
+            "products": timing["products"],
+            "test_outfits": len(set(store.table.groups[store.table.rows_in_split("test")])),
+        },
         "timing": timing,
         "machine": machine_info(),
         "baselines": results,
-    }  # fmt: skip
+    }
     (HERE / "synthetic_dataset.json").write_text(json.dumps(record, indent=2) + "\n")
     (HERE / "synthetic_dataset.md").write_text(markdown(record))
     print(json.dumps(record, indent=2))

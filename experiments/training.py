@@ -25,13 +25,25 @@ OUT = REPO / "outputs" / "experiments"
 # The toy world, as these figures were first measured (then the default world, trained 25 epochs);
 # the benchmark world's figures come from experiments/benchmark_world.py.
 EXPERIMENTS = [
-    ("make train (toy world, fresh data folder)", ["data=toy", "trainer.max_epochs=25", "paths.data_dir=outputs/experiments/fresh-data"], "run"),
+    (
+        "make train (toy world, fresh data folder)",
+        ["data=toy", "trainer.max_epochs=25", "paths.data_dir=outputs/experiments/fresh-data"],
+        "run",
+    ),
     ("experiment=seed_paper, offline (random-init ResNet18)", ["data=toy", "experiment=seed_paper", "model.pretrained=false"], "run"),
     ("experiment=seed_paper with the ImageNet default backbone", ["data=toy", "experiment=seed_paper", "model=efficientnet_lite0"], "run"),
     ("triplet vs SoftTriple (toy world)", ["-m", "data=toy", "trainer.max_epochs=25", "loss=triplet,softtriple"], "sweep"),
 ]
-KEYS = ["test/triplet_accuracy", "test/fitb_accuracy", "test/compatibility_auc", "test/similar_style_at5",
-        "baseline/triplet_accuracy", "baseline/fitb_accuracy", "baseline/compatibility_auc", "val/triplet_accuracy"]  # fmt: skip
+KEYS = [
+    "test/triplet_accuracy",
+    "test/fitb_accuracy",
+    "test/compatibility_auc",
+    "test/similar_style_at5",
+    "baseline/triplet_accuracy",
+    "baseline/fitb_accuracy",
+    "baseline/compatibility_auc",
+    "val/triplet_accuracy",
+]
 
 
 def run(name: str, overrides: list[str], mode: str, index: int) -> list[dict]:
@@ -39,8 +51,14 @@ def run(name: str, overrides: list[str], mode: str, index: int) -> list[dict]:
     shutil.rmtree(folder, ignore_errors=True)
     if any("fresh-data" in o for o in overrides):  # that run starts from an empty data folder
         shutil.rmtree(REPO / "outputs" / "experiments" / "fresh-data", ignore_errors=True)
-    command = ["python", "train.py", *overrides, f"hydra.run.dir={folder}/run", f"hydra.sweep.dir={folder}/sweep",
-               "trainer.enable_progress_bar=false"]  # fmt: skip
+    command = [
+        "python",
+        "train.py",
+        *overrides,
+        f"hydra.run.dir={folder}/run",
+        f"hydra.sweep.dir={folder}/sweep",
+        "trainer.enable_progress_bar=false",
+    ]
     start = time.perf_counter()
     result = subprocess.run([sys.executable, *command[1:]], cwd=REPO, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -52,8 +70,16 @@ def run(name: str, overrides: list[str], mode: str, index: int) -> list[dict]:
         overrides_used = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
         config = " ".join(o for o in overrides_used if not o.startswith("trainer.enable_progress_bar")) or "(defaults)"
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        records.append({"experiment": name, "command": " ".join(command[:-3]), "overrides": config, "seconds": seconds,
-                        "epochs": metrics.get("epochs"), **{k: metrics.get(k) for k in KEYS}})  # fmt: skip
+        records.append(
+            {
+                "experiment": name,
+                "command": " ".join(command[:-3]),
+                "overrides": config,
+                "seconds": seconds,
+                "epochs": metrics.get("epochs"),
+                **{k: metrics.get(k) for k in KEYS},
+            }
+        )
     return records
 
 

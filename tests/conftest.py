@@ -20,8 +20,15 @@ CONF = REPO / "conf"
 SHARED_DATA = Path(os.environ.get("CTL_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 # Small enough for CI, large enough that every category has negatives in the test split.
-TINY = ["data.source.outfits=150", "data.source.scenes=30", "data.image_size=32", "trainer.max_epochs=1",
-        "trainer.enable_progress_bar=false", "recommendation_examples=2", "model.trainable_stages=0"]  # fmt: skip
+TINY = [
+    "data.source.outfits=150",
+    "data.source.scenes=30",
+    "data.image_size=32",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "recommendation_examples=2",
+    "model.trainable_stages=0",
+]
 
 
 def shared_file(*parts: str) -> Path:
@@ -35,8 +42,11 @@ def compose_config(config_name: str, output_dir: Path, data_dir: Path, overrides
     """The config train.py / eval.py would run with, writing into ``output_dir``."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name=config_name, return_hydra_config=True,
-                      overrides=[f"paths.root_dir={output_dir}", f"paths.data_dir={data_dir}", *overrides])  # fmt: skip
+        cfg = compose(
+            config_name=config_name,
+            return_hydra_config=True,
+            overrides=[f"paths.root_dir={output_dir}", f"paths.data_dir={data_dir}", *overrides],
+        )
         HydraConfig().set_config(cfg)
         with open_dict(cfg):
             cfg.paths.output_dir = str(output_dir)
@@ -74,8 +84,9 @@ def default_sigint() -> None:
 def run_script(script: str, *overrides: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     """Run train.py / eval.py as a user would, from the repository root."""
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true", **(env or {})}
-    return subprocess.run([sys.executable, str(REPO / script), *overrides], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=environment)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *overrides], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=environment
+    )
 
 
 def script_paths(output: Path, data: Path) -> list[str]:

@@ -63,11 +63,27 @@ def app_url(tiny_run, shots):
     port = free_port()
     log = tmp_path / "streamlit.log"
     command = [
-        sys.executable, "-m", "streamlit", "run", str(APP),
-        "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
-        "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none", "--global.developmentMode", "false",
-        "--", "--run-dir", str(tiny_run),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP),
+        "--server.headless",
+        "true",
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+        "--global.developmentMode",
+        "false",
+        "--",
+        "--run-dir",
+        str(tiny_run),
+    ]
     with open(log, "wb") as out:
         process = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -104,8 +120,15 @@ def browser(shots):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                     "--window-size=1600,1500", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'chromium-profile'}"):  # fmt: skip
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1600,1500",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
         options.add_argument(argument)
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log")))
     driver.set_page_load_timeout(WAIT)
@@ -149,7 +172,10 @@ def save_screenshot(driver, folder: Path, name: str) -> Path:
 def wait_for_grids(driver, wait, counts: dict[str, int]) -> None:
     for mode, count in counts.items():
         selector = f".st-key-{mode}-grid"
-        rendered = lambda d, selector=selector, count=count: d.execute_script(IMAGES_RENDERED, selector, count)
+
+        def rendered(d, selector=selector, count=count):
+            return d.execute_script(IMAGES_RENDERED, selector, count)
+
         wait.until(rendered, f"{mode} grid: {count} images did not render")
         sizes = driver.execute_script(
             "return Array.from(document.querySelectorAll(arguments[0] + ' img')).map(i => [i.naturalWidth, i.naturalHeight]);", selector

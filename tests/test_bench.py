@@ -34,8 +34,14 @@ def test_retrieval_bench_compares_engines_on_the_same_answers():
 def test_gpu_script_smoke_runs_on_the_cpu(tmp_path):
     """bench/gpu.sh --smoke: the seed-scale script's code path end to end, tiny, without a GPU."""
     env = {**os.environ, "PYTHON": sys.executable}
-    result = subprocess.run(["bash", str(REPO / "bench" / "gpu.sh"), "--smoke", "--out", str(tmp_path / "out"), "--data", str(tmp_path / "data")],
-                            cwd=REPO, capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    result = subprocess.run(
+        ["bash", str(REPO / "bench" / "gpu.sh"), "--smoke", "--out", str(tmp_path / "out"), "--data", str(tmp_path / "data")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "gpu-results.json").read_text())
     fine_tune, frozen = results["epochs"]
@@ -46,14 +52,26 @@ def test_gpu_script_smoke_runs_on_the_cpu(tmp_path):
 
 @pytest.mark.slow
 def test_quick_bench_writes_every_section(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "ctl_lightning.benchmarks", "--quick", "--out", str(tmp_path), "--data", str(tmp_path / "data")],
-                            cwd=REPO, capture_output=True, text=True, timeout=900)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "ctl_lightning.benchmarks", "--quick", "--out", str(tmp_path), "--data", str(tmp_path / "data")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "results-quick.json").read_text())
     assert results["loader"]["workers=0"]["ratio"] > 1
     assert results["catalog"]["throughput"]["products"] > 0 and len(results["catalog"]["peak_rss"]) == 2
     text = (tmp_path / "RESULTS-quick.md").read_text()
-    for heading in ("## Loader", "## Loader overhead", "## Frozen-backbone feature cache", "## Unique images", "## Catalog build", "## Retrieval"):
+    for heading in (
+        "## Loader",
+        "## Loader overhead",
+        "## Frozen-backbone feature cache",
+        "## Unique images",
+        "## Catalog build",
+        "## Retrieval",
+    ):
         assert heading in text
     rewritten = write_report(results, tmp_path / "again.md")
     assert rewritten.read_text() == text

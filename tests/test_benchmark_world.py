@@ -92,8 +92,10 @@ def test_splits_and_label_noise(default_world):
         # Off-look items (label noise) in training outfits only, about one in ten.
         assert not any(truth[k].off_look for k in test_keys)
         assert 0.08 < np.mean([truth[k].off_look for k in train_keys]) < 0.12
-        combos = {split_keys: {(truth[k].look.hue, truth[k].look.scheme) for k in keys}
-                  for split_keys, keys in (("train", train_keys), ("test", test_keys))}  # fmt: skip
+        combos = {
+            split_keys: {(truth[k].look.hue, truth[k].look.scheme) for k in keys}
+            for split_keys, keys in (("train", train_keys), ("test", test_keys))
+        }
         if split == "disjoint":
             assert not combos["train"] & combos["test"]
             assert {h for h, _ in combos["test"]} <= {h for h, _ in combos["train"]}  # every hue is seen...

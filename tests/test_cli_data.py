@@ -52,7 +52,7 @@ def test_prepare_ctl_folder(ctl_folder, capsys):
 
 def test_prepare_stl_folder(synthetic, tmp_path, capsys):
     main(["prepare", str(synthetic / "stl"), "--size", "16", "--store-dir", str(tmp_path / "stores")])
-    store, count, size, _ = summary(capsys.readouterr().out).groups()
+    store, count, _size, _ = summary(capsys.readouterr().out).groups()
     assert Path(store) == tmp_path / "stores" / "stl-16px"
     assert int(count) == len(json.loads((synthetic / "stl" / "fashion-cat.json").read_text()))
 
@@ -66,8 +66,13 @@ def test_prepare_with_only_a_test_file(ctl_folder, capsys):
 def add_bad_rows(folder: Path) -> Path:
     path = folder / "raw_train.tsv"
     lines = path.read_text().splitlines(keepends=True)
-    bad = ["bad1\t0.1\tnan\t0.2\t0.2\tShoes\n", "bad2\t0.1\t0.1\t0.2\t0.2\t\n", "bad3\t0.9\t0.1\t0.2\t0.2\tHats\n",
-           "bad4\t0.1\t0.1\t0.2\tShoes\n", "bad5\t0.1\t0.1\t0.2\t0.2\t\n"]  # fmt: skip
+    bad = [
+        "bad1\t0.1\tnan\t0.2\t0.2\tShoes\n",
+        "bad2\t0.1\t0.1\t0.2\t0.2\t\n",
+        "bad3\t0.9\t0.1\t0.2\t0.2\tHats\n",
+        "bad4\t0.1\t0.1\t0.2\tShoes\n",
+        "bad5\t0.1\t0.1\t0.2\t0.2\t\n",
+    ]
     path.write_text("".join([*lines[:3], *bad, *lines[3:]]))
     return path
 
@@ -87,7 +92,10 @@ def test_prepare_on_error_skip_reports_the_counts(ctl_folder, capsys):
     main(["prepare", str(ctl_folder), "--size", "16", "--on-error", "skip", "--workers", "1"])
     out = capsys.readouterr().out
     assert int(summary(out).group(2)) == expected
-    assert f"skipped annotation rows in {path}: 2 empty label, 1 non-finite coordinate, 1 box outside [0,1], 1 wrong number of fields" in out.splitlines()
+    assert (
+        f"skipped annotation rows in {path}: 2 empty label, 1 non-finite coordinate, 1 box outside [0,1], 1 wrong number of fields"
+        in out.splitlines()
+    )
 
 
 def test_prepare_skip_counts_reported_when_the_store_already_exists(ctl_folder, capsys):
@@ -97,7 +105,10 @@ def test_prepare_skip_counts_reported_when_the_store_already_exists(ctl_folder, 
     main(["prepare", str(ctl_folder), "--size", "16", "--on-error", "skip"])
     out = capsys.readouterr().out
     assert summary(out).group(4) == fingerprint  # same products: the crops are reused
-    assert f"skipped annotation rows in {path}: 2 empty label, 1 non-finite coordinate, 1 box outside [0,1], 1 wrong number of fields" in out.splitlines()
+    assert (
+        f"skipped annotation rows in {path}: 2 empty label, 1 non-finite coordinate, 1 box outside [0,1], 1 wrong number of fields"
+        in out.splitlines()
+    )
 
 
 def test_prepare_lists_unreadable_images(ctl_folder, capsys):

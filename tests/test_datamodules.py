@@ -14,8 +14,16 @@ from ctl_lightning.errors import CtlError
 
 
 def make(data_dir, num_workers: int = 0, **kwargs) -> TripletsDataModule:
-    datamodule = TripletsDataModule(tiny_source(data_dir), image_size=SIZE, batch_size=16, eval_batch_size=64,
-                                    num_workers=num_workers, triplets_per_outfit=2, seed=0, **kwargs)  # fmt: skip
+    datamodule = TripletsDataModule(
+        tiny_source(data_dir),
+        image_size=SIZE,
+        batch_size=16,
+        eval_batch_size=64,
+        num_workers=num_workers,
+        triplets_per_outfit=2,
+        seed=0,
+        **kwargs,
+    )
     datamodule.prepare_data()
     datamodule.setup("fit")
     return datamodule
@@ -165,7 +173,7 @@ def test_bad_settings_are_clear_errors(data_dir):
         TripletsDataModule(tiny_source(data_dir), batch_size=0)
     with pytest.raises(CtlError, match="triplets_per_outfit must be at least 1"):
         TripletsDataModule(tiny_source(data_dir), triplets_per_outfit=0)
-    with pytest.raises(CtlError, match="data.image_size is null"):
+    with pytest.raises(CtlError, match=r"data.image_size is null"):
         TripletsDataModule(tiny_source(data_dir), image_size=None).prepare_data()
 
 

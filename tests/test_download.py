@@ -191,13 +191,26 @@ def leftovers(folder: Path) -> list[Path]:
 
 
 # What each faulty signature gets, attempt by attempt (the last repeats), and how it must end.
-RECOVERABLE = {"500-then-ok": ["500", "ok"], "429-then-ok": ["429", "ok"], "slow-then-ok": ["slow", "ok"],
-               "truncated-then-ok": ["truncated", "ok"], "short-length-then-ok": ["short-length", "ok"],
-               "html-then-ok": ["html", "ok"], "reset-then-ok": ["reset", "ok"]}  # fmt: skip
-UNRECOVERABLE = {"gone-404": (["404"], "missing"), "gone-410": (["410"], "missing"), "forbidden": (["403"], "HTTP 403"),
-                 "always-500": (["500"], "HTTP 500"), "always-html": (["html"], "HTML page"),
-                 "always-truncated": (["truncated"], "truncated body"), "always-short": (["short-length"], "not an image"),
-                 "always-reset": (["reset"], "connection error"), "always-slow": (["slow"], "timeout")}  # fmt: skip
+RECOVERABLE = {
+    "500-then-ok": ["500", "ok"],
+    "429-then-ok": ["429", "ok"],
+    "slow-then-ok": ["slow", "ok"],
+    "truncated-then-ok": ["truncated", "ok"],
+    "short-length-then-ok": ["short-length", "ok"],
+    "html-then-ok": ["html", "ok"],
+    "reset-then-ok": ["reset", "ok"],
+}
+UNRECOVERABLE = {
+    "gone-404": (["404"], "missing"),
+    "gone-410": (["410"], "missing"),
+    "forbidden": (["403"], "HTTP 403"),
+    "always-500": (["500"], "HTTP 500"),
+    "always-html": (["html"], "HTML page"),
+    "always-truncated": (["truncated"], "truncated body"),
+    "always-short": (["short-length"], "not an image"),
+    "always-reset": (["reset"], "connection error"),
+    "always-slow": (["slow"], "timeout"),
+}
 
 
 def test_every_recoverable_image_arrives_and_every_other_is_reported(serve, connections, tmp_path, capsys):
@@ -296,8 +309,21 @@ def test_a_run_killed_part_way_resumes_to_the_same_files(serve, tmp_path):
     server = serve({s: jpeg(i, size=320) for i, s in enumerate(images)}, {s: ["slow"] if i % 2 else ["ok"] for i, s in enumerate(images)})
     expected = dict(server.images)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "ctl_lightning.cli.data", "download", str(folder), "--base-url", server.url,
-               "--rate", "0", "--concurrency", "4", "--timeout", "5"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "ctl_lightning.cli.data",
+        "download",
+        str(folder),
+        "--base-url",
+        server.url,
+        "--rate",
+        "0",
+        "--concurrency",
+        "4",
+        "--timeout",
+        "5",
+    ]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(list((folder / "images").glob("*.jpg"))) < 5:
@@ -321,8 +347,7 @@ def test_an_interrupted_run_says_so_in_one_line(serve, tmp_path):
     server = serve(images, {s: ["slow"] for s in images})
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "ctl_lightning.cli.data", "download", str(folder), "--base-url", server.url, "--timeout", "5"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=default_sigint)  # fmt: skip
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not server.log:
         time.sleep(0.02)
@@ -335,8 +360,9 @@ def test_stl_scenes_and_products_go_where_the_store_reads_them(serve, connection
     folder = tmp_path / "stl"
     folder.mkdir()
     pairs = [("p1", "s1"), ("p2", "s1"), ("p1", "s2")]
-    (folder / "fashion.json").write_text("".join(
-        json.dumps({"product": signature(p), "scene": signature(s), "bbox": [0.1, 0.1, 0.5, 0.5]}) + "\n" for p, s in pairs))  # fmt: skip
+    (folder / "fashion.json").write_text(
+        "".join(json.dumps({"product": signature(p), "scene": signature(s), "bbox": [0.1, 0.1, 0.5, 0.5]}) + "\n" for p, s in pairs)
+    )
     server = serve({signature(n): jpeg(i) for i, n in enumerate(["p1", "p2", "s1", "s2"])})
     main(["download", str(folder), "--base-url", server.url, *FAST])
     assert {p.stem for p in (folder / "products").iterdir()} == {signature("p1"), signature("p2")}
@@ -353,7 +379,9 @@ def test_from_urls_fetches_a_plain_list(serve, connections, tmp_path):
     listing.write_text("# my images\n" + "".join(f"http://127.0.0.1:{port}/any/path/{n}.jpg\n" for n in images) + "\n")
     main(["download", str(tmp_path / "out"), "--from-urls", str(listing), *FAST, "--limit", "2"])
     assert {p.name: p.read_bytes() for p in (tmp_path / "out" / "images").iterdir()} == {
-        "photo0.jpg": images["photo0"], "photo1.jpg": images["photo1"]}  # fmt: skip
+        "photo0.jpg": images["photo0"],
+        "photo1.jpg": images["photo1"],
+    }
     only_to(server, connections)
 
 
@@ -361,16 +389,25 @@ def test_from_urls_fetches_a_plain_list(serve, connections, tmp_path):
     "setup, argv, message",
     [
         (lambda d: None, [], "neither raw_train.tsv/raw_test.tsv (CTL) nor fashion.json (STL) found"),
-        (lambda d: (d / "raw_test.tsv").write_text("sig\t0.1\t0.1\t0.5\t0.5\tShoes\n"), ["--base-url", "ftp://mirror"],
-         "--base-url must be an http:// or https:// URL"),
-        (lambda d: (d / "urls.txt").write_text("http://a/x/1.jpg\nhttp://b/y/1.jpg\n"), ["--from-urls", "URLS"],
-         "urls.txt:2: http://b/y/1.jpg would overwrite http://a/x/1.jpg (line 1): both are named 1.jpg"),
+        (
+            lambda d: (d / "raw_test.tsv").write_text("sig\t0.1\t0.1\t0.5\t0.5\tShoes\n"),
+            ["--base-url", "ftp://mirror"],
+            "--base-url must be an http:// or https:// URL",
+        ),
+        (
+            lambda d: (d / "urls.txt").write_text("http://a/x/1.jpg\nhttp://b/y/1.jpg\n"),
+            ["--from-urls", "URLS"],
+            "urls.txt:2: http://b/y/1.jpg would overwrite http://a/x/1.jpg (line 1): both are named 1.jpg",
+        ),
         (lambda d: (d / "urls.txt").write_text("not a url\n"), ["--from-urls", "URLS"], "urls.txt:1: expected an http(s) URL"),
         (lambda d: (d / "urls.txt").write_text("# escape\nhttp://a/x/..\n"), ["--from-urls", "URLS"], "urls.txt:2: expected"),
-        (lambda d: (d / "raw_test.tsv").write_text("../../escape\t0.1\t0.1\t0.5\t0.5\tShoes\n"), [],
-         "signature '../../escape' is not a plain file name"),
+        (
+            lambda d: (d / "raw_test.tsv").write_text("../../escape\t0.1\t0.1\t0.5\t0.5\tShoes\n"),
+            [],
+            "signature '../../escape' is not a plain file name",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_input_is_a_one_line_error(tmp_path, capsys, setup, argv, message):
     setup(tmp_path)
     argv = [str(tmp_path / "urls.txt") if a == "URLS" else a for a in argv]
@@ -427,8 +464,10 @@ def test_real_data_end_to_end(serve, tmp_path):
     synth, data = tmp_path / "synth", tmp_path / "data"
     main(["synth", "--out", str(synth), "--world", "toy", "--outfits", "150", "--scenes", "30", "--styles", "4"])
     served: dict[str, bytes] = {}
-    layout = {"ctl": (("raw_train.tsv", "raw_test.tsv", "fitb_test.json"), ("images",)),
-              "stl": (("fashion.json", "fashion-cat.json"), ("products", "scenes"))}  # fmt: skip
+    layout = {
+        "ctl": (("raw_train.tsv", "raw_test.tsv", "fitb_test.json"), ("images",)),
+        "stl": (("fashion.json", "fashion-cat.json"), ("products", "scenes")),
+    }
     for kind, (annotation_files, image_dirs) in layout.items():
         (data / kind).mkdir(parents=True)
         for name in annotation_files:
@@ -454,8 +493,17 @@ def test_real_data_end_to_end(serve, tmp_path):
     assert len(list((data / "stl" / "products").iterdir())) == len(json.loads((data / "stl" / "fashion-cat.json").read_text()))
     _cli("data", "prepare", str(data / "stl"), "--size", "32")
     evaluated = tmp_path / "eval"
-    result = run_script("eval.py", "data=stl", *SMALL_RUN, f"ckpt_path={run}/run/checkpoints/last.ckpt",
-                        f"paths.data_dir={data}", f"paths.root_dir={evaluated}", f"hydra.run.dir={evaluated}/run")  # fmt: skip
+    result = run_script(
+        "eval.py",
+        "data=stl",
+        *SMALL_RUN,
+        f"ckpt_path={run}/run/checkpoints/last.ckpt",
+        f"paths.data_dir={data}",
+        f"paths.root_dir={evaluated}",
+        f"hydra.run.dir={evaluated}/run",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "wrote" in _cli("recommend", "similar", "--catalog", str(evaluated / "run"), "--product", "0", "--out", str(tmp_path / "stl-recs"))
+    assert "wrote" in _cli(
+        "recommend", "similar", "--catalog", str(evaluated / "run"), "--product", "0", "--out", str(tmp_path / "stl-recs")
+    )
     assert len(server.log) == len(served), "each image fetched once"

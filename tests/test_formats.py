@@ -6,7 +6,9 @@ reason (``on_error="skip"``); the exact texts and counts are asserted.
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 from collections import Counter
 from pathlib import Path
 
@@ -24,15 +26,32 @@ from ctl_lightning.data.formats.ctl import group_outfits
 from ctl_lightning.errors import CtlError, DataFormatError
 
 CTL_TEST_LABELS = {
-    "Shoes": 4623, "Handbags": 4248, "Shirts & Tops": 3985, "Pants": 2991, "Coats & Jackets": 2341,
-    "Jewelry": 1928, "Hats": 1082, "Sunglasses": 837, "Skirts": 798, "Dresses": 764, "Shorts": 584,
-    "Watches": 489, "Scarves & Shawls": 470,
-}  # fmt: skip
+    "Shoes": 4623,
+    "Handbags": 4248,
+    "Shirts & Tops": 3985,
+    "Pants": 2991,
+    "Coats & Jackets": 2341,
+    "Jewelry": 1928,
+    "Hats": 1082,
+    "Sunglasses": 837,
+    "Skirts": 798,
+    "Dresses": 764,
+    "Shorts": 584,
+    "Watches": 489,
+    "Scarves & Shawls": 470,
+}
 STL_TABLE_1 = {
-    "Shoes": 11780, "Shirts & Tops": 7506, "Pants": 6553, "Handbags, Wallets & Cases": 3255,
-    "Coats & Jackets": 2485, "Sunglasses": 1772, "Shorts": 1533, "Skirts": 1392, "Earrings": 926,
+    "Shoes": 11780,
+    "Shirts & Tops": 7506,
+    "Pants": 6553,
+    "Handbags, Wallets & Cases": 3255,
+    "Coats & Jackets": 2485,
+    "Sunglasses": 1772,
+    "Shorts": 1533,
+    "Skirts": 1392,
+    "Earrings": 926,
     "Necklaces": 909,
-}  # fmt: skip
+}
 
 RAW_HEADER = "image_signature bounding_x  bounding_y  bounding_width  bounding_height label"
 GOOD_ROW = "a1\t0.1\t0.1\t0.2\t0.3\tShoes"
@@ -46,12 +65,17 @@ BAD_PRODUCTS = [
     ("inf", ["b2", "0.1", "0.1", "inf", "0.2", "Shoes"], "non-finite coordinate: w='inf'", "non-finite coordinate"),
     ("minus-inf", ["b2", "0.1", "0.1", "0.2", "-inf", "Shoes"], "non-finite coordinate: h='-inf'", "non-finite coordinate"),
     ("outside-right", ["b2", "0.9", "0.1", "0.2", "0.2", "Shoes"], "box outside [0,1]: x=0.9, y=0.1, w=0.2, h=0.2", "box outside [0,1]"),
-    ("outside-negative", ["b2", "0.1", "-0.1", "0.2", "0.2", "Shoes"], "box outside [0,1]: x=0.1, y=-0.1, w=0.2, h=0.2", "box outside [0,1]"),
+    (
+        "outside-negative",
+        ["b2", "0.1", "-0.1", "0.2", "0.2", "Shoes"],
+        "box outside [0,1]: x=0.1, y=-0.1, w=0.2, h=0.2",
+        "box outside [0,1]",
+    ),
     ("zero-width", ["b2", "0.1", "0.1", "0", "0.2", "Shoes"], "zero-area box: w=0, h=0.2", "zero-area box"),
     ("zero-height", ["b2", "0.1", "0.1", "0.2", "0.0", "Shoes"], "zero-area box: w=0.2, h=0", "zero-area box"),
     ("empty-label", ["b2", "0.1", "0.1", "0.2", "0.2", ""], "empty label", "empty label"),
     ("blank-label", ["b2", "0.1", "0.1", "0.2", "0.2", "   "], "empty label", "empty label"),
-]  # fmt: skip
+]
 
 
 def write(path: Path, lines: list[str]) -> Path:
@@ -84,7 +108,7 @@ def test_real_ctl_raw_test_counts(real_raw):
     # The space-separated header is recognised, not parsed as a row; boxes are normalized.
     assert items[0].signature == "00015b9d0c08164ed3b5dbb4613bb143"
     assert (items[0].x, items[0].label) == (pytest.approx(0.0068093464), "Shirts & Tops")
-    assert all(0 <= i.x and i.x + i.w <= 1 + 1e-6 and 0 <= i.y and i.y + i.h <= 1 + 1e-6 for i in items)
+    assert all(i.x >= 0 and i.x + i.w <= 1 + 1e-6 and i.y >= 0 and i.y + i.h <= 1 + 1e-6 for i in items)
 
 
 def test_real_stl_categories_reproduce_table_1():
@@ -111,7 +135,7 @@ def test_crlf_and_bom_parse_identically(real_raw, tmp_path):
         assert not result.skipped
     expected = read_stl_categories(shared_file("stl", "fashion-cat.json")).records
     path = tmp_path / "fashion-cat-bom.json"
-    path.write_bytes(b"\xef\xbb\xbf" + cat.replace(b"\", \"", b"\",\r\n\""))
+    path.write_bytes(b"\xef\xbb\xbf" + cat.replace(b'", "', b'",\r\n"'))
     assert path.read_bytes().count(b"\r\n") > 38_000
     assert read_stl_categories(path).records == expected
 
@@ -155,14 +179,33 @@ def test_raw_wrong_number_of_fields(tmp_path):
 
 def test_raw_skip_counts_by_reason(tmp_path):
     bad = {case: "\t".join(fields) for case, fields, _, _ in BAD_PRODUCTS}
-    lines = [RAW_HEADER, GOOD_ROW, bad["nan"], bad["inf"], bad["zero-width"], "", GOOD_ROW_2, bad["empty-label"],
-             bad["outside-right"], bad["outside-negative"], "a1\t0.1", bad["non-numeric"], bad["minus-inf"]]  # fmt: skip
+    lines = [
+        RAW_HEADER,
+        GOOD_ROW,
+        bad["nan"],
+        bad["inf"],
+        bad["zero-width"],
+        "",
+        GOOD_ROW_2,
+        bad["empty-label"],
+        bad["outside-right"],
+        bad["outside-negative"],
+        "a1\t0.1",
+        bad["non-numeric"],
+        bad["minus-inf"],
+    ]
     path = write(tmp_path / "raw.tsv", lines)
     # Line numbers count blank lines too: the first bad row is line 3.
     assert raise_message(read_ctl_raw, path) == f"{path}:3: non-finite coordinate: y='nan'"
     result = read_ctl_raw(path, on_error="skip")
-    assert result.skipped == {"non-finite coordinate": 3, "zero-area box": 1, "empty label": 1, "box outside [0,1]": 2,
-                              "wrong number of fields": 1, "non-numeric coordinate": 1}  # fmt: skip
+    assert result.skipped == {
+        "non-finite coordinate": 3,
+        "zero-area box": 1,
+        "empty label": 1,
+        "box outside [0,1]": 2,
+        "wrong number of fields": 1,
+        "non-numeric coordinate": 1,
+    }
     assert result.n_skipped == 9
     assert len(result.records) == 2
     assert result.skip_summary() == (
@@ -182,9 +225,11 @@ def test_raw_empty_and_header_only(tmp_path, on_error):
         "bom-only.tsv": ("\ufeff", "file is empty"),
         "header.tsv": (RAW_HEADER + "\n", "file has a header but no data rows"),
         "header-crlf.tsv": ("\ufeff" + RAW_HEADER + "\r\n\r\n", "file has a header but no data rows"),
-        "header-tabs.tsv": ("\t".join(["image_signature", "bounding_x", "bounding_y", "bounding_width",
-                                       "bounding_height", "label"]) + "\n", "file has a header but no data rows"),
-    }  # fmt: skip
+        "header-tabs.tsv": (
+            "\t".join(["image_signature", "bounding_x", "bounding_y", "bounding_width", "bounding_height", "label"]) + "\n",
+            "file has a header but no data rows",
+        ),
+    }
     for name, (text, problem) in cases.items():
         path = tmp_path / name
         path.write_text(text, encoding="utf-8")
@@ -214,7 +259,9 @@ def test_raw_without_header_and_error_attributes(tmp_path):
     assert (caught.value.path, caught.value.line, caught.value.problem) == (str(path), 3, "empty label")
     items = read_ctl_raw(path, on_error="skip").records
     assert [(i.signature, i.x, i.y, i.w, i.h, i.label) for i in items] == [
-        ("a1", 0.1, 0.1, 0.2, 0.3, "Shoes"), ("a1", 0.5, 0.5, 0.25, 0.25, "Pants")]  # fmt: skip
+        ("a1", 0.1, 0.1, 0.2, 0.3, "Shoes"),
+        ("a1", 0.5, 0.5, 0.25, 0.25, "Pants"),
+    ]
     assert items[0].key == "a1@0.1000,0.1000,0.2000,0.3000"
 
 
@@ -241,7 +288,7 @@ def test_triplets_read(tmp_path):
 def test_triplets_bad_row(tmp_path, role, case, fields, problem, reason):
     members = [ANCHOR, POSITIVE, NEGATIVE]
     members[role] = fields
-    path = write(tmp_path / "triplets.tsv", [GOOD_TRIPLET, GOOD_TRIPLET, "\t".join(sum(members, []))])
+    path = write(tmp_path / "triplets.tsv", [GOOD_TRIPLET, GOOD_TRIPLET, "\t".join(functools.reduce(operator.iadd, members, []))])
     assert raise_message(read_ctl_triplets, path) == f"{path}:3: {problem}"
     result = read_ctl_triplets(path, on_error="skip")
     assert (len(result.records), result.skipped) == (2, {reason: 1})
@@ -261,9 +308,12 @@ def test_triplets_empty_header_only_and_all_bad(tmp_path, on_error):
     for name, lines, problem in [
         ("empty.tsv", [], "file is empty"),
         ("header.tsv", [header], "file has a header but no data rows"),
-        ("allbad.tsv", [GOOD_TRIPLET.replace("0.5", "nan"), GOOD_TRIPLET.replace("Pants", "")],
-         "every data row was rejected (1 non-finite coordinate, 1 empty label)"),
-    ]:  # fmt: skip
+        (
+            "allbad.tsv",
+            [GOOD_TRIPLET.replace("0.5", "nan"), GOOD_TRIPLET.replace("Pants", "")],
+            "every data row was rejected (1 non-finite coordinate, 1 empty label)",
+        ),
+    ]:
         path = write(tmp_path / name, lines)
         if on_error == "raise" and name == "allbad.tsv":
             problem = "1: non-finite coordinate: x='nan'"
@@ -285,8 +335,10 @@ def item(signature="o1", x="0.1", y="0.1", w="0.2", h="0.2", label="Shoes") -> d
 
 def fitb_question(blank: dict | None = None) -> dict:
     blank = blank or item(label="Pants", x="0.5")
-    return {"question": [item(), item(label="Hats", y="0.6")], "answers": [blank, item("o2", label="Pants"),
-            item("o3", label="Pants"), item("o4", label="Pants")]}  # fmt: skip
+    return {
+        "question": [item(), item(label="Hats", y="0.6")],
+        "answers": [blank, item("o2", label="Pants"), item("o3", label="Pants"), item("o4", label="Pants")],
+    }
 
 
 def write_fitb(path: Path, questions: list[dict]) -> Path:
@@ -335,7 +387,8 @@ def test_fitb_wrong_number_of_fields_and_malformed(tmp_path):
     indented = tmp_path / "indented.json"
     indented.write_text(json.dumps(questions[3:5], indent=1), encoding="utf-8")
     assert raise_message(read_ctl_fitb, indented) == (
-        f"{indented}:2: question 0: malformed question: 'question' and 'answers' must be lists of items")
+        f"{indented}:2: question 0: malformed question: 'question' and 'answers' must be lists of items"
+    )
 
 
 @pytest.mark.parametrize("on_error", ["raise", "skip"])
@@ -382,18 +435,33 @@ def test_stl_products_read_corners_as_xywh(tmp_path):
 
 
 STL_BAD = [
-    ("bbox-3", stl_row(bbox=(0.1, 0.2, 0.5)), "wrong number of fields: bbox must be [left, top, right, bottom], got [0.1, 0.2, 0.5]", "wrong number of fields"),
+    (
+        "bbox-3",
+        stl_row(bbox=(0.1, 0.2, 0.5)),
+        "wrong number of fields: bbox must be [left, top, right, bottom], got [0.1, 0.2, 0.5]",
+        "wrong number of fields",
+    ),
     ("missing-key", stl_row(drop=("scene",)), "wrong number of fields: missing scene", "wrong number of fields"),
     ("non-numeric", stl_row(bbox=(0.1, "top", 0.5, 0.8)), "non-numeric coordinate: top='top'", "non-numeric coordinate"),
     ("null", stl_row(bbox=(0.1, 0.2, None, 0.8)), "non-numeric coordinate: right=None", "non-numeric coordinate"),
     ("nan", stl_row(bbox=(0.1, 0.2, "nan", 0.8)), "non-finite coordinate: right='nan'", "non-finite coordinate"),
-    ("NaN-literal", '{"product": "p9", "scene": "s1", "bbox": [NaN, 0.2, 0.5, 0.8]}', "non-finite coordinate: left=nan", "non-finite coordinate"),
-    ("Infinity", '{"product": "p9", "scene": "s1", "bbox": [0.1, 0.2, 0.5, Infinity]}', "non-finite coordinate: bottom=inf", "non-finite coordinate"),
+    (
+        "NaN-literal",
+        '{"product": "p9", "scene": "s1", "bbox": [NaN, 0.2, 0.5, 0.8]}',
+        "non-finite coordinate: left=nan",
+        "non-finite coordinate",
+    ),
+    (
+        "Infinity",
+        '{"product": "p9", "scene": "s1", "bbox": [0.1, 0.2, 0.5, Infinity]}',
+        "non-finite coordinate: bottom=inf",
+        "non-finite coordinate",
+    ),
     ("outside", stl_row(bbox=(0.5, 0.2, 1.3, 0.8)), "box outside [0,1]: x=0.5, y=0.2, w=0.8, h=0.6", "box outside [0,1]"),
     ("zero-area", stl_row(bbox=(0.5, 0.2, 0.5, 0.8)), "zero-area box: w=0, h=0.6", "zero-area box"),
     ("inverted", stl_row(bbox=(0.1, 0.8, 0.5, 0.2)), "zero-area box: w=0.4, h=-0.6", "zero-area box"),
     ("invalid-json", '{"product": "p9", ', "invalid JSON: Expecting property name enclosed in double quotes", "invalid JSON"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("case, row, problem, reason", STL_BAD, ids=[c[0] for c in STL_BAD])
@@ -405,8 +473,14 @@ def test_stl_products_bad_row(tmp_path, case, row, problem, reason):
 
 
 def test_stl_products_missing_bbox_key_and_counts(tmp_path):
-    rows = [stl_row(), stl_row("p2", drop=("bbox",)), stl_row(bbox=(0.5, 0.2, 1.3, 0.8)),
-            stl_row(bbox=(0.1, "top", 0.5, 0.8)), stl_row(bbox=(0.5, 0.2, 1.3, 0.8)), "[1, 2]"]  # fmt: skip
+    rows = [
+        stl_row(),
+        stl_row("p2", drop=("bbox",)),
+        stl_row(bbox=(0.5, 0.2, 1.3, 0.8)),
+        stl_row(bbox=(0.1, "top", 0.5, 0.8)),
+        stl_row(bbox=(0.5, 0.2, 1.3, 0.8)),
+        "[1, 2]",
+    ]
     path = write(tmp_path / "fashion.json", rows)
     assert raise_message(read_stl_products, path) == f"{path}:2: wrong number of fields: missing bbox"
     result = read_stl_products(path, on_error="skip")
@@ -419,11 +493,15 @@ def test_stl_products_empty_and_all_bad(tmp_path, on_error):
     for name, text in [("empty.json", ""), ("blank.json", "\r\n\n")]:
         path = tmp_path / name
         path.write_text(text, encoding="utf-8")
-        assert pytest.raises(DataFormatError, read_stl_products, path, on_error=on_error).value.args[0] == f"{path}: file is empty"
+        with pytest.raises(DataFormatError) as caught:
+            read_stl_products(path, on_error=on_error)
+        assert caught.value.args[0] == f"{path}: file is empty"
     path = write(tmp_path / "allbad.json", [stl_row(bbox=(0.5, 0.2, 0.5, 0.8)), stl_row(bbox=("x", 0, 1, 1))])
     with pytest.raises(DataFormatError) as caught:
         read_stl_products(path, on_error=on_error)
-    expected = ":1: zero-area box: w=0, h=0.6" if on_error == "raise" else ": every row was rejected (1 zero-area box, 1 non-numeric coordinate)"
+    expected = (
+        ":1: zero-area box: w=0, h=0.6" if on_error == "raise" else ": every row was rejected (1 zero-area box, 1 non-numeric coordinate)"
+    )
     assert str(caught.value) == f"{path}{expected}"
 
 
@@ -445,11 +523,14 @@ def test_stl_categories_last_component_and_empty_label(tmp_path):
 
 @pytest.mark.parametrize("on_error", ["raise", "skip"])
 def test_stl_categories_empty_and_all_bad(tmp_path, on_error):
-    for i, (text, problem) in enumerate([("", "file is empty"), ("{}", "file has no products"),
-                                         ("[]", "expected a JSON object mapping product to category path")]):  # fmt: skip
+    for i, (text, problem) in enumerate(
+        [("", "file is empty"), ("{}", "file has no products"), ("[]", "expected a JSON object mapping product to category path")]
+    ):
         path = tmp_path / f"cat{i}.json"
         path.write_text(text, encoding="utf-8")
-        assert pytest.raises(DataFormatError, read_stl_categories, path, on_error=on_error).value.args[0] == f"{path}: {problem}"
+        with pytest.raises(DataFormatError) as caught:
+            read_stl_categories(path, on_error=on_error)
+        assert caught.value.args[0] == f"{path}: {problem}"
     path = tmp_path / "allbad.json"
     path.write_text(json.dumps({"p1": "A|", "p2": ""}), encoding="utf-8")
     with pytest.raises(DataFormatError) as caught:

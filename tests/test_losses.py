@@ -39,7 +39,7 @@ def test_triplet_loss_is_zero_when_every_triplet_is_satisfied():
 
 
 def test_unknown_distance_is_rejected():
-    with pytest.raises(CtlError, match="loss.distance"):
+    with pytest.raises(CtlError, match=r"loss.distance"):
         TripletLoss(0.2, distance="manhattan")
 
 
@@ -72,7 +72,7 @@ def test_softtriple_applies_tau_times_the_regulariser(batch):
 def test_softtriple_centers_reach_the_optimizer_and_learn(batch):
     from ctl_lightning.models.module import CompatibilityModule
 
-    embeddings, labels, triplets = batch
+    _embeddings, labels, triplets = batch
     loss = SoftTripleLoss(num_classes=4, embedding_dim=128)
     module = CompatibilityModule(loss=loss, optimizer=lambda params: torch.optim.SGD(params, lr=0.5), pretrained=False)
     optimizer = module.configure_optimizers()
@@ -88,7 +88,7 @@ def test_softtriple_centers_reach_the_optimizer_and_learn(batch):
 
 
 def test_softtriple_needs_a_class_for_every_product(batch):
-    embeddings, labels, triplets = batch
+    embeddings, _labels, triplets = batch
     with pytest.raises(CtlError, match="label -1"):
         SoftTripleLoss(num_classes=4, embedding_dim=16)(embeddings, torch.full((9,), -1), triplets)
 

@@ -50,8 +50,11 @@ def assert_protocol(triplets: torch.Tensor, labels: torch.Tensor, categories: to
 def test_outfit_triplets_are_every_triplet_the_protocol_allows():
     g = torch.Generator().manual_seed(0)
     labels, categories = torch.randint(0, 5, (30,), generator=g), torch.randint(0, 4, (30,), generator=g)
-    expected = {(a, p, n) for a, p, n in itertools.permutations(range(30), 3)
-                if labels[a] == labels[p] != labels[n] and categories[a] != categories[p] == categories[n]}  # fmt: skip
+    expected = {
+        (a, p, n)
+        for a, p, n in itertools.permutations(range(30), 3)
+        if labels[a] == labels[p] != labels[n] and categories[a] != categories[p] == categories[n]
+    }
     triplets = outfit_triplets(labels, categories)
     assert as_set(triplets) == expected and len(triplets) == len(expected) > 50
 
@@ -94,7 +97,7 @@ def test_every_miner_keeps_the_protocol_and_trains(name):
 
 
 def test_bad_miner_and_batching_are_one_line_errors(tmp_path):
-    with pytest.raises(CtlError, match="loss.miner must be one of none, batch_hard, semihard, multi_similarity"):
+    with pytest.raises(CtlError, match=r"loss.miner must be one of none, batch_hard, semihard, multi_similarity"):
         TripletLoss(miner="hardest")
     cfg = compose_config("train", tmp_path, tmp_path, ["loss.miner=hardest", "data.batching=pairs", "data.items_per_outfit=1"])
     with pytest.raises(CtlError) as error:
@@ -114,7 +117,8 @@ LOSSES_BEFORE_MINERS = [0.3253078, 0.2723016, 0.3269763, 0.2172068, 0.2616166, 0
 def test_default_path_trains_exactly_as_before_miners(data_dir, tmp_path):
     cfg = compose_config("train", tmp_path, data_dir, TINY)
     assert cfg.loss.miner == "none" and cfg.data.batching == "triplets"
-    losses, model = _training_losses(data_dir, tmp_path, "seed=7", "trainer.max_epochs=1", "+trainer.limit_val_batches=0",
-                                    "model.trainable_stages=1")  # fmt: skip
+    losses, model = _training_losses(
+        data_dir, tmp_path, "seed=7", "trainer.max_epochs=1", "+trainer.limit_val_batches=0", "model.trainable_stages=1"
+    )
     assert model.loss.miner is None
     assert losses[: len(LOSSES_BEFORE_MINERS)] == pytest.approx(LOSSES_BEFORE_MINERS, abs=1e-6)

@@ -42,8 +42,8 @@ def test_head_shape_and_frozen_backbone():
 
 def test_unset_image_size_needs_a_model_to_ask(tmp_path):
     datamodule = TripletsDataModule(SyntheticCtl(tmp_path), image_size=None)
-    with pytest.raises(CtlError, match="data.image_size is null"):
-        datamodule.resolved_image_size
+    with pytest.raises(CtlError, match=r"data.image_size is null"):
+        _ = datamodule.resolved_image_size
     with pytest.raises(CtlError, match="feature_cache"):
         _module(feature_cache="sometimes")
 
@@ -52,8 +52,11 @@ def test_unset_image_size_needs_a_model_to_ask(tmp_path):
 def test_the_last_stages_train_on_the_frozen_trunks_output(backbone, stages, first_tail):
     module = _module(backbone=backbone, trainable_stages=stages, input_size=64)
     assert module.tail[0] == first_tail and module.trunk[-1] != first_tail
-    trainable = {n.split(".")[0] + "." + n.split(".")[1] if n.startswith("blocks") else n.split(".")[0]
-                 for n, p in module.backbone.named_parameters() if p.requires_grad}  # fmt: skip
+    trainable = {
+        n.split(".")[0] + "." + n.split(".")[1] if n.startswith("blocks") else n.split(".")[0]
+        for n, p in module.backbone.named_parameters()
+        if p.requires_grad
+    }
     assert first_tail in trainable and not trainable & set(module.trunk)
     module.train()
     assert module.backbone.get_submodule(first_tail).training and not module.backbone.get_submodule(module.trunk[0]).training
@@ -67,7 +70,7 @@ def test_the_last_stages_train_on_the_frozen_trunks_output(backbone, stages, fir
 def test_trainable_stages_are_checked():
     with pytest.raises(CtlError, match="the backbone has 7 stages"):
         _module(trainable_stages=8)
-    with pytest.raises(CtlError, match="needs model.freeze_backbone=true"):
+    with pytest.raises(CtlError, match=r"needs model.freeze_backbone=true"):
         _module(trainable_stages=1, freeze_backbone=False)
     with pytest.raises(CtlError, match="not its stages in order"):
         _module(backbone="vit_tiny_patch16_224", trainable_stages=1)

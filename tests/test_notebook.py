@@ -72,7 +72,7 @@ def run_cells(nb: nbformat.NotebookNode, tags: list[str]) -> dict:
     """Runs the tagged cells' source in-process, in order, sharing one namespace (no kernel needed)."""
     namespace: dict = {}
     for tag in tags:
-        exec(compile(tagged(nb, tag).source, f"<{NOTEBOOK.name}:{tag}>", "exec"), namespace)  # noqa: S102 - the notebook's own code
+        exec(compile(tagged(nb, tag).source, f"<{NOTEBOOK.name}:{tag}>", "exec"), namespace)
     return namespace
 
 
@@ -136,8 +136,9 @@ def test_notebook_runs_on_the_tiny_catalog(tiny_run, tmp_path, monkeypatch):
     nb.cells.append(probe)
     monkeypatch.setenv("CTL_RUN_DIR", str(tiny_run))
     monkeypatch.setenv("MPLBACKEND", "Agg")  # as on a headless CI runner: the notebook must still show its figures
-    client = NotebookClient(nb, km=venv_kernel(tmp_path), timeout=300, allow_errors=False,
-                            resources={"metadata": {"path": str(NOTEBOOK.parent)}})  # fmt: skip
+    client = NotebookClient(
+        nb, km=venv_kernel(tmp_path), timeout=300, allow_errors=False, resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+    )
     client.execute()  # raises CellExecutionError on the first failing cell
 
     assert not [out for cell in nb.cells for out in cell.get("outputs", []) if out.output_type == "error"]

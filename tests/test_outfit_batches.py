@@ -70,7 +70,7 @@ def test_grouping_leaves_the_sampled_triplets_and_held_out_sets_alone(data_dir, 
 
 
 def test_bad_grouping_settings_are_clear_errors(data_dir):
-    with pytest.raises(CtlError, match="data.batching must be one of triplets, outfits"):
+    with pytest.raises(CtlError, match=r"data.batching must be one of triplets, outfits"):
         make(data_dir, batching="pairs")
     with pytest.raises(CtlError, match="outfits_per_batch >= 2 and items_per_outfit >= 2"):
         make(data_dir, batching="outfits", items_per_outfit=1)

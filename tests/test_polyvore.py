@@ -26,14 +26,29 @@ from ctl_lightning.evaluation.ceilings import annotation_sets
 # Every item of the hand-made folder: (set_id, index, item_id, category, angle in degrees of its 2-d
 # embedding). Item "t0" is listed in a training and a test outfit, as real nondisjoint items can be.
 ITEMS = [
-    ("s1", 1, "t0", "top", 0), ("s1", 2, "h1", "shoe", 0), ("s1", 3, "b1", "bag", 180),
-    ("s2", 1, "t2", "top", 0), ("s2", 2, "h2", "shoe", 90), ("s2", 3, "b2", "bag", 180),
-    ("s3", 1, "t3", "top", 90), ("s3", 4, "h3", "shoe", 90),  # indexes may skip
-    ("s4", 1, "t4", "top", 0), ("s4", 2, "h4", "shoe", 90), ("s4", 3, "b4", "bag", 0),
-    ("s5", 1, "t5", "top", 45), ("s5", 2, "h5", "shoe", 180), ("s5", 3, "b5", "bag", 225),
-    ("r1", 1, "t0", "top", 0), ("r1", 2, "h6", "shoe", 0), ("r2", 1, "t7", "top", 0), ("r2", 2, "h7", "shoe", 0),
-    ("v1", 1, "t8", "top", 0), ("v1", 2, "h8", "shoe", 0), ("v2", 1, "t9", "top", 0), ("v2", 2, "h9", "shoe", 0),
-]  # fmt: skip
+    ("s1", 1, "t0", "top", 0),
+    ("s1", 2, "h1", "shoe", 0),
+    ("s1", 3, "b1", "bag", 180),
+    ("s2", 1, "t2", "top", 0),
+    ("s2", 2, "h2", "shoe", 90),
+    ("s2", 3, "b2", "bag", 180),
+    ("s3", 1, "t3", "top", 90),
+    ("s3", 4, "h3", "shoe", 90),  # indexes may skip
+    ("s4", 1, "t4", "top", 0),
+    ("s4", 2, "h4", "shoe", 90),
+    ("s4", 3, "b4", "bag", 0),
+    ("s5", 1, "t5", "top", 45),
+    ("s5", 2, "h5", "shoe", 180),
+    ("s5", 3, "b5", "bag", 225),
+    ("r1", 1, "t0", "top", 0),
+    ("r1", 2, "h6", "shoe", 0),
+    ("r2", 1, "t7", "top", 0),
+    ("r2", 2, "h7", "shoe", 0),
+    ("v1", 1, "t8", "top", 0),
+    ("v1", 2, "h8", "shoe", 0),
+    ("v2", 1, "t9", "top", 0),
+    ("v2", 2, "h9", "shoe", 0),
+]
 PARTS = {"train": ["r1", "r2"], "valid": ["v1", "v2"], "test": ["s1", "s2", "s3", "s4", "s5"]}
 COMPATIBILITY = ["1 s1_1 s1_2 s1_3", "1 s3_1 s3_4", "0 s1_1 s3_4 s2_3", "0 s2_2 s1_1"]
 FITB = [
@@ -78,26 +93,80 @@ def bad_outfit(items: list) -> str:
 
 # (file, line to replace, its new text, expected problem, skip reason); a JSON entry's line is where it starts
 BAD_INPUTS = [
-    ("unknown-item-id", "nondisjoint/train.json", 3, bad_outfit([{"item_id": "nope", "index": 1}]),
-     "outfit 1: unknown item id: set_id r2: item_id 'nope' is not in polyvore_item_metadata.json", "unknown item id"),
+    (
+        "unknown-item-id",
+        "nondisjoint/train.json",
+        3,
+        bad_outfit([{"item_id": "nope", "index": 1}]),
+        "outfit 1: unknown item id: set_id r2: item_id 'nope' is not in polyvore_item_metadata.json",
+        "unknown item id",
+    ),
     ("empty-outfit", "nondisjoint/train.json", 3, bad_outfit([]), "outfit 1: empty outfit: set_id r2 has no items", "empty outfit"),
-    ("bad-index", "nondisjoint/train.json", 3, bad_outfit([{"item_id": "t7", "index": "x"}]),
-     "outfit 1: malformed item: set_id r2: index 'x' is not a whole number", "malformed item"),
-    ("malformed-token", "nondisjoint/compatibility_test.txt", 2, "1 s3_1 s3-4",
-     "malformed token: 's3-4' in 'outfit' is not <set_id>_<index>", "malformed token"),
-    ("unknown-token", "nondisjoint/compatibility_test.txt", 2, "1 s3_1 s3_9",
-     "unknown item: s3_9 in 'outfit' names no item of the split's outfits", "unknown item"),
-    ("training-item-token", "nondisjoint/compatibility_test.txt", 2, "1 s3_1 r1_1",
-     "unknown item: r1_1 in 'outfit' names no item of the split's outfits", "unknown item"),
-    ("bad-label", "nondisjoint/compatibility_test.txt", 2, "yes s3_1 s3_4", "malformed label: expected 0 or 1, got 'yes'", "malformed label"),
-    ("answer-names-missing-item", "nondisjoint/fill_in_blank_test.json", 3,
-     json.dumps({**FITB[1], "answers": ["s3_4", "s5_9", "s2_1", "s5_3"]}),
-     "question 1: unknown item: s5_9 in 'answers' names no item of the split's outfits", "unknown item"),
-    ("no-right-answer", "nondisjoint/fill_in_blank_test.json", 3, json.dumps({**FITB[1], "answers": ["s5_1", "s5_2", "s2_1", "s5_3"]}),
-     "question 1: no single right answer: 0 answers come from the question's outfit s3", "no single right answer"),
-    ("missing-key", "nondisjoint/fill_in_blank_test.json", 3, json.dumps({"question": ["s3_1"], "answers": ["s3_4"]}),
-     "question 1: malformed question: expected keys 'question', 'answers' and 'blank_position'", "malformed question"),
-]  # fmt: skip
+    (
+        "bad-index",
+        "nondisjoint/train.json",
+        3,
+        bad_outfit([{"item_id": "t7", "index": "x"}]),
+        "outfit 1: malformed item: set_id r2: index 'x' is not a whole number",
+        "malformed item",
+    ),
+    (
+        "malformed-token",
+        "nondisjoint/compatibility_test.txt",
+        2,
+        "1 s3_1 s3-4",
+        "malformed token: 's3-4' in 'outfit' is not <set_id>_<index>",
+        "malformed token",
+    ),
+    (
+        "unknown-token",
+        "nondisjoint/compatibility_test.txt",
+        2,
+        "1 s3_1 s3_9",
+        "unknown item: s3_9 in 'outfit' names no item of the split's outfits",
+        "unknown item",
+    ),
+    (
+        "training-item-token",
+        "nondisjoint/compatibility_test.txt",
+        2,
+        "1 s3_1 r1_1",
+        "unknown item: r1_1 in 'outfit' names no item of the split's outfits",
+        "unknown item",
+    ),
+    (
+        "bad-label",
+        "nondisjoint/compatibility_test.txt",
+        2,
+        "yes s3_1 s3_4",
+        "malformed label: expected 0 or 1, got 'yes'",
+        "malformed label",
+    ),
+    (
+        "answer-names-missing-item",
+        "nondisjoint/fill_in_blank_test.json",
+        3,
+        json.dumps({**FITB[1], "answers": ["s3_4", "s5_9", "s2_1", "s5_3"]}),
+        "question 1: unknown item: s5_9 in 'answers' names no item of the split's outfits",
+        "unknown item",
+    ),
+    (
+        "no-right-answer",
+        "nondisjoint/fill_in_blank_test.json",
+        3,
+        json.dumps({**FITB[1], "answers": ["s5_1", "s5_2", "s2_1", "s5_3"]}),
+        "question 1: no single right answer: 0 answers come from the question's outfit s3",
+        "no single right answer",
+    ),
+    (
+        "missing-key",
+        "nondisjoint/fill_in_blank_test.json",
+        3,
+        json.dumps({"question": ["s3_1"], "answers": ["s3_4"]}),
+        "question 1: malformed question: expected keys 'question', 'answers' and 'blank_position'",
+        "malformed question",
+    ),
+]
 
 
 @pytest.mark.parametrize("case, name, line, text, problem, reason", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
@@ -125,7 +194,7 @@ def test_metadata_without_category_and_whole_file_problems(tmp_path):
     with pytest.raises(DataFormatError, match="needs outfits of both labels"):
         read_polyvore_split(root, "nondisjoint", "skip")
     (root / "nondisjoint" / "test.json").write_text("{}")
-    with pytest.raises(DataFormatError, match="test.json: expected a JSON list of outfits"):
+    with pytest.raises(DataFormatError, match=r"test.json: expected a JSON list of outfits"):
         read_polyvore_split(root, "nondisjoint", "skip")
     with pytest.raises(CtlError, match="split must be one of nondisjoint, disjoint"):
         PolyvoreSource(root, split="both")
@@ -178,7 +247,12 @@ def test_synthetic_folder_round_trip(tmp_path):
     config = SynthConfig(out=tmp_path / "a", outfits=40, layout="polyvore", render=False, workers=1)
     root = generate(config) / "polyvore_outfits"
     again = generate(SynthConfig(**{**config.__dict__, "out": tmp_path / "b"})) / "polyvore_outfits"
-    for name in ("polyvore_item_metadata.json", "disjoint/test.json", "nondisjoint/fill_in_blank_test.json", "disjoint/compatibility_test.txt"):
+    for name in (
+        "polyvore_item_metadata.json",
+        "disjoint/test.json",
+        "nondisjoint/fill_in_blank_test.json",
+        "disjoint/compatibility_test.txt",
+    ):
         assert (root / name).read_bytes() == (again / name).read_bytes(), f"{name} is deterministic by seed"
     category = {k: v["semantic_category"] for k, v in json.loads((root / METADATA_FILE).read_text()).items()}
     item_sets = []
@@ -215,8 +289,16 @@ def test_ctl_data_stats_on_a_polyvore_folder(tmp_path, capsys):
 def test_tiny_training_run_on_a_generated_folder(tmp_path):
     source = SyntheticPolyvore(tmp_path / "data" / "synthetic", outfits=60, split="disjoint")
     source.ensure()
-    overrides = ["data=polyvore", f"data.source.root={source.root}", "data.source.split=disjoint", "data.image_size=32",
-                 "data.num_workers=0", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "recommendation_examples=2"]  # fmt: skip
+    overrides = [
+        "data=polyvore",
+        f"data.source.root={source.root}",
+        "data.source.split=disjoint",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        "recommendation_examples=2",
+    ]
     result = run_script("train.py", *overrides, *script_paths(tmp_path / "out", tmp_path / "data"))
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "out" / "run" / "metrics.json").read_text())

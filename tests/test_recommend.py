@@ -81,8 +81,19 @@ def test_own_image_query_infers_its_category(tiny_run, tmp_path, capsys):
     assert inferred["category"] == payload["query"]["category"] and 0 < inferred["confidence"] <= 1
     assert len(payload["items"]) == 5 and "inferred category" in capsys.readouterr().out
     # The skirt in the first of the four views of the collage in example.png, with the category given.
-    _cli("similar", "--catalog", str(tiny_run), "--image", str(example), "--box", "0.005,0.045,0.11,0.36",
-         "--category", "Skirts", "--out", str(tmp_path / "skirt"))  # fmt: skip
+    _cli(
+        "similar",
+        "--catalog",
+        str(tiny_run),
+        "--image",
+        str(example),
+        "--box",
+        "0.005,0.045,0.11,0.36",
+        "--category",
+        "Skirts",
+        "--out",
+        str(tmp_path / "skirt"),
+    )
     payload = json.loads((tmp_path / "skirt" / "recommendations.json").read_text())
     assert payload["query"]["category"] == "Skirts" and "inferred_category" not in payload["query"]
     assert all(i["category"] == "Skirts" for i in payload["items"])
@@ -165,7 +176,10 @@ def test_style_agreement_counts_matching_planted_styles(recommender):
     position = np.random.default_rng(3).choice(candidates, size=1, replace=False)[0]
     query = recommender.product_query(int(recommender.similar.row_ids[position]))
     expected = {}
-    for name, rec in (("similar", recommender.recommend_similar(query, 5)), ("complementary", recommender.recommend_complementary(query, 5))):
+    for name, rec in (
+        ("similar", recommender.recommend_similar(query, 5)),
+        ("complementary", recommender.recommend_complementary(query, 5)),
+    ):
         expected[name] = np.mean([table.styles[recommender.position(i["row_id"])] == table.styles[position] for i in rec.items])
     single = style_agreement(recommender, queries=1, k=5, seed=3)
     assert single["similar_style_agreement"] == pytest.approx(expected["similar"])

@@ -37,8 +37,11 @@ def table_counts(output: str) -> dict[str, int]:
 def small_files(tmp_path) -> dict[str, Path]:
     """One small file of each of the five kinds."""
     raw = tmp_path / "raw.tsv"
-    raw.write_text(RAW_HEADER + "\n" + "".join(f"o{i % 3}\t0.1\t0.1\t0.2\t0.2\t{label}\n" for i, label in
-                                                 enumerate(["Shoes", "Pants", "Shoes", "Hats", "Shoes"])))  # fmt: skip
+    raw.write_text(
+        RAW_HEADER
+        + "\n"
+        + "".join(f"o{i % 3}\t0.1\t0.1\t0.2\t0.2\t{label}\n" for i, label in enumerate(["Shoes", "Pants", "Shoes", "Hats", "Shoes"]))
+    )
     triplets = tmp_path / "triplets.tsv"
     triplets.write_text(GOOD_TRIPLET + "\n" + GOOD_TRIPLET.replace("Pants", "Skirts") + "\n" + GOOD_TRIPLET + "\n")
     fitb = write_fitb(tmp_path / "fitb.json", [fitb_question(), fitb_question()])
@@ -146,7 +149,11 @@ def test_file_stats_skip_reports_counts(tmp_path, capsys):
 @pytest.mark.parametrize(
     "name, text, message",
     [
-        ("bad.tsv", RAW_HEADER + "\no1\t0.1\t0.1\t0.2\t0.2\tShoes\no1\t0.1\tinf\t0.2\t0.2\tPants\n", "{path}:3: non-finite coordinate: y='inf'"),
+        (
+            "bad.tsv",
+            RAW_HEADER + "\no1\t0.1\t0.1\t0.2\t0.2\tShoes\no1\t0.1\tinf\t0.2\t0.2\tPants\n",
+            "{path}:3: non-finite coordinate: y='inf'",
+        ),
         ("empty.tsv", "", "{path}: file is empty"),
         ("header.tsv", RAW_HEADER + "\n", "{path}: file has a header but no data rows"),
         ("cat.json", '{"p1": "A|Shoes", "p2": "A|"}', "{path}:1: product p2: empty label"),

@@ -21,8 +21,15 @@ from ctl_lightning.data.formats.ctl import group_outfits, product_key
 from ctl_lightning.data.synthetic import SynthConfig, generate, is_complete
 from ctl_lightning.data.synthetic.styles import CTL_LABELS, STL_CATEGORY_PATHS
 
-ANNOTATIONS = ["ctl/raw_train.tsv", "ctl/raw_test.tsv", "ctl/fitb_test.json", "ctl/synthetic_styles.tsv",
-               "stl/fashion.json", "stl/fashion-cat.json", "stl/synthetic_styles.tsv"]  # fmt: skip
+ANNOTATIONS = [
+    "ctl/raw_train.tsv",
+    "ctl/raw_test.tsv",
+    "ctl/fitb_test.json",
+    "ctl/synthetic_styles.tsv",
+    "stl/fashion.json",
+    "stl/fashion-cat.json",
+    "stl/synthetic_styles.tsv",
+]
 SMALL = ["--outfits", "60", "--scenes", "10", "--styles", "6", "--world", "toy"]
 BOTTOMS = {"Pants", "Skirts", "Shorts"}
 

@@ -96,8 +96,14 @@ def test_multirun_sweep_gives_each_job_its_own_directory(data_dir, tmp_path):
 
 
 def test_optuna_search_maximizes_validation_triplet_accuracy(data_dir, tmp_path):
-    result = run_script("train.py", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2",
-                        *TINY, *script_paths(tmp_path, data_dir))  # fmt: skip
+    result = run_script(
+        "train.py",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        *TINY,
+        *script_paths(tmp_path, data_dir),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     values = [_metrics(job)["val/triplet_accuracy"] for job in (tmp_path / "sweep").iterdir() if (job / "metrics.json").is_file()]
@@ -121,8 +127,13 @@ def test_wandb_runs_offline_without_credentials(data_dir, tmp_path):
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     # The offline run's transaction log, read back with W&B's own inspector.
-    log = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--summary", "--json", str(runs[0])],
-                         capture_output=True, text=True, timeout=120, env={**os.environ, **env})  # fmt: skip
+    log = subprocess.run(
+        [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--summary", "--json", str(runs[0])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
     record = json.loads(log.stdout)
     assert record["state"] == "finished" and record["exit_code"] == 0
     metrics = _metrics(tmp_path / "run")
@@ -144,7 +155,7 @@ def test_resumed_run_ends_like_an_uninterrupted_one_and_seeded_runs_repeat(data_
     _train(tmp_path / "stopped", data_dir, "trainer.max_epochs=1")
     last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
     resumed = _train(tmp_path / "stopped", data_dir, "trainer.max_epochs=3", f"ckpt_path={last}")
-    for key in METRIC_KEYS + ["val/triplet_accuracy"]:
+    for key in [*METRIC_KEYS, "val/triplet_accuracy"]:
         if straight[key] is None or (isinstance(straight[key], float) and math.isnan(straight[key])):
             continue
         assert again[key] == straight[key], f"seeded deterministic runs differ in {key}"

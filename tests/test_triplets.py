@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import operator
 
 import numpy as np
 import pytest
@@ -98,8 +100,14 @@ def spec(outfit: str, category: str, i: int, split: str = "train") -> ProductSpe
 
 
 def test_a_category_in_a_single_outfit_is_never_a_positive(caplog):
-    specs = [spec("o1", "Shoes", 0), spec("o1", "Pants", 1), spec("o2", "Shoes", 2), spec("o2", "Pants", 3),
-             spec("o3", "Shoes", 4), spec("o3", "Hats", 5)]  # fmt: skip
+    specs = [
+        spec("o1", "Shoes", 0),
+        spec("o1", "Pants", 1),
+        spec("o2", "Shoes", 2),
+        spec("o2", "Pants", 3),
+        spec("o3", "Shoes", 4),
+        spec("o3", "Hats", 5),
+    ]
     table = ProductTable(specs)
     with caplog.at_level(logging.INFO):
         triplets = sample_triplets(OutfitIndex(table, "train"), 20, np.random.default_rng(0))
@@ -138,7 +146,7 @@ def test_user_triplet_file_maps_to_row_ids_and_splits_by_validation_outfit(data_
     mixed = pool[~in_val[:, 0] & in_val[:, 2]][:3]  # training anchor, validation negative
     wanted = np.concatenate([validating, training, mixed])
     assert len(wanted) == 11
-    lines = ["\t".join(sum((item_of(table, r) for r in triplet), [])) for triplet in wanted]
+    lines = ["\t".join(functools.reduce(operator.iadd, (item_of(table, r) for r in triplet), [])) for triplet in wanted]
     unknown = ["nosuchoutfit", "0.1", "0.1", "0.2", "0.2", "Shoes"]
     lines.insert(3, "\t".join(item_of(table, wanted[0][0]) + item_of(table, wanted[0][1]) + unknown))
     lines.append("\t".join(unknown + item_of(table, wanted[1][1]) + item_of(table, wanted[1][2])))

@@ -62,9 +62,9 @@ def test_fixed_masks_are_disjoint_blocks_and_need_a_dimension_per_pair():
     masks = fixed().weight
     assert masks.sum(1).tolist() == [2.0, 2.0, 2.0] and masks.sum(0).tolist() == [1.0] * 6
     assert masks[SHOE_TOP].tolist() == [0, 0, 1, 1, 0, 0]
-    with pytest.raises(CtlError, match="model.embedding_dim >= 3"):
+    with pytest.raises(CtlError, match=r"model.embedding_dim >= 3"):
         CategorySubspaces(CATEGORIES, 2, "fixed")
-    with pytest.raises(CtlError, match="model.subspaces must be one of fixed, learned, projection"):
+    with pytest.raises(CtlError, match=r"model.subspaces must be one of fixed, learned, projection"):
         CategorySubspaces(CATEGORIES, 6, "masks")
 
 
@@ -127,11 +127,22 @@ def write_catalogs(run, table: ProductTable, vectors: np.ndarray, subspaces: Pai
     for kind in KINDS:
         shard = run / f"{kind}.bin"
         vectors.tofile(shard)
-        manifest = {"model": {"backbone": "hand-made", "state_fingerprint": "f" * 20, "checkpoint": None},
-                    "config": {"path": None, "fingerprint": None}, "data": {}, "run_dir": "../..", "kind": kind,
-                    "dim": vectors.shape[1]}  # fmt: skip
-        write_catalog(run / "catalogs" / kind, rows, [Shard(rows, shard, vectors.shape[1])], table, manifest,
-                      subspaces=subspaces if kind == "compatible" else None)  # fmt: skip
+        manifest = {
+            "model": {"backbone": "hand-made", "state_fingerprint": "f" * 20, "checkpoint": None},
+            "config": {"path": None, "fingerprint": None},
+            "data": {},
+            "run_dir": "../..",
+            "kind": kind,
+            "dim": vectors.shape[1],
+        }
+        write_catalog(
+            run / "catalogs" / kind,
+            rows,
+            [Shard(rows, shard, vectors.shape[1])],
+            table,
+            manifest,
+            subspaces=subspaces if kind == "compatible" else None,
+        )
 
 
 def test_complementary_search_ranks_in_the_pair_subspace(tmp_path):
@@ -165,7 +176,9 @@ def test_complementary_search_ranks_in_the_pair_subspace(tmp_path):
 
 
 def test_damaged_subspaces_are_a_one_line_error(tmp_path):
-    table = ProductTable([ProductSpec("a", "o1", "top", "test", "none.jpg", None), ProductSpec("b", "o1", "shoe", "test", "none.jpg", None)])
+    table = ProductTable(
+        [ProductSpec("a", "o1", "top", "test", "none.jpg", None), ProductSpec("b", "o1", "shoe", "test", "none.jpg", None)]
+    )
     pairs = [("shoe", "shoe"), ("shoe", "top"), ("top", "top")]
     write_catalogs(tmp_path, table, np.eye(2, 3), PairSubspaces(np.ones((3, 3, 3), np.float32), pairs, "projection"))
     np.save(tmp_path / "catalogs" / "compatible" / "subspaces.npy", np.ones((2, 3, 3), np.float32))
@@ -177,23 +190,33 @@ def test_model_and_loss_must_both_be_type_aware(tmp_path):
     cfg = compose_config("train", tmp_path, tmp_path, ["model=type_aware"])
     assert cfg.loss._target_.endswith("TypeAwareTripletLoss") and cfg.loss.margin == 0.3
     validate(cfg)
-    for overrides, problem in ((["model=type_aware", "loss=triplet"], "go together"), (["loss=type_aware"], "go together"),
-                               (["model=type_aware", "model.subspaces=masks"], "model.subspaces='masks'"),
-                               (["model=type_aware", "loss.mask_weight=-1"], "loss.mask_weight=-1")):  # fmt: skip
+    for overrides, problem in (
+        (["model=type_aware", "loss=triplet"], "go together"),
+        (["loss=type_aware"], "go together"),
+        (["model=type_aware", "model.subspaces=masks"], "model.subspaces='masks'"),
+        (["model=type_aware", "loss.mask_weight=-1"], "loss.mask_weight=-1"),
+    ):
         with pytest.raises(CtlError, match=problem):
             validate(compose_config("train", tmp_path, tmp_path, overrides))
 
 
-TINY_POLYVORE = ["data.source.outfits=60", "data.image_size=32", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-                 "recommendation_examples=2"]  # fmt: skip
+TINY_POLYVORE = [
+    "data.source.outfits=60",
+    "data.image_size=32",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "recommendation_examples=2",
+]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind, data, size", [("fixed", "toy", TINY), ("learned", "synthetic", TINY),
-                                              ("projection", "synthetic_polyvore", TINY_POLYVORE)])  # fmt: skip
+@pytest.mark.parametrize(
+    "kind, data, size", [("fixed", "toy", TINY), ("learned", "synthetic", TINY), ("projection", "synthetic_polyvore", TINY_POLYVORE)]
+)
 def test_tiny_training_run_of_each_subspace_kind(tmp_path, kind, data, size):
-    result = run_script("train.py", "model=type_aware", f"model.subspaces={kind}", f"data={data}", *size,
-                        *script_paths(tmp_path / "out", tmp_path / "data"))  # fmt: skip
+    result = run_script(
+        "train.py", "model=type_aware", f"model.subspaces={kind}", f"data={data}", *size, *script_paths(tmp_path / "out", tmp_path / "data")
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "out" / "run"
     scores = json.loads((run / "metrics.json").read_text())

@@ -79,8 +79,10 @@ def _incompatibility(cfg: DictConfig) -> str | None:
         return f"loss={loss_class.__name__} takes its classes from training outfits, which data={data_class.__name__} does not have"
     type_aware_model = OmegaConf.select(cfg, "model.subspaces") is not None
     if type_aware_model != getattr(loss_class, "uses_subspaces", False):
-        return ("model=type_aware and loss=type_aware go together (its triplet loss measures each triplet in a category-pair "
-                f"subspace); got model {OmegaConf.select(cfg, 'model._target_')} with loss={loss_class.__name__}")
+        return (
+            "model=type_aware and loss=type_aware go together (its triplet loss measures each triplet in a category-pair "
+            f"subspace); got model {OmegaConf.select(cfg, 'model._target_')} with loss={loss_class.__name__}"
+        )
     return None
 
 

@@ -18,7 +18,7 @@ import os
 import shutil
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from ctl_lightning.errors import CtlError
@@ -36,10 +36,8 @@ def _drop_inherited_locks() -> None:
     descriptors. A lock lasts while any copy is open, so a child that outlived a killed parent
     would otherwise keep every later build waiting."""
     for fd in _held_locks:
-        try:
+        with suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
     _held_locks.clear()
 
 

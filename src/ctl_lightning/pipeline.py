@@ -39,13 +39,16 @@ TEST_KEYS = ("triplet_accuracy", "fitb_accuracy", "compatibility_auc", "similar_
 def runtime_values(node: DictConfig, **available: Any) -> dict[str, Any]:
     """Values a config marks ``???`` because they are only known at run time (e.g. SoftTriple's
     ``num_classes``); only those are filled in, so every other value stays the config's."""
-    return {k: v() if callable(v) else v for k, v in available.items() if k in node.keys() and OmegaConf.is_missing(node, k)}
+    return {k: v() if callable(v) else v for k, v in available.items() if k in node and OmegaConf.is_missing(node, k)}
 
 
 def resolved_run_config(cfg: DictConfig) -> dict[str, Any]:
     """The run's config, resolved, without Hydra's own section (present when composed by tests)."""
-    return {key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-            for key, value in cfg.items() if key != "hydra"}  # fmt: skip
+    return {
+        key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        for key, value in cfg.items()
+        if key != "hydra"
+    }
 
 
 def _instantiate_dict(node: DictConfig | None) -> list:
@@ -60,8 +63,9 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
-    loss = instantiate(cfg.loss, **runtime_values(cfg.loss, num_classes=lambda: datamodule.num_classes,
-                                                  embedding_dim=cfg.model.embedding_dim))  # fmt: skip
+    loss = instantiate(
+        cfg.loss, **runtime_values(cfg.loss, num_classes=lambda: datamodule.num_classes, embedding_dim=cfg.model.embedding_dim)
+    )
     with open_dict(cfg):  # written into the config itself, so that checkpoints carry the values
         cfg.model.update(runtime_values(cfg.model, categories=lambda: datamodule.categories))
     model = instantiate(cfg.model, loss=loss, optimizer=instantiate(cfg.optimizer))
@@ -88,8 +92,9 @@ def ceiling(datamodule: pl.LightningDataModule) -> dict[str, float]:
 def report(cfg: DictConfig, trainer: pl.Trainer, tested: dict[str, Any], extra: dict[str, Any]) -> dict[str, float | None]:
     """Print the metric table, write ``metrics.json`` and the recommendation picture; return the metrics."""
     logged = {k: _finite_or_none(v) for k, v in tested.items()}
-    metrics: dict[str, float | None] = {f"{prefix}/{key}": logged.get(f"{prefix}/{key}") for prefix in ("test", "baseline", "oracle")
-                                        for key in TEST_KEYS}  # fmt: skip
+    metrics: dict[str, float | None] = {
+        f"{prefix}/{key}": logged.get(f"{prefix}/{key}") for prefix in ("test", "baseline", "oracle") for key in TEST_KEYS
+    }
     metrics.update(extra)
     output_dir = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
@@ -128,7 +133,9 @@ def with_training_config(cfg: DictConfig, groups: tuple[str, ...] = CONFIG_GROUP
                 if group not in overridden and group in training:
                     cfg[group] = training[group]
         else:
-            log.warning(f"{checkpoint} carries no run config and has no .hydra/config.yaml beside its run: using this command line's data/model/loss configs")
+            log.warning(
+                f"{checkpoint} carries no run config and has no .hydra/config.yaml beside its run: using this command line's data/model/loss configs"
+            )
         cfg.model.pretrained = False
         cfg.model.weights = None
     return cfg

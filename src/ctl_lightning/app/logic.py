@@ -210,7 +210,9 @@ def catalog_summary(recommender) -> dict:
     subspaces = recommender.compatible.subspaces
     return {
         "products": len(recommender),
-        "complementary_search": "one space" if subspaces is None else f"{subspaces.kind} subspaces of {len(subspaces.pairs)} category pairs",
+        "complementary_search": "one space"
+        if subspaces is None
+        else f"{subspaces.kind} subspaces of {len(subspaces.pairs)} category pairs",
         "categories": categories,
         "backbone": manifest.get("model", {}).get("backbone"),
         "created": manifest.get("created"),

@@ -58,14 +58,20 @@ def pick_random(recommender: Recommender) -> None:
 def sidebar(default_run: str) -> tuple[str, int, int]:
     with st.sidebar:
         st.header("Catalogs")
-        run_text = st.text_input("Run directory", value=default_run, key="run_dir",
-                                 help="a run folder written by train.py or eval.py (it has catalogs/)")  # fmt: skip
+        run_text = st.text_input(
+            "Run directory", value=default_run, key="run_dir", help="a run folder written by train.py or eval.py (it has catalogs/)"
+        )
         st.header("Results")
         k = st.slider("k: items per grid", min_value=1, max_value=logic.MAX_K, value=5, key="k")
         per_category = st.number_input(
-            "Complementary: items per other category", min_value=0, max_value=logic.MAX_K, value=1, step=1,
-            key="per_category", help="1: the best item of each other category, as the seed did; 0: a plain top-k",
-        )  # fmt: skip
+            "Complementary: items per other category",
+            min_value=0,
+            max_value=logic.MAX_K,
+            value=1,
+            step=1,
+            key="per_category",
+            help="1: the best item of each other category, as the seed did; 0: a plain top-k",
+        )
     return run_text, int(k), int(per_category)
 
 
@@ -94,8 +100,9 @@ def choose_query(recommender: Recommender, categories: list[str]):
     if upload is None:
         st.info("Upload a picture of a product (or a photo with several items and a crop box).")
         return None
-    return logic.upload_query(recommender, upload.name, upload.getvalue(), UPLOAD_DIR,
-                              None if category == logic.INFER else category, logic.parse_box(box))  # fmt: skip
+    return logic.upload_query(
+        recommender, upload.name, upload.getvalue(), UPLOAD_DIR, None if category == logic.INFER else category, logic.parse_box(box)
+    )
 
 
 def show_query(query) -> None:
@@ -133,14 +140,16 @@ def main() -> None:
     try:
         run_dir = logic.resolve_run_dir(run_text)
         recommender = load_recommender(str(run_dir.resolve()), logic.catalog_stamp(run_dir))
-    except Exception as error:  # noqa: BLE001 - shown on the page as one line
+    except Exception as error:
         show_error(error)
         return
     summary = logic.catalog_summary(recommender)
     with st.sidebar:
-        st.caption(f"{summary['products']} products in {len(summary['categories'])} categories · "
-                   f"{summary['backbone']} · complementary search in {summary['complementary_search']} · "
-                   f"catalogs of {summary['created']}")  # fmt: skip
+        st.caption(
+            f"{summary['products']} products in {len(summary['categories'])} categories · "
+            f"{summary['backbone']} · complementary search in {summary['complementary_search']} · "
+            f"catalogs of {summary['created']}"
+        )
     try:
         query = choose_query(recommender, summary["categories"])
         if query is None:
@@ -148,7 +157,7 @@ def main() -> None:
         show_query(query)
         similar = recommender.recommend_similar(query, logic.parse_k(k))
         complementary = recommender.recommend_complementary(query, logic.parse_k(k), per_category)
-    except Exception as error:  # noqa: BLE001 - shown on the page as one line
+    except Exception as error:
         show_error(error)
         return
     thumbnails = load_thumbnails(str(summary["store"] or ""))

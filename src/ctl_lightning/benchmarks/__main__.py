@@ -69,19 +69,48 @@ def run(plan: Plan, data_root: Path, only: tuple[str, ...] = STEPS) -> dict:
         results[name]["bench_seconds"] = time.perf_counter() - t
 
     dm = setup.datamodule(data_root, plan.outfits)
-    step("loader", lambda: {f"workers={w}": loading.loader_throughput(
-        setup.datamodule(data_root, plan.outfits, num_workers=w), setup.crop_files(dm, data_root / f"crops-{plan.outfits}"),
-        {"seed": plan.seed_batches, "store": plan.store_batches}, w, plan.repeats) for w in plan.loader_workers})  # fmt: skip
-    step("training_overhead", lambda: loading.training_overhead(dm, lambda: setup.model(feature_cache=False), plan.overhead_steps, plan.repeats))
-    backbones = {"tf_efficientnet_lite0 (default)": dict(backbone="tf_efficientnet_lite0"),
-                 "resnet18 (seed recipe)": dict(backbone="resnet18", pretrained=False)}  # fmt: skip
-    step("feature_cache", lambda: {name: fastpaths.feature_cache(lambda: setup.datamodule(data_root, plan.outfits),
-                                                                 lambda **kw: setup.model(**spec, **kw), plan.uncached_steps, plan.repeats)
-                                   for name, spec in backbones.items()})  # fmt: skip
+    step(
+        "loader",
+        lambda: {
+            f"workers={w}": loading.loader_throughput(
+                setup.datamodule(data_root, plan.outfits, num_workers=w),
+                setup.crop_files(dm, data_root / f"crops-{plan.outfits}"),
+                {"seed": plan.seed_batches, "store": plan.store_batches},
+                w,
+                plan.repeats,
+            )
+            for w in plan.loader_workers
+        },
+    )
+    step(
+        "training_overhead",
+        lambda: loading.training_overhead(dm, lambda: setup.model(feature_cache=False), plan.overhead_steps, plan.repeats),
+    )
+    backbones = {
+        "tf_efficientnet_lite0 (default)": dict(backbone="tf_efficientnet_lite0"),
+        "resnet18 (seed recipe)": dict(backbone="resnet18", pretrained=False),
+    }
+    step(
+        "feature_cache",
+        lambda: {
+            name: fastpaths.feature_cache(
+                lambda: setup.datamodule(data_root, plan.outfits),
+                lambda spec=spec, **kw: setup.model(**spec, **kw),
+                plan.uncached_steps,
+                plan.repeats,
+            )
+            for name, spec in backbones.items()
+        },
+    )
     step("dedup", lambda: fastpaths.dedup(dm, _real_table(), dm.batch_size))
     step("grouped_batches", lambda: fastpaths.grouped(setup.datamodule(data_root, plan.outfits, batching="outfits")))
-    step("catalog", lambda: {"throughput": catalog.throughput(dm, plan.repeats),
-                             "peak_rss": [catalog.peak_rss_mib(data_root, n, 32) for n in plan.rss_outfits]})  # fmt: skip
+    step(
+        "catalog",
+        lambda: {
+            "throughput": catalog.throughput(dm, plan.repeats),
+            "peak_rss": [catalog.peak_rss_mib(data_root, n, 32) for n in plan.rss_outfits],
+        },
+    )
     step("retrieval", lambda: retrieval.run(plan.retrieval_rows, repeats=max(3, plan.repeats + 2)))
     results["total_seconds"] = time.perf_counter() - started
     return results

@@ -33,7 +33,10 @@ def throughput(dm, repeats: int) -> dict:
     model = setup.model(feature_cache=False).eval()
     rows = dm.predict_rows
     with torch.inference_mode():
-        tensors = [model.preprocess(torch.from_numpy(dm.store.read(rows[i : i + dm.eval_batch_size]))) for i in range(0, len(rows), dm.eval_batch_size)]
+        tensors = [
+            model.preprocess(torch.from_numpy(dm.store.read(rows[i : i + dm.eval_batch_size])))
+            for i in range(0, len(rows), dm.eval_batch_size)
+        ]
 
     def pure():
         with torch.inference_mode():
@@ -43,14 +46,23 @@ def throughput(dm, repeats: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         predict = rate(len(rows), measure(lambda: _predict(model, dm, Path(tmp)), repeats=repeats))
     inference = rate(len(rows), measure(pure, repeats=repeats))
-    return {"products": int(len(rows)), "batch_size": dm.eval_batch_size, "predict": predict, "pure_inference": inference,
-            "ratio": predict["per_s"] / inference["per_s"]}  # fmt: skip
+    return {
+        "products": len(rows),
+        "batch_size": dm.eval_batch_size,
+        "predict": predict,
+        "pure_inference": inference,
+        "ratio": predict["per_s"] / inference["per_s"],
+    }
 
 
 def peak_rss_mib(root: Path, outfits: int, image_size: int) -> dict:
     """Build one catalog in a fresh process; its peak resident memory and the catalog's size."""
-    result = subprocess.run([sys.executable, "-m", "ctl_lightning.benchmarks.catalog", str(root), str(outfits), str(image_size)],
-                            capture_output=True, text=True, check=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "ctl_lightning.benchmarks.catalog", str(root), str(outfits), str(image_size)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -72,10 +84,19 @@ def main() -> None:
         _predict(model, dm, Path(tmp))
         size = sum(f.stat().st_size for f in Path(tmp).rglob("*.npy"))
     peak_kib = _status_kib("VmHWM")
-    print(json.dumps({"outfits": outfits, "products": int(len(dm.predict_rows)), "image_size": image_size,
-                      "catalog_mib": size / 2**20, "rss_before_predict_mib": before_kib / 1024,
-                      "peak_rss_during_predict_mib": peak_kib / 1024,
-                      "peak_rss_process_lifetime_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "outfits": outfits,
+                "products": len(dm.predict_rows),
+                "image_size": image_size,
+                "catalog_mib": size / 2**20,
+                "rss_before_predict_mib": before_kib / 1024,
+                "peak_rss_during_predict_mib": peak_kib / 1024,
+                "peak_rss_process_lifetime_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

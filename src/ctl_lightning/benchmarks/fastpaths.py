@@ -19,9 +19,17 @@ from ctl_lightning.losses.mining import OutfitMiner
 def _epoch_seconds(model, dm, steps: int | None, skip: int = 2) -> tuple[float, int]:
     """Seconds for ``steps`` training steps (after ``skip`` warm-up steps) and the steps of a full epoch."""
     timer = _StepTimer(skip)
-    trainer = pl.Trainer(max_epochs=1, limit_train_batches=(steps + skip) if steps else 1.0, limit_val_batches=0,
-                         enable_checkpointing=False, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, callbacks=[timer])  # fmt: skip
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=(steps + skip) if steps else 1.0,
+        limit_val_batches=0,
+        enable_checkpointing=False,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[timer],
+    )
     trainer.fit(model, datamodule=dm)
     return timer.times[0], len(dm.train_dataloader())
 
@@ -64,8 +72,12 @@ def _forward_passes(triplets: np.ndarray, batch_size: int, seed: int = 0) -> dic
         batch = triplets[order[start : start + batch_size]]
         unique += len(np.unique(batch))
         total += batch.size
-    return {"triplets": int(len(triplets)), "images_without_dedup": int(total), "images_with_dedup": int(unique),
-            "saved_fraction": 1 - unique / total}  # fmt: skip
+    return {
+        "triplets": len(triplets),
+        "images_without_dedup": int(total),
+        "images_with_dedup": int(unique),
+        "saved_fraction": 1 - unique / total,
+    }
 
 
 def dedup(dm, real_table: ProductTable | None, batch_size: int) -> dict:
@@ -78,7 +90,12 @@ def dedup(dm, real_table: ProductTable | None, batch_size: int) -> dict:
 
 
 def _shared(triplets: int, unique: int) -> dict:
-    return {"triplets": triplets, "images_without_dedup": 3 * triplets, "images_with_dedup": unique, "saved_fraction": 1 - unique / (3 * triplets)}
+    return {
+        "triplets": triplets,
+        "images_without_dedup": 3 * triplets,
+        "images_with_dedup": unique,
+        "saved_fraction": 1 - unique / (3 * triplets),
+    }
 
 
 def grouped(dm) -> dict:

@@ -36,9 +36,17 @@ SEED_TRIPLETS = 77_494
 def _datamodule(root: Path, outfits: int, triplets: int, image_size: int, batch_size: int, workers: int, gpu: bool) -> TripletsDataModule:
     train_outfits = int(outfits * 0.8)
     per_outfit = int(np.ceil(triplets / (0.97 * train_outfits)))
-    dm = TripletsDataModule(SyntheticCtl(root, seed=0, outfits=outfits), image_size=image_size, batch_size=batch_size,
-                            eval_batch_size=1024 if gpu else 128, num_workers=workers, triplets_per_outfit=per_outfit,
-                            val_fraction=0.02, seed=42, pin_memory=gpu)  # fmt: skip
+    dm = TripletsDataModule(
+        SyntheticCtl(root, seed=0, outfits=outfits),
+        image_size=image_size,
+        batch_size=batch_size,
+        eval_batch_size=1024 if gpu else 128,
+        num_workers=workers,
+        triplets_per_outfit=per_outfit,
+        val_fraction=0.02,
+        seed=42,
+        pin_memory=gpu,
+    )
     dm.prepare_data()
     dm.setup("fit")
     if len(dm.train_triplets) < triplets:
@@ -48,9 +56,18 @@ def _datamodule(root: Path, outfits: int, triplets: int, image_size: int, batch_
 
 
 def _trainer(gpu: bool, **kwargs) -> pl.Trainer:
-    return pl.Trainer(accelerator="gpu" if gpu else "cpu", devices=1, precision="bf16-mixed" if gpu else "32-true", logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      num_sanity_val_steps=0, limit_val_batches=0, **kwargs)  # fmt: skip
+    return pl.Trainer(
+        accelerator="gpu" if gpu else "cpu",
+        devices=1,
+        precision="bf16-mixed" if gpu else "32-true",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        **kwargs,
+    )
 
 
 def _sync(gpu: bool) -> None:
@@ -79,9 +96,16 @@ def epoch(dm: TripletsDataModule, gpu: bool, freeze: bool) -> dict:
     trainer.fit(model, datamodule=dm)
     total = time.perf_counter() - start
     steps = len(dm.train_dataloader())
-    return {"recipe": "frozen + feature cache" if freeze else "fine-tuning", "triplets": int(len(dm.train_triplets)), "steps": steps,
-            "epoch_s": clock.seconds, "fit_total_s": total, "fit_start_s (cache build, baseline)": total - clock.seconds,
-            "triplets_per_s": len(dm.train_triplets) / clock.seconds, "feature_cache": model.cached_features is not None}  # fmt: skip
+    return {
+        "recipe": "frozen + feature cache" if freeze else "fine-tuning",
+        "triplets": len(dm.train_triplets),
+        "steps": steps,
+        "epoch_s": clock.seconds,
+        "fit_total_s": total,
+        "fit_start_s (cache build, baseline)": total - clock.seconds,
+        "triplets_per_s": len(dm.train_triplets) / clock.seconds,
+        "feature_cache": model.cached_features is not None,
+    }
 
 
 def catalog_build(dm: TripletsDataModule, gpu: bool) -> dict:
@@ -113,24 +137,39 @@ def catalog_build(dm: TripletsDataModule, gpu: bool) -> dict:
             return time.perf_counter() - start
 
     from_host, on_device = pure(host), pure(resident)
-    return {"products": int(len(rows)), "predict_s": predict_s, "merge_s": writer.merge_seconds,
-            "predict_img_per_s": len(rows) / predict_s, "pure_inference_img_per_s (uint8 tensors in host memory)": len(rows) / from_host,
-            "pure_inference_img_per_s (tensors already on the device)": len(rows) / on_device, "ratio": from_host / predict_s}  # fmt: skip
+    return {
+        "products": len(rows),
+        "predict_s": predict_s,
+        "merge_s": writer.merge_seconds,
+        "predict_img_per_s": len(rows) / predict_s,
+        "pure_inference_img_per_s (uint8 tensors in host memory)": len(rows) / from_host,
+        "pure_inference_img_per_s (tensors already on the device)": len(rows) / on_device,
+        "ratio": from_host / predict_s,
+    }
 
 
 def table(results: dict) -> str:
     m = results["machine"]
-    lines = [f"Device: {m.get('gpu', 'CPU only')}; CPU: {m['cpu']} ({m['cores']} cores); torch {m['torch']}; "
-             f"mode: {results['mode']}; data: {results['data']['products']:,} products, {results['data']['seconds']:.0f} s to generate and prepare.",
-             "", "| run | triplets | steps | epoch (s) | triplets/s | fit start (s) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"Device: {m.get('gpu', 'CPU only')}; CPU: {m['cpu']} ({m['cores']} cores); torch {m['torch']}; "
+        f"mode: {results['mode']}; data: {results['data']['products']:,} products, {results['data']['seconds']:.0f} s to generate and prepare.",
+        "",
+        "| run | triplets | steps | epoch (s) | triplets/s | fit start (s) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in results["epochs"]:
-        lines.append(f"| {r['recipe']} | {r['triplets']:,} | {r['steps']:,} | **{r['epoch_s']:.1f}** | {r['triplets_per_s']:,.0f} | "
-                     f"{r['fit_start_s (cache build, baseline)']:.1f} |")  # fmt: skip
+        lines.append(
+            f"| {r['recipe']} | {r['triplets']:,} | {r['steps']:,} | **{r['epoch_s']:.1f}** | {r['triplets_per_s']:,.0f} | "
+            f"{r['fit_start_s (cache build, baseline)']:.1f} |"
+        )
     c = results["catalog"]
-    lines += ["", f"Catalog build: {c['products']:,} products in {c['predict_s']:.1f} s (of which merging the shards into the two "
-              f"catalogs {c['merge_s']:.1f} s) = **{c['predict_img_per_s']:,.0f} img/s**, {c['ratio']:.2f} of pure inference on "
-              f"uint8 tensors in host memory ({c['pure_inference_img_per_s (uint8 tensors in host memory)']:,.0f} img/s; "
-              f"{c['pure_inference_img_per_s (tensors already on the device)']:,.0f} img/s with the tensors already on the device)."]  # fmt: skip
+    lines += [
+        "",
+        f"Catalog build: {c['products']:,} products in {c['predict_s']:.1f} s (of which merging the shards into the two "
+        f"catalogs {c['merge_s']:.1f} s) = **{c['predict_img_per_s']:,.0f} img/s**, {c['ratio']:.2f} of pure inference on "
+        f"uint8 tensors in host memory ({c['pure_inference_img_per_s (uint8 tensors in host memory)']:,.0f} img/s; "
+        f"{c['pure_inference_img_per_s (tensors already on the device)']:,.0f} img/s with the tensors already on the device).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -148,10 +187,21 @@ def main(argv: list[str] | None = None) -> None:
     workers = 0 if args.smoke else min(8, os.cpu_count() or 1)
     start = time.perf_counter()
     dm = _datamodule(Path(args.data), outfits, triplets, size, batch, workers, gpu)
-    data = {"outfits": outfits, "products": len(dm.store), "image_size": size, "batch_size": batch, "workers": workers,
-            "seconds": time.perf_counter() - start}  # fmt: skip
-    results = {"mode": "smoke (CPU)" if args.smoke else "full", "machine": machine_info(), "data": data,
-               "epochs": [epoch(dm, gpu, freeze=False), epoch(dm, gpu, freeze=True)], "catalog": catalog_build(dm, gpu)}  # fmt: skip
+    data = {
+        "outfits": outfits,
+        "products": len(dm.store),
+        "image_size": size,
+        "batch_size": batch,
+        "workers": workers,
+        "seconds": time.perf_counter() - start,
+    }
+    results = {
+        "mode": "smoke (CPU)" if args.smoke else "full",
+        "machine": machine_info(),
+        "data": data,
+        "epochs": [epoch(dm, gpu, freeze=False), epoch(dm, gpu, freeze=True)],
+        "catalog": catalog_build(dm, gpu),
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu-results.json").write_text(json.dumps(results, indent=2) + "\n")

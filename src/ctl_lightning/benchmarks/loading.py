@@ -51,15 +51,21 @@ def loader_throughput(dm, crop_paths, batches: dict, workers: int, repeats: int)
     """Triplet images delivered per second (3 per triplet), both loaders at the same batch size and workers."""
     triplets, size, batch_size = dm.train_triplets, dm.store.size, dm.batch_size
     seed_loader = DataLoader(SeedStyleTriplets(triplets, crop_paths, size), batch_size=batch_size, shuffle=True, num_workers=workers)
-    store_loader = DataLoader(RowsDataset(triplets), batch_size=batch_size, shuffle=True, num_workers=workers,
-                              collate_fn=TripletCollate(dm.store, dm.labels))  # fmt: skip
+    store_loader = DataLoader(
+        RowsDataset(triplets), batch_size=batch_size, shuffle=True, num_workers=workers, collate_fn=TripletCollate(dm.store, dm.labels)
+    )
     results = {}
     for name, loader, convert, n in (
         ("seed_style", seed_loader, lambda b: 3 * len(b[0]), batches["seed"]),
-        ("product_store", store_loader, lambda b: (normalize_images(b["images"], SCALE, BIAS), 3 * len(b["triplets"]))[1], batches["store"]),
+        (
+            "product_store",
+            store_loader,
+            lambda b: (normalize_images(b["images"], SCALE, BIAS), 3 * len(b["triplets"]))[1],
+            batches["store"],
+        ),
     ):
         images = n * batch_size * 3
-        results[name] = rate(images, measure(lambda: _consume(loader, n, convert), repeats=repeats))
+        results[name] = rate(images, measure(lambda loader=loader, n=n, convert=convert: _consume(loader, n, convert), repeats=repeats))
         results[name]["batches"] = n
     results["ratio"] = results["product_store"]["per_s"] / results["seed_style"]["per_s"]
     results["workers"], results["batch_size"], results["image_size"] = workers, batch_size, size
@@ -91,8 +97,16 @@ class _Batches(Dataset):
 
 def _fit_seconds(model, loader, steps: int, skip: int) -> float:
     timer = _StepTimer(skip)
-    trainer = pl.Trainer(max_epochs=1, limit_train_batches=steps + skip, limit_val_batches=0, enable_checkpointing=False,
-                         logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer])  # fmt: skip
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=steps + skip,
+        limit_val_batches=0,
+        enable_checkpointing=False,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
     trainer.fit(model, train_dataloaders=loader)
     return timer.times[0]
 

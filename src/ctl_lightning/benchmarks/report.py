@@ -20,49 +20,65 @@ def _ms(t: dict) -> str:
 
 
 def loader_section(loader: dict) -> list[str]:
-    lines = ["## Loader: product store against a seed-style loader", "",
-             "Triplet images delivered per second as normalized float tensors, same batch size (64 triplets)",
-             "and worker count for both. Seed-style: PIL open + Resize + ToTensor + Normalize of each",
-             "member's JPEG crop (as the seed's Dataset). Store: uint8 rows read by row id from the memory map,",
-             "deduplicated per batch, then normalized. Goal: at least 30x.", "",
-             "| workers | seed-style | product store | ratio | goal 30x |", "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "## Loader: product store against a seed-style loader",
+        "",
+        "Triplet images delivered per second as normalized float tensors, same batch size (64 triplets)",
+        "and worker count for both. Seed-style: PIL open + Resize + ToTensor + Normalize of each",
+        "member's JPEG crop (as the seed's Dataset). Store: uint8 rows read by row id from the memory map,",
+        "deduplicated per batch, then normalized. Goal: at least 30x.",
+        "",
+        "| workers | seed-style | product store | ratio | goal 30x |",
+        "|---|---|---|---|---|",
+    ]
     for key, r in loader.items():
         if not key.startswith("workers="):
             continue
-        lines.append(f"| {r['workers']} | {_range(r['seed_style'])} | {_range(r['product_store'])} | {r['ratio']:.0f}x | {_verdict(r['ratio'], 30)} |")
-    return lines + [""]
+        lines.append(
+            f"| {r['workers']} | {_range(r['seed_style'])} | {_range(r['product_store'])} | {r['ratio']:.0f}x | {_verdict(r['ratio'], 30)} |"
+        )
+    return [*lines, ""]
 
 
 def overhead_section(o: dict) -> list[str]:
     return [
-        "## Loader overhead in training", "",
+        "## Loader overhead in training",
+        "",
         f"Training steps per second with the real TripletsDataModule ({o['num_workers']} workers) against the",
         f"same {o['steps']} batches already in memory; default backbone frozen, feature cache off, so every",
-        "step embeds its images and the loader is on the critical path. Goal: at least 0.95.", "",
-        "| fed by | steps/s | runs (s) |", "|---|---|---|",
+        "step embeds its images and the loader is on the critical path. Goal: at least 0.95.",
+        "",
+        "| fed by | steps/s | runs (s) |",
+        "|---|---|---|",
         f"| TripletsDataModule | {o['datamodule_steps_per_s']:.2f} | {', '.join(f'{x:.2f}' for x in o['datamodule_runs_s'])} |",
         f"| tensors in memory | {o['in_memory_steps_per_s']:.2f} | {', '.join(f'{x:.2f}' for x in o['in_memory_runs_s'])} |",
-        "", f"Ratio: **{o['ratio']:.3f}** of the in-memory rate: {_verdict(o['ratio'], 0.95)}.", "",
-    ]  # fmt: skip
+        "",
+        f"Ratio: **{o['ratio']:.3f}** of the in-memory rate: {_verdict(o['ratio'], 0.95)}.",
+        "",
+    ]
 
 
 def cache_section(cache: dict) -> list[str]:
     cache = {name: c for name, c in cache.items() if isinstance(c, dict)}
     first = next(iter(cache.values()))
     lines = [
-        "## Frozen-backbone feature cache", "",
+        "## Frozen-backbone feature cache",
+        "",
         "With `model.freeze_backbone=true` and no augmentation the backbone features of every product are",
         "computed once at the start of fit and the head trains on them (automatic; `model.feature_cache=false`",
         "turns it off). tests/test_fast_paths.py asserts the cached and uncached runs give the same losses",
-        f"to 1e-5. One epoch of {first['epoch_steps']} steps on the default synthetic data, 64 px:", "",
+        f"to 1e-5. One epoch of {first['epoch_steps']} steps on the default synthetic data, 64 px:",
+        "",
         "| backbone | cached epoch (head only) | recomputing the backbone | speed-up of epochs after the first | goal 50x | first-epoch extra (fit start, cache build) |",
         "|---|---|---|---|---|---|",
-    ]  # fmt: skip
+    ]
     for name, c in cache.items():
-        lines.append(f"| {name} | {c['cached_epoch_s']:.2f} s ({', '.join(f'{x:.2f}' for x in c['cached_runs_s'])}) | "
-                     f"{c['uncached_epoch_s']:.1f} s ({', '.join(f'{x:.1f}' for x in c['uncached_runs_s'])}) | **{c['speedup']:.0f}x** | "
-                     f"{_verdict(c['speedup'], 50)} | {c['first_epoch_extra_s (cache build, fit start)']:.1f} s |")  # fmt: skip
-    return lines + ["", f"The uncached epoch is timed over {first['uncached_measured_steps']} steps and scaled to the epoch.", ""]
+        lines.append(
+            f"| {name} | {c['cached_epoch_s']:.2f} s ({', '.join(f'{x:.2f}' for x in c['cached_runs_s'])}) | "
+            f"{c['uncached_epoch_s']:.1f} s ({', '.join(f'{x:.1f}' for x in c['uncached_runs_s'])}) | **{c['speedup']:.0f}x** | "
+            f"{_verdict(c['speedup'], 50)} | {c['first_epoch_extra_s (cache build, fit start)']:.1f} s |"
+        )
+    return [*lines, "", f"The uncached epoch is timed over {first['uncached_measured_steps']} steps and scaled to the epoch.", ""]
 
 
 def _shared_row(name: str, r: dict) -> str:
@@ -70,85 +86,129 @@ def _shared_row(name: str, r: dict) -> str:
 
 
 def dedup_section(d: dict, grouped: dict | None) -> list[str]:
-    lines = ["## Unique images per batch", "",
-             "Each distinct product of a batch is embedded once and anchors, positives and negatives index into",
-             "those embeddings (batches of 64 triplets, shuffled). tests/test_fast_paths.py asserts the loss is",
-             "the same with and without deduplication.", "",
-             "| triplets | images without dedup | images with dedup | forward passes saved |", "|---|---|---|---|"]  # fmt: skip
-    names = {"synthetic_default": "synthetic default (8 per outfit)", "ctl_raw_test_annotations": "CTL-like: real raw_test.tsv outfits, 1 per outfit"}
+    lines = [
+        "## Unique images per batch",
+        "",
+        "Each distinct product of a batch is embedded once and anchors, positives and negatives index into",
+        "those embeddings (batches of 64 triplets, shuffled). tests/test_fast_paths.py asserts the loss is",
+        "the same with and without deduplication.",
+        "",
+        "| triplets | images without dedup | images with dedup | forward passes saved |",
+        "|---|---|---|---|",
+    ]
+    names = {
+        "synthetic_default": "synthetic default (8 per outfit)",
+        "ctl_raw_test_annotations": "CTL-like: real raw_test.tsv outfits, 1 per outfit",
+    }
     lines += [_shared_row(names.get(key, key), r) for key, r in d.items() if isinstance(r, dict)]
     if grouped is None:
-        return lines + [""]
+        return [*lines, ""]
     shape = grouped["all_in_batch"]
     outfits = f"outfit-grouped ({shape['outfits_per_batch']} outfits x {shape['items_per_outfit']} items, {shape['batches']} batches)"
-    lines += [_shared_row(f"{outfits}, every in-batch triplet (`loss.miner=none`)", grouped["all_in_batch"]),
-              _shared_row(f"{outfits}, `loss.miner=batch_hard` (one per anchor and positive category)", grouped["batch_hard"])]  # fmt: skip
-    return lines + ["",
-                    "Outfit-grouped batches (`data.batching=outfits`) hold a few items of each of a few outfits, so their",
-                    "products form many protocol triplets: one epoch, same synthetic data. Images without dedup are 3 per",
-                    "triplet trained on; semihard and multi_similarity keep a share of the in-batch triplets that depends",
-                    "on the model. Counts, not timings (rerun with `--only dedup grouped_batches`).", ""]  # fmt: skip
+    lines += [
+        _shared_row(f"{outfits}, every in-batch triplet (`loss.miner=none`)", grouped["all_in_batch"]),
+        _shared_row(f"{outfits}, `loss.miner=batch_hard` (one per anchor and positive category)", grouped["batch_hard"]),
+    ]
+    return [
+        *lines,
+        "",
+        "Outfit-grouped batches (`data.batching=outfits`) hold a few items of each of a few outfits, so their",
+        "products form many protocol triplets: one epoch, same synthetic data. Images without dedup are 3 per",
+        "triplet trained on; semihard and multi_similarity keep a share of the in-batch triplets that depends",
+        "on the model. Counts, not timings (rerun with `--only dedup grouped_batches`).",
+        "",
+    ]
 
 
 def catalog_section(c: dict) -> list[str]:
     t = c["throughput"]
     lines = [
-        "## Catalog build", "",
+        "## Catalog build",
+        "",
         f"Predict over {t['products']:,} products (store -> model -> sharded writer -> merged `similar` and",
-        f"`compatible` catalogs) against the model alone on normalized tensors in memory, batch {t['batch_size']}.", "",
-        "| | throughput |", "|---|---|",
-        f"| predict, catalogs written | {_range(t['predict'])} |", f"| pure inference | {_range(t['pure_inference'])} |",
-        "", f"Ratio **{t['ratio']:.2f}**: {_verdict(t['ratio'], 0.9)} (goal 0.9).", "",
+        f"`compatible` catalogs) against the model alone on normalized tensors in memory, batch {t['batch_size']}.",
+        "",
+        "| | throughput |",
+        "|---|---|",
+        f"| predict, catalogs written | {_range(t['predict'])} |",
+        f"| pure inference | {_range(t['pure_inference'])} |",
+        "",
+        f"Ratio **{t['ratio']:.2f}**: {_verdict(t['ratio'], 0.9)} (goal 0.9).",
+        "",
         "Resident memory of a fresh process building a catalog (32 px crops) at two sizes: before predict,",
-        "and the peak during predict alone (the high-water mark is reset just before it).", "",
-        "| products | catalog files | RSS before predict | peak RSS during predict | growth |", "|---|---|---|---|---|",
-    ]  # fmt: skip
+        "and the peak during predict alone (the high-water mark is reset just before it).",
+        "",
+        "| products | catalog files | RSS before predict | peak RSS during predict | growth |",
+        "|---|---|---|---|---|",
+    ]
     for r in c["peak_rss"]:
         growth = r["peak_rss_during_predict_mib"] - r["rss_before_predict_mib"]
-        lines.append(f"| {r['products']:,} | {r['catalog_mib']:.1f} MiB | {r['rss_before_predict_mib']:.0f} MiB | "
-                     f"{r['peak_rss_during_predict_mib']:.0f} MiB | {growth:+.0f} MiB |")  # fmt: skip
-    return lines + [""]
+        lines.append(
+            f"| {r['products']:,} | {r['catalog_mib']:.1f} MiB | {r['rss_before_predict_mib']:.0f} MiB | "
+            f"{r['peak_rss_during_predict_mib']:.0f} MiB | {growth:+.0f} MiB |"
+        )
+    return [*lines, ""]
 
 
 def retrieval_section(r: dict) -> list[str]:
     bw = r["bandwidth"]
     lines = [
-        "## Retrieval", "",
+        "## Retrieval",
+        "",
         f"Streaming bandwidth measured in this run: **{bw['gb_per_s']:.1f} GB/s** (float32 sum over {bw['bytes'] / 2**30:.0f} GiB).",
         "The bound of a single query is the bytes of the rows it scans divided by that bandwidth; here all",
-        "rows are one partition (the worst case: a real query scans one category only).", "",
+        "rows are one partition (the worst case: a real query scans one category only).",
+        "",
         "| rows | bound, 1 query | exact, 1 query | faiss Flat, 1 query | exact / bound | exact, 256 queries | faiss Flat, 256 queries | faiss / exact (256) |",
         "|---|---|---|---|---|---|---|---|",
-    ]  # fmt: skip
+    ]
     for c in r["catalogs"]:
         lines.append(
             f"| {c['rows']:,} | {1000 * c['bound_single_s']:.1f} ms | {_ms(c['exact_single'])} | {_ms(c['faiss_flat_single'])} | "
             f"{c['exact_single_vs_bound']:.2f}x {_verdict(c['exact_single_vs_bound'], 1.5, False)} | {_ms(c['exact_batch256'])} | "
             f"{_ms(c['faiss_flat_batch256'])} | {c['faiss_batch_over_exact_batch']:.1f}x {_verdict(c['faiss_batch_over_exact_batch'], 1.0)} |"
         )
-    lines += ["", "float16 storage (half the bytes; scores accumulated in float32):", "",
-              "| rows | float16, 1 query | float16 / float32 bound | recall@10 vs float32 | faiss top-10 identical to exact (queries) | mean top-10 overlap |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "float16 storage (half the bytes; scores accumulated in float32):",
+        "",
+        "| rows | float16, 1 query | float16 / float32 bound | recall@10 vs float32 | faiss top-10 identical to exact (queries) | mean top-10 overlap |",
+        "|---|---|---|---|---|---|",
+    ]
     for c in r["catalogs"]:
-        lines.append(f"| {c['rows']:,} | {_ms(c['exact_float16_single'])} | {c['exact_float16_single_vs_float32_bound']:.2f}x | "
-                     f"{c['float16_recall_at_10']:.3f} | {100 * c['faiss_identical_top10_share']:.0f}% | {c['faiss_top10_overlap']:.4f} |")  # fmt: skip
-    return lines + ["", "Where faiss and the exact engine differ at all, it is the order of two items whose scores are",
-                    "equal to about 1e-6 (float rounding of different summation orders), at the edge of the top 10.", ""]
+        lines.append(
+            f"| {c['rows']:,} | {_ms(c['exact_float16_single'])} | {c['exact_float16_single_vs_float32_bound']:.2f}x | "
+            f"{c['float16_recall_at_10']:.3f} | {100 * c['faiss_identical_top10_share']:.0f}% | {c['faiss_top10_overlap']:.4f} |"
+        )
+    return [
+        *lines,
+        "",
+        "Where faiss and the exact engine differ at all, it is the order of two items whose scores are",
+        "equal to about 1e-6 (float rounding of different summation orders), at the edge of the top 10.",
+        "",
+    ]
 
 
 def write_report(results: dict, path: Path, notes: str = "") -> Path:
     m = results["machine"]
     lines = [
-        "# Benchmarks", "",
+        "# Benchmarks",
+        "",
         f"Written by `make {'bench-quick' if results['mode'] == 'quick' else 'bench'}` "
         f"(`python -m ctl_lightning.benchmarks{' --quick' if results['mode'] == 'quick' else ''}`) in {results['total_seconds']:.0f} s; "
         f"raw numbers in `{'results-quick' if results['mode'] == 'quick' else 'results'}.json`. Every figure is the median of "
-        f"{results['plan']['repeats']} or more runs, measured against its reference in the same run.", "",
+        f"{results['plan']['repeats']} or more runs, measured against its reference in the same run.",
+        "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m.get('memory_gib', '?')} GiB; torch {m['torch']} with "
-        f"{m['torch_threads']} intra-op / {m['torch_interop_threads']} inter-op threads; OMP_NUM_THREADS={m['OMP_NUM_THREADS']}.", "",
-    ]  # fmt: skip
+        f"{m['torch_threads']} intra-op / {m['torch_interop_threads']} inter-op threads; OMP_NUM_THREADS={m['OMP_NUM_THREADS']}.",
+        "",
+    ]
     lines += loader_section(results["loader"]) + overhead_section(results["training_overhead"]) + cache_section(results["feature_cache"])
-    lines += dedup_section(results["dedup"], results.get("grouped_batches")) + catalog_section(results["catalog"]) + retrieval_section(results["retrieval"])
+    lines += (
+        dedup_section(results["dedup"], results.get("grouped_batches"))
+        + catalog_section(results["catalog"])
+        + retrieval_section(results["retrieval"])
+    )
     notes_file = path.with_name("NOTES.md")
     if notes_file.is_file():
         lines += [notes_file.read_text()]

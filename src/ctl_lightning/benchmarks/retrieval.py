@@ -44,8 +44,8 @@ def bench_catalog(n: int, bandwidth_gbs: float, repeats: int, batch: int = 256) 
     bound_s = n * DIM * 4 / (bandwidth_gbs * 1e9)
     out = {"rows": n, "bytes_scanned": n * DIM * 4, "bound_single_s": bound_s}
     for name, index in (("exact", exact), ("faiss_flat", flat), ("exact_float16", half)):
-        out[f"{name}_single"] = measure(lambda: index.search(single, 10, "0"), repeats=repeats)
-        out[f"{name}_batch{batch}"] = measure(lambda: index.search(queries, 10, "0"), repeats=max(2, repeats // 2))
+        out[f"{name}_single"] = measure(lambda index=index: index.search(single, 10, "0"), repeats=repeats)
+        out[f"{name}_batch{batch}"] = measure(lambda index=index: index.search(queries, 10, "0"), repeats=max(2, repeats // 2))
     out["exact_single_vs_bound"] = out["exact_single"]["median_s"] / bound_s
     out["exact_float16_single_vs_float32_bound"] = out["exact_float16_single"]["median_s"] / bound_s
     out["faiss_batch_over_exact_batch"] = out[f"faiss_flat_batch{batch}"]["median_s"] / out[f"exact_batch{batch}"]["median_s"]

@@ -15,11 +15,26 @@ from ctl_lightning.losses import TripletLoss
 from ctl_lightning.models.module import CompatibilityModule
 
 
-def datamodule(root: Path, outfits: int, image_size: int = 64, batch_size: int = 64, num_workers: int = 0,
-               triplets_per_outfit: int = 8, seed: int = 42, batching: str = "triplets") -> TripletsDataModule:  # fmt: skip
+def datamodule(
+    root: Path,
+    outfits: int,
+    image_size: int = 64,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    triplets_per_outfit: int = 8,
+    seed: int = 42,
+    batching: str = "triplets",
+) -> TripletsDataModule:
     source = SyntheticCtl(root, seed=0, outfits=outfits)
-    dm = TripletsDataModule(source, image_size=image_size, batch_size=batch_size, num_workers=num_workers,
-                            triplets_per_outfit=triplets_per_outfit, seed=seed, batching=batching)  # fmt: skip
+    dm = TripletsDataModule(
+        source,
+        image_size=image_size,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        triplets_per_outfit=triplets_per_outfit,
+        seed=seed,
+        batching=batching,
+    )
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -27,8 +42,13 @@ def datamodule(root: Path, outfits: int, image_size: int = 64, batch_size: int =
 
 def model(backbone: str = "tf_efficientnet_lite0", pretrained: bool = True, **kwargs) -> CompatibilityModule:
     torch.manual_seed(0)
-    return CompatibilityModule(loss=TripletLoss(0.2), optimizer=lambda params: torch.optim.Adam(params, lr=1e-3),
-                               backbone=backbone, pretrained=pretrained, **kwargs)  # fmt: skip
+    return CompatibilityModule(
+        loss=TripletLoss(0.2),
+        optimizer=lambda params: torch.optim.Adam(params, lr=1e-3),
+        backbone=backbone,
+        pretrained=pretrained,
+        **kwargs,
+    )
 
 
 def crop_files(dm: TripletsDataModule, folder: Path) -> list[Path]:

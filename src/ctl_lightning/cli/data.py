@@ -1,9 +1,9 @@
 """``ctl-data``: generate the synthetic dataset, fetch real images, build product stores, count categories.
 
-    ctl-data synth --out DIR [--seed N] [--outfits N]
-    ctl-data download DIR [--limit N] [--rate 10] [--base-url URL] [--from-urls FILE]
-    ctl-data prepare DIR [--size 64] [--on-error skip]
-    ctl-data stats PATH               (a CTL/STL file, or a polyvore_outfits folder)
+ctl-data synth --out DIR [--seed N] [--outfits N]
+ctl-data download DIR [--limit N] [--rate 10] [--base-url URL] [--from-urls FILE]
+ctl-data prepare DIR [--size 64] [--on-error skip]
+ctl-data stats PATH               (a CTL/STL file, or a polyvore_outfits folder)
 """
 
 from __future__ import annotations
@@ -23,8 +23,19 @@ from ctl_lightning.errors import CtlError
 def _synth(args: argparse.Namespace) -> None:
     from ctl_lightning.data.synthetic import SynthConfig, generate
 
-    out = generate(SynthConfig(out=Path(args.out), seed=args.seed, outfits=args.outfits, styles=args.styles, scenes=args.scenes,
-                               world=args.world, split=args.split, layout=args.layout, render=not args.annotations_only))  # fmt: skip
+    out = generate(
+        SynthConfig(
+            out=Path(args.out),
+            seed=args.seed,
+            outfits=args.outfits,
+            styles=args.styles,
+            scenes=args.scenes,
+            world=args.world,
+            split=args.split,
+            layout=args.layout,
+            render=not args.annotations_only,
+        )
+    )
     if args.layout == "polyvore":
         print(f"synthetic dataset written to {out} (Polyvore Outfits, both splits, in {out / 'polyvore_outfits'})")
     else:
@@ -74,8 +85,9 @@ def _download(args: argparse.Namespace) -> None:
         targets = image_urls.stl_targets(folder, args.base_url, args.on_error)
     else:
         targets = image_urls.ctl_targets(folder, args.base_url, args.on_error)
-    settings = FetchSettings(concurrency=args.concurrency, rate=args.rate, timeout=args.timeout, retries=args.retries,
-                             backoff=args.backoff, verify=args.verify)  # fmt: skip
+    settings = FetchSettings(
+        concurrency=args.concurrency, rate=args.rate, timeout=args.timeout, retries=args.retries, backoff=args.backoff, verify=args.verify
+    )
     try:
         report = download(targets[: args.limit], settings)
     except KeyboardInterrupt:
@@ -89,8 +101,10 @@ def _download(args: argparse.Namespace) -> None:
     Console().print(table)
     lost = len(report.failed) + len(report.missing)
     if lost:
-        print(f"{lost:,} images did not arrive, each listed with its last error in {folder / 'download_report.json'}; "
-              "a rerun retries them, and `ctl-data prepare` leaves their products out")  # fmt: skip
+        print(
+            f"{lost:,} images did not arrive, each listed with its last error in {folder / 'download_report.json'}; "
+            "a rerun retries them, and `ctl-data prepare` leaves their products out"
+        )
 
 
 def _at_least(minimum: float, kind: type = int):
@@ -161,12 +175,24 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder (replaced atomically)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--outfits", type=int, default=5000, help="CTL outfits, train and test together")
-    s.add_argument("--world", choices=("bench", "toy"), default="bench",
-                   help="bench: compatibility by attribute rules (the default); toy: one style per outfit")  # fmt: skip
-    s.add_argument("--split", choices=("nondisjoint", "disjoint"), default="nondisjoint",
-                   help="bench: disjoint test looks combine a hue and a scheme never seen in training")  # fmt: skip
-    s.add_argument("--layout", choices=("ctl", "polyvore"), default="ctl",
-                   help="bench: ctl writes ctl/ and stl/; polyvore writes polyvore_outfits/ with both splits")  # fmt: skip
+    s.add_argument(
+        "--world",
+        choices=("bench", "toy"),
+        default="bench",
+        help="bench: compatibility by attribute rules (the default); toy: one style per outfit",
+    )
+    s.add_argument(
+        "--split",
+        choices=("nondisjoint", "disjoint"),
+        default="nondisjoint",
+        help="bench: disjoint test looks combine a hue and a scheme never seen in training",
+    )
+    s.add_argument(
+        "--layout",
+        choices=("ctl", "polyvore"),
+        default="ctl",
+        help="bench: ctl writes ctl/ and stl/; polyvore writes polyvore_outfits/ with both splits",
+    )
     s.add_argument("--annotations-only", action="store_true", help="write annotations and latent truth, no image")
     s.add_argument("--styles", type=int, default=16, help="toy: latent styles")
     s.add_argument("--scenes", type=int, default=300, help="STL scenes")

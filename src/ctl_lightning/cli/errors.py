@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from ctl_lightning.errors import CtlError
 
@@ -32,7 +32,7 @@ def friendly_errors(program: str) -> Iterator[None]:
         # Builds remove their temporary folders on the way out; a traceback would add nothing.
         print(f"{program}: interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
-    except Exception as error:  # noqa: BLE001 - re-raised unless it is a user error
+    except Exception as error:
         cause = user_error(error)
         if cause is None:
             raise

@@ -98,8 +98,16 @@ def held_out_sets(table: ProductTable, source: CtlSource, seed: int) -> Evaluati
 class _StoreDataModule(pl.LightningDataModule):
     """Shared by both DataModules: store resolution and loader construction."""
 
-    def __init__(self, source: CtlSource, image_size: int | None, batch_size: int, eval_batch_size: int,
-                 num_workers: int, seed: int, pin_memory: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        source: CtlSource,
+        image_size: int | None,
+        batch_size: int,
+        eval_batch_size: int,
+        num_workers: int,
+        seed: int,
+        pin_memory: bool = False,
+    ):
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
             raise CtlError(f"batch sizes must be positive, got batch_size={batch_size}, eval_batch_size={eval_batch_size}")
@@ -169,18 +177,32 @@ class TripletsDataModule(_StoreDataModule):
 
     has_test_sets = True
 
-    def __init__(self, source: CtlSource, image_size: int | None = 64, batch_size: int = 64, eval_batch_size: int = 256,
-                 num_workers: int = 0, triplets_per_outfit: int = 4, val_fraction: float = 0.1, seed: int = 0,
-                 dedup: bool = True, pin_memory: bool = False, batching: str = "triplets", outfits_per_batch: int = 32,
-                 items_per_outfit: int = 4):  # fmt: skip
+    def __init__(
+        self,
+        source: CtlSource,
+        image_size: int | None = 64,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        triplets_per_outfit: int = 4,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        dedup: bool = True,
+        pin_memory: bool = False,
+        batching: str = "triplets",
+        outfits_per_batch: int = 32,
+        items_per_outfit: int = 4,
+    ):
         super().__init__(source, image_size, batch_size, eval_batch_size, num_workers, seed, pin_memory)
         if triplets_per_outfit < 1:
             raise CtlError(f"triplets_per_outfit must be at least 1, got {triplets_per_outfit}")
         if batching not in BATCHINGS:
             raise CtlError(f"data.batching must be one of {', '.join(BATCHINGS)}, got {batching!r}")
         if outfits_per_batch < 2 or items_per_outfit < 2:
-            raise CtlError(f"outfit-grouped batches need outfits_per_batch >= 2 and items_per_outfit >= 2 (a negative "
-                           f"and a positive), got {outfits_per_batch} and {items_per_outfit}")  # fmt: skip
+            raise CtlError(
+                f"outfit-grouped batches need outfits_per_batch >= 2 and items_per_outfit >= 2 (a negative "
+                f"and a positive), got {outfits_per_batch} and {items_per_outfit}"
+            )
         self.triplets_per_outfit = triplets_per_outfit
         self.batching = batching
         self.outfits_per_batch = outfits_per_batch
@@ -232,8 +254,10 @@ class TripletsDataModule(_StoreDataModule):
         supplied = self.source.triplets()
         if supplied is not None:
             if self.batching == "outfits":
-                raise CtlError(f"data.batching=outfits groups the training outfits itself and would ignore {supplied.path}: "
-                               "use data.batching=triplets with a triplet file")  # fmt: skip
+                raise CtlError(
+                    f"data.batching=outfits groups the training outfits itself and would ignore {supplied.path}: "
+                    "use data.batching=triplets with a triplet file"
+                )
             is_validation = np.array([s == "train" and g in held for g, s in zip(table.groups, table.splits)], dtype=bool)
             triplets = triplets_from_items(table, supplied.records, str(supplied.path))
             self.train_triplets, self.val_triplets = split_supplied(triplets, is_validation, str(supplied.path))
@@ -295,8 +319,16 @@ class ProductsDataModule(_StoreDataModule):
 
     has_test_sets = False
 
-    def __init__(self, source: CtlSource, split: str | None = None, image_size: int | None = 64,
-                 eval_batch_size: int = 256, num_workers: int = 0, seed: int = 0, pin_memory: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        source: CtlSource,
+        split: str | None = None,
+        image_size: int | None = 64,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        seed: int = 0,
+        pin_memory: bool = False,
+    ):
         super().__init__(source, image_size, eval_batch_size, eval_batch_size, num_workers, seed, pin_memory)
         self.split = split
 

@@ -83,19 +83,30 @@ class DownloadReport:
     def rows(self) -> list[tuple[str, str]]:
         """The final table: what arrived, what did not and why, and how fast."""
         per_second = 1 / self.seconds if self.seconds else 0.0
-        rows = [("fetched", f"{self.fetched:,}"), ("already present", f"{self.present:,}"),
-                ("present but unreadable, fetched again", f"{self.refetched:,}"),
-                ("missing (404/410)", f"{len(self.missing):,}")]  # fmt: skip
+        rows = [
+            ("fetched", f"{self.fetched:,}"),
+            ("already present", f"{self.present:,}"),
+            ("present but unreadable, fetched again", f"{self.refetched:,}"),
+            ("missing (404/410)", f"{len(self.missing):,}"),
+        ]
         rows += [(f"failed after retries: {reason}", f"{n:,}") for reason, n in sorted(self.failed_by_reason().items())]
         speed = f"{self.fetched * per_second:,.1f} images/s, {self.bytes / 1e6 * per_second:,.2f} MB/s"
-        return rows + [("bytes", f"{self.bytes:,} ({self.bytes / 1e6:,.1f} MB)"),
-                       ("rate", f"{speed} ({self.requests:,} requests in {self.seconds:,.1f} s)")]  # fmt: skip
+        return [
+            *rows,
+            ("bytes", f"{self.bytes:,} ({self.bytes / 1000000.0:,.1f} MB)"),
+            ("rate", f"{speed} ({self.requests:,} requests in {self.seconds:,.1f} s)"),
+        ]
 
     def save(self, path: Path) -> None:
         """``download_report.json``, atomically and as strict JSON."""
         counts = {k: getattr(self, k) for k in ("total", "fetched", "present", "refetched", "bytes", "requests")}
-        payload = {**counts, "seconds": round(self.seconds, 3), "failed_by_reason": dict(self.failed_by_reason()),
-                   "missing": self.missing, "failed": self.failed}  # fmt: skip
+        payload = {
+            **counts,
+            "seconds": round(self.seconds, 3),
+            "failed_by_reason": dict(self.failed_by_reason()),
+            "missing": self.missing,
+            "failed": self.failed,
+        }
         write_bytes_atomic(path, (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode("utf-8"))
 
 
@@ -194,7 +205,7 @@ async def _get_image(client: httpx.AsyncClient, url: str, settings: FetchSetting
 
     try:
         return await asyncio.wait_for(get(), settings.timeout)
-    except (asyncio.TimeoutError, httpx.TimeoutException):
+    except (TimeoutError, httpx.TimeoutException):
         raise Failure("timeout", f"no complete response within {settings.timeout:g} s") from None
     except httpx.TransportError as error:
         raise Failure("connection error", _describe(error)) from None
@@ -220,8 +231,9 @@ def _delay(failure: Failure, attempt: int, settings: FetchSettings) -> float:
     return min(settings.max_delay, max(jittered, failure.retry_after or 0.0))
 
 
-async def _fetch(client: httpx.AsyncClient, pacer: RequestPacer, target: ImageTarget, settings: FetchSettings,
-                 report: DownloadReport) -> None:  # fmt: skip
+async def _fetch(
+    client: httpx.AsyncClient, pacer: RequestPacer, target: ImageTarget, settings: FetchSettings, report: DownloadReport
+) -> None:
     for attempt in range(settings.retries + 1):
         await pacer.wait_turn()
         report.requests += 1
@@ -232,8 +244,12 @@ async def _fetch(client: httpx.AsyncClient, pacer: RequestPacer, target: ImageTa
                 report.missing[target.path.name] = {"url": target.url, "error": failure.detail}
                 return
             if not failure.retryable or attempt == settings.retries:
-                report.failed[target.path.name] = {"url": target.url, "reason": failure.reason, "error": failure.detail,
-                                                   "attempts": attempt + 1}  # fmt: skip
+                report.failed[target.path.name] = {
+                    "url": target.url,
+                    "reason": failure.reason,
+                    "error": failure.detail,
+                    "attempts": attempt + 1,
+                }
                 return
             delay = _delay(failure, attempt, settings)
             if failure.retry_after is not None:

@@ -82,8 +82,9 @@ def ctl_targets(folder: Path, base_url: str = PINIMG_BASE_URL, on_error: str = "
 def stl_targets(folder: Path, base_url: str = PINIMG_BASE_URL, on_error: str = "raise") -> list[ImageTarget]:
     """The product shots and the scene photos of ``fashion.json``, products first (training needs them)."""
     pairs = read_stl_products(folder / "fashion.json", on_error).records
-    return (_by_signature((p.product for p in pairs), base_url, folder / "products")
-            + _by_signature((p.scene for p in pairs), base_url, folder / "scenes"))  # fmt: skip
+    return _by_signature((p.product for p in pairs), base_url, folder / "products") + _by_signature(
+        (p.scene for p in pairs), base_url, folder / "scenes"
+    )
 
 
 def url_list_targets(path: Path, folder: Path) -> list[ImageTarget]:

@@ -8,9 +8,9 @@ metadata is looked up by them, never by position in a loader.
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -62,9 +62,14 @@ class ProductTable:
     def spec(self, row: int) -> ProductSpec:
         box = None if np.isnan(self.boxes[row]).any() else tuple(float(v) for v in self.boxes[row])
         return ProductSpec(
-            str(self.keys[row]), str(self.groups[row]), str(self.categories[row]), str(self.splits[row]),
-            str(self.sources[row]), box, str(self.styles[row]),
-        )  # fmt: skip
+            str(self.keys[row]),
+            str(self.groups[row]),
+            str(self.categories[row]),
+            str(self.splits[row]),
+            str(self.sources[row]),
+            box,
+            str(self.styles[row]),
+        )
 
     def record(self, row: int) -> dict:
         """The metadata of one row as a plain dict (JSON-ready)."""
@@ -77,8 +82,16 @@ class ProductTable:
         boxes = self.boxes[rows]
         has_box = ~np.isnan(boxes).any(axis=1)
         box_columns = [[f"{v:.7f}" if ok else "" for v, ok in zip(boxes[:, j].tolist(), has_box)] for j in range(4)]
-        columns = [rows.astype(str), self.keys[rows], self.groups[rows], self.categories[rows], self.splits[rows],
-                   self.sources[rows], *box_columns, self.styles[rows]]  # fmt: skip
+        columns = [
+            rows.astype(str),
+            self.keys[rows],
+            self.groups[rows],
+            self.categories[rows],
+            self.splits[rows],
+            self.sources[rows],
+            *box_columns,
+            self.styles[rows],
+        ]
         with open(path, "w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
             writer.writerow(TABLE_COLUMNS)

@@ -182,8 +182,9 @@ class StlSource(CtlSource):
         store_dir: str | Path | None = None,
         on_error: str = "raise",
     ):
-        super().__init__(root, train_file=products_file, test_file=None, fitb_file=None, images_dir=images_dir,
-                         store_dir=store_dir, on_error=on_error)  # fmt: skip
+        super().__init__(
+            root, train_file=products_file, test_file=None, fitb_file=None, images_dir=images_dir, store_dir=store_dir, on_error=on_error
+        )
         self.categories_file = categories_file
 
     def _read_product_specs(self) -> tuple[list[ProductSpec], dict[str, dict[str, int]]]:
@@ -204,8 +205,9 @@ class StlSource(CtlSource):
                 uncategorized["product without category"] += 1
                 continue
             source = str(self.root / self.images_dir / f"{pair.product}.jpg")
-            specs.append(ProductSpec(pair.product, pair.scene, category_of[pair.product], "catalog", source, None,
-                                     styles.get(pair.product, "")))  # fmt: skip
+            specs.append(
+                ProductSpec(pair.product, pair.scene, category_of[pair.product], "catalog", source, None, styles.get(pair.product, ""))
+            )
         if uncategorized:
             skips.setdefault(str(self._path(self.categories_file)), {}).update(uncategorized)
             log.warning(f"{self._path(self.categories_file)}: {uncategorized.total()} products have no category and are left out")
@@ -217,11 +219,19 @@ class _Synthetic:
     it is missing. ``world``: ``bench`` (the default benchmark world, with its ``split``) or ``toy``.
     A subclass that sets ``synth`` itself reuses :meth:`ensure` alone."""
 
-    def __init__(self, root: str | Path, seed: int = 0, outfits: int = 5000, styles: int = 16, scenes: int = 300,
-                 world: str = "bench", split: str = "nondisjoint", **kwargs):  # fmt: skip
+    def __init__(
+        self,
+        root: str | Path,
+        seed: int = 0,
+        outfits: int = 5000,
+        styles: int = 16,
+        scenes: int = 300,
+        world: str = "bench",
+        split: str = "nondisjoint",
+        **kwargs,
+    ):
         name = f"seed{seed}-outfits{outfits}-styles{styles}" if world == "toy" else f"bench-{split}-seed{seed}-outfits{outfits}"
-        self.synth = SynthConfig(out=Path(root) / name, seed=seed, outfits=outfits, styles=styles, scenes=scenes,
-                                 world=world, split=split)  # fmt: skip
+        self.synth = SynthConfig(out=Path(root) / name, seed=seed, outfits=outfits, styles=styles, scenes=scenes, world=world, split=split)
         super().__init__(self.synth.out / self.kind, **kwargs)  # type: ignore[call-arg]
 
     def ensure(self) -> None:
@@ -256,12 +266,25 @@ class PolyvoreSource(CtlSource):
     validation_split = "valid"
     pair_measure = "distance"
 
-    def __init__(self, root: str | Path, split: str = "nondisjoint", images_dir: str = "images",
-                 store_dir: str | Path | None = None, on_error: str = "raise"):  # fmt: skip
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "nondisjoint",
+        images_dir: str = "images",
+        store_dir: str | Path | None = None,
+        on_error: str = "raise",
+    ):
         if split not in SPLITS:
             raise CtlError(f"data.source.split must be one of {', '.join(SPLITS)}, got {split!r}")
-        super().__init__(root, train_file=METADATA_FILE, test_file=None, fitb_file=f"{split}/fill_in_blank_test.json",
-                         images_dir=images_dir, store_dir=store_dir, on_error=on_error)  # fmt: skip
+        super().__init__(
+            root,
+            train_file=METADATA_FILE,
+            test_file=None,
+            fitb_file=f"{split}/fill_in_blank_test.json",
+            images_dir=images_dir,
+            store_dir=store_dir,
+            on_error=on_error,
+        )
         self.split = split
         self.compatibility_file = f"{split}/compatibility_test.txt"
         self._dataset: PolyvoreSplit | None = None
@@ -286,14 +309,25 @@ class PolyvoreSource(CtlSource):
         specs = []
         for part, outfits in dataset.outfits.items():
             for outfit in outfits:
-                specs += [ProductSpec(item.token, outfit.set_id, item.category, part, str(self.root / self.images_dir / f"{item.item_id}.jpg"),
-                                      None, styles.get(item.token, "")) for item in outfit.items]  # fmt: skip
+                specs += [
+                    ProductSpec(
+                        item.token,
+                        outfit.set_id,
+                        item.category,
+                        part,
+                        str(self.root / self.images_dir / f"{item.item_id}.jpg"),
+                        None,
+                        styles.get(item.token, ""),
+                    )
+                    for item in outfit.items
+                ]
         return _drop_duplicates(specs, self.root / self.split, self.on_error, skips), skips
 
     def fitb(self) -> list[tuple[list[str], list[str]]]:
         """The FITB file's questions, each answer list reordered so that the right one comes first."""
-        return [([*q.question], [q.answers[q.correct], *(a for i, a in enumerate(q.answers) if i != q.correct)])
-                for q in self.dataset().fitb]  # fmt: skip
+        return [
+            ([*q.question], [q.answers[q.correct], *(a for i, a in enumerate(q.answers) if i != q.correct)]) for q in self.dataset().fitb
+        ]
 
     def compatibility(self) -> list[tuple[int, list[str]]]:
         return [(q.label, [*q.tokens]) for q in self.dataset().compatibility]
@@ -307,6 +341,7 @@ class SyntheticPolyvore(_Synthetic, PolyvoreSource):
     ``split`` picks the one read."""
 
     def __init__(self, root: str | Path, seed: int = 0, outfits: int = 5000, split: str = "nondisjoint", **kwargs):
-        self.synth = SynthConfig(out=Path(root) / f"bench-polyvore-seed{seed}-outfits{outfits}", seed=seed, outfits=outfits,
-                                 layout="polyvore")  # fmt: skip
+        self.synth = SynthConfig(
+            out=Path(root) / f"bench-polyvore-seed{seed}-outfits{outfits}", seed=seed, outfits=outfits, layout="polyvore"
+        )
         PolyvoreSource.__init__(self, self.synth.out / self.kind, split=split, **kwargs)

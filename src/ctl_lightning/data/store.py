@@ -76,9 +76,9 @@ def crop_square(image: Image.Image, box: Sequence[float] | None, size: int) -> n
         x, y, w, h = box
         # A thin box on the right or bottom border can round to a start of W (or H): keep one pixel
         # inside the image, or the crop would be empty and the product a blank white square.
-        left, top = min(int(round(x * W)), W - 1), min(int(round(y * H)), H - 1)
-        right = max(left + 1, min(int(round((x + w) * W)), W))
-        bottom = max(top + 1, min(int(round((y + h) * H)), H))
+        left, top = min(round(x * W), W - 1), min(round(y * H), H - 1)
+        right = max(left + 1, min(round((x + w) * W), W))
+        bottom = max(top + 1, min(round((y + h) * H), H))
         image = image.crop((left, top, right, bottom))
     side = max(image.size)
     square = Image.new("RGB", (side, side), BACKGROUND)
@@ -229,7 +229,7 @@ class ProductStore:
         return state
 
     @classmethod
-    def open(cls, path: str | Path) -> "ProductStore":
+    def open(cls, path: str | Path) -> ProductStore:
         """The store at ``path``, checked against its manifest; a damaged one is a one-line error."""
         path = Path(path)
         manifest_path = path / MANIFEST
@@ -244,11 +244,13 @@ class ProductStore:
         expected = len(table) * manifest["size"] ** 2 * 3
         actual = (path / IMAGES).stat().st_size if (path / IMAGES).is_file() else None
         if actual != expected:
-            raise CtlError(f"{path / IMAGES}: size does not match {len(table)} crops of {manifest['size']} px ({actual} bytes, expected {expected})")
+            raise CtlError(
+                f"{path / IMAGES}: size does not match {len(table)} crops of {manifest['size']} px ({actual} bytes, expected {expected})"
+            )
         return cls(path, manifest, table)
 
     @classmethod
-    def current(cls, path: Path, fp: str) -> "ProductStore | None":
+    def current(cls, path: Path, fp: str) -> ProductStore | None:
         """The store at ``path`` if it exists and was built from the same inputs, else None."""
         try:
             manifest = json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
@@ -265,7 +267,7 @@ class ProductStore:
         size: int,
         annotation_skips: dict[str, dict[str, int]] | None = None,
         workers: int = 0,
-    ) -> "ProductStore":
+    ) -> ProductStore:
         """Open the store at ``path``, building it first if it is missing or stale."""
         path = Path(path)
         annotation_skips = annotation_skips or {}
@@ -286,7 +288,7 @@ class ProductStore:
         return store
 
     @classmethod
-    def _build(cls, specs, path: Path, size: int, fp: str, annotation_skips, workers: int) -> "ProductStore":
+    def _build(cls, specs, path: Path, size: int, fp: str, annotation_skips, workers: int) -> ProductStore:
         if size < 8:
             raise CtlError(f"image size must be at least 8 px, got {size}")
         start = time.perf_counter()

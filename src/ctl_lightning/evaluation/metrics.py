@@ -44,8 +44,14 @@ def _gather_padded(emb: torch.Tensor, position: torch.Tensor, rows: np.ndarray) 
     return _gather(emb, position, np.where(rows >= 0, rows, rows.max())), valid
 
 
-def triplet_wins(emb: torch.Tensor, anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
-                 subspaces=None, pairs: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+def triplet_wins(
+    emb: torch.Tensor,
+    anchors: torch.Tensor,
+    positives: torch.Tensor,
+    negatives: torch.Tensor,
+    subspaces=None,
+    pairs: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Per triplet: cos(anchor, positive) > cos(anchor, negative) (ties lose), on ``emb``'s device;
     with ``subspaces``, measured in the subspace ``pairs`` names for each triplet."""
     if subspaces is None:
@@ -56,8 +62,9 @@ def triplet_wins(emb: torch.Tensor, anchors: torch.Tensor, positives: torch.Tens
     return (a * p).sum(1) > (a * n).sum(1)
 
 
-def triplet_accuracy(emb: torch.Tensor, position: torch.Tensor, triplets: np.ndarray, subspaces=None,
-                     categories: torch.Tensor | None = None) -> float:  # fmt: skip
+def triplet_accuracy(
+    emb: torch.Tensor, position: torch.Tensor, triplets: np.ndarray, subspaces=None, categories: torch.Tensor | None = None
+) -> float:
     """Share of triplets with cos(anchor, positive) > cos(anchor, negative); ties count as wrong."""
     a, p, n = (_gather(torch.arange(len(emb)), position, triplets[:, i]) for i in range(3))
     pairs = None if subspaces is None else subspaces.pair_ids(*(categories[torch.as_tensor(triplets[:, i])] for i in (0, 1)))
@@ -109,7 +116,9 @@ class PairScore:
         return scores
 
 
-def _mean_score_to_set(emb: torch.Tensor, position: torch.Tensor, items: np.ndarray, groups: np.ndarray, pair_score: PairScore) -> torch.Tensor:
+def _mean_score_to_set(
+    emb: torch.Tensor, position: torch.Tensor, items: np.ndarray, groups: np.ndarray, pair_score: PairScore
+) -> torch.Tensor:
     """For each row i: mean pair score of ``items[i, j]`` with the valid (>= 0) entries of ``groups[i]``;
     -inf for padded items, so they never rank above a real one."""
     g, valid = _gather_padded(emb, position, groups)  # [n, L, D]
@@ -118,8 +127,15 @@ def _mean_score_to_set(emb: torch.Tensor, position: torch.Tensor, items: np.ndar
     return scores.masked_fill(~real, -float("inf"))
 
 
-def fitb_accuracy(emb: torch.Tensor, position: torch.Tensor, questions: np.ndarray, answers: np.ndarray, pair_measure: str = "cosine",
-                  subspaces=None, categories: torch.Tensor | None = None) -> float:  # fmt: skip
+def fitb_accuracy(
+    emb: torch.Tensor,
+    position: torch.Tensor,
+    questions: np.ndarray,
+    answers: np.ndarray,
+    pair_measure: str = "cosine",
+    subspaces=None,
+    categories: torch.Tensor | None = None,
+) -> float:
     """Share of questions whose answer 0 scores strictly above every other real answer (ties lose, as in
     triplet accuracy: a model that scores all candidates alike must not look right); the score of a
     candidate is its mean pair score with the question items (with distances: the smallest summed
@@ -137,8 +153,15 @@ def _outfit_scores(emb: torch.Tensor, position: torch.Tensor, outfits: np.ndarra
     return ((pair_score(x, x, outfits, outfits) * pairs).sum((1, 2)) / pairs.sum((1, 2)).clamp(min=1)).numpy()
 
 
-def compatibility_auc(emb: torch.Tensor, position: torch.Tensor, outfits: np.ndarray, fake_outfits: np.ndarray, pair_measure: str = "cosine",
-                      subspaces=None, categories: torch.Tensor | None = None) -> float:  # fmt: skip
+def compatibility_auc(
+    emb: torch.Tensor,
+    position: torch.Tensor,
+    outfits: np.ndarray,
+    fake_outfits: np.ndarray,
+    pair_measure: str = "cosine",
+    subspaces=None,
+    categories: torch.Tensor | None = None,
+) -> float:
     """ROC AUC of real outfits against fake ones (random same-category items, or a compatibility
     file's label-0 outfits), an outfit scored by the mean pair score of its items."""
     emb = F.normalize(emb.float(), dim=1)
@@ -148,7 +171,9 @@ def compatibility_auc(emb: torch.Tensor, position: torch.Tensor, outfits: np.nda
     return float(roc_auc_score(labels, np.r_[real, fake]))
 
 
-def style_agreement_at_k(emb: torch.Tensor, rows: np.ndarray, queries: np.ndarray, categories: np.ndarray, styles: np.ndarray, k: int = 5) -> float:
+def style_agreement_at_k(
+    emb: torch.Tensor, rows: np.ndarray, queries: np.ndarray, categories: np.ndarray, styles: np.ndarray, k: int = 5
+) -> float:
     """Share of each query's k nearest same-category neighbours (itself excluded) that share its style.
 
     ``emb[i]`` embeds row ``rows[i]``, the gallery; ``queries`` are row ids among ``rows``;
@@ -185,7 +210,9 @@ def test_metrics(compatible: torch.Tensor, similar: torch.Tensor, row_ids: torch
     pairwise = {"subspaces": subspaces, "categories": None if subspaces is None else subspaces.category_ids(sets.table.categories)}
     metrics = {
         "triplet_accuracy": triplet_accuracy(compatible, position, sets.triplets, **pairwise),
-        "fitb_accuracy": fitb_accuracy(compatible, position, fitb.questions, fitb.answers, sets.pair_measure, **pairwise) if fitb else float("nan"),
+        "fitb_accuracy": fitb_accuracy(compatible, position, fitb.questions, fitb.answers, sets.pair_measure, **pairwise)
+        if fitb
+        else float("nan"),
         "compatibility_auc": compatibility_auc(compatible, position, sets.outfits, sets.fake_outfits, sets.pair_measure, **pairwise),
     }
     order = position[torch.as_tensor(sets.rows)]

@@ -29,11 +29,13 @@ def style_agreement(recommender: Recommender, queries: int = 200, k: int = 5, se
     similar, complementary = [], []
     for position in chosen:
         query = recommender.product_query(int(recommender.similar.row_ids[position]))
-        for results, rec in ((similar, recommender.recommend_similar(query, k)),
-                             (complementary, recommender.recommend_complementary(query, k))):  # fmt: skip
+        for results, rec in (
+            (similar, recommender.recommend_similar(query, k)),
+            (complementary, recommender.recommend_complementary(query, k)),
+        ):
             results.append(np.mean([styles[recommender.similar.position_of(i["row_id"])] == styles[position] for i in rec.items]))
     return {
-        "queries": int(len(chosen)),
+        "queries": len(chosen),
         "k": k,
         "seed": seed,
         "similar_style_agreement": float(np.mean(similar)),
@@ -43,8 +45,9 @@ def style_agreement(recommender: Recommender, queries: int = 200, k: int = 5, se
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m ctl_lightning.evaluation.recommendations", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m ctl_lightning.evaluation.recommendations", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run_dir")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--k", type=int, default=5)

@@ -35,8 +35,9 @@ MINERS = ("none", "batch_hard", "semihard", "multi_similarity")
 IndexTuple = tuple[torch.Tensor, ...]
 
 
-def per_positive_category(labels: torch.Tensor, categories: torch.Tensor,
-                          select: Callable[[torch.Tensor, torch.Tensor], IndexTuple]) -> torch.Tensor:  # fmt: skip
+def per_positive_category(
+    labels: torch.Tensor, categories: torch.Tensor, select: Callable[[torch.Tensor, torch.Tensor], IndexTuple]
+) -> torch.Tensor:
     """``[T, 3]`` triplets gathered over the categories ``c`` of the batch.
 
     ``select(queries, references)`` gets the batch indices of the items not of ``c`` (anchors) and of
@@ -81,9 +82,7 @@ class OutfitMiner(nn.Module):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
         """``[T, 3]`` (anchor, positive, negative) indices into ``embeddings``, chosen without gradients."""
         embeddings = embeddings.detach()
-        return per_positive_category(
-            labels, categories, lambda q, r: self.miner(embeddings[q], labels[q], embeddings[r], labels[r])
-        )
+        return per_positive_category(labels, categories, lambda q, r: self.miner(embeddings[q], labels[q], embeddings[r], labels[r]))
 
 
 def make_miner(name: str, margin: float, distance: BaseDistance) -> OutfitMiner | None:

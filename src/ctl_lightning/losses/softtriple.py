@@ -74,15 +74,29 @@ class SoftTripleLoss(nn.Module):
     uses_classes = True  # scores only products of training outfits (label >= 0)
     miner = None  # trains on classes, not triplets: nothing to mine
 
-    def __init__(self, num_classes: int, embedding_dim: int, centers_per_class: int = 10, la: float = 20.0,
-                 gamma: float = 0.1, tau: float = 0.2, margin: float = 0.01):  # fmt: skip
+    def __init__(
+        self,
+        num_classes: int,
+        embedding_dim: int,
+        centers_per_class: int = 10,
+        la: float = 20.0,
+        gamma: float = 0.1,
+        tau: float = 0.2,
+        margin: float = 0.01,
+    ):
         super().__init__()
         self.margin = margin
         regularizer = SameClassCentersRegularizer(num_classes, centers_per_class)
         self.loss = _FastSoftTriple(
-            num_classes=num_classes, embedding_size=embedding_dim, centers_per_class=centers_per_class, la=la,
-            gamma=gamma, margin=margin, weight_regularizer=regularizer, weight_reg_weight=tau,
-        )  # fmt: skip
+            num_classes=num_classes,
+            embedding_size=embedding_dim,
+            centers_per_class=centers_per_class,
+            la=la,
+            gamma=gamma,
+            margin=margin,
+            weight_regularizer=regularizer,
+            weight_reg_weight=tau,
+        )
 
     @property
     def centers(self) -> nn.Parameter:

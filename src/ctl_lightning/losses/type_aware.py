@@ -26,8 +26,9 @@ class TypeAwareTripletLoss(nn.Module):
     uses_classes = False  # scores any triplet, validation ones included
     uses_subspaces = True  # called with categories and the model's subspaces (model=type_aware)
 
-    def __init__(self, margin: float = 0.3, distance: str = "euclidean", mask_weight: float = 5e-4, embed_weight: float = 5e-4,
-                 miner: str = "none"):  # fmt: skip
+    def __init__(
+        self, margin: float = 0.3, distance: str = "euclidean", mask_weight: float = 5e-4, embed_weight: float = 5e-4, miner: str = "none"
+    ):
         super().__init__()
         self.margin = margin
         self.triplet = TripletLoss(margin=margin, distance=distance, normalize=True, miner=miner)
@@ -35,8 +36,9 @@ class TypeAwareTripletLoss(nn.Module):
         self.mask_weight = mask_weight
         self.embed_weight = embed_weight
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, triplets: torch.Tensor,
-                categories: torch.Tensor, subspaces: CategorySubspaces) -> torch.Tensor:  # fmt: skip
+    def forward(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, triplets: torch.Tensor, categories: torch.Tensor, subspaces: CategorySubspaces
+    ) -> torch.Tensor:
         anchors, positives, negatives = triplets.unbind(1)
         pairs = subspaces.pair_ids(categories[anchors], categories[positives])
         members = torch.cat([subspaces(embeddings[members], pairs) for members in (anchors, positives, negatives)])

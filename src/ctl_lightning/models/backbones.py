@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import importlib
 import socket
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 import timm
 import torch
@@ -63,7 +63,7 @@ def map_state_dict_in_order(source: dict[str, torch.Tensor], target: nn.Module, 
 def _load_packaged(model: nn.Module, path: Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same actionable message
+    except Exception as error:
         raise PretrainedWeightsError(f"cannot read packaged weights {path}: {error}; reinstall the package") from error
     model.load_state_dict(map_state_dict_in_order(state, model, str(path)))
 
@@ -100,7 +100,7 @@ def create_backbone(name: str, pretrained: bool = True, weights: str | None = No
         overlay = dict(file=str(weights))
         try:
             return timm.create_model(name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             raise PretrainedWeightsError(f"cannot load weights file {weights} into {name!r}: {error}") from None
     if name in PACKAGED_WEIGHTS:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes)
@@ -110,7 +110,7 @@ def create_backbone(name: str, pretrained: bool = True, weights: str | None = No
     try:
         with _hub_offline(not online):
             return timm.create_model(name, pretrained=True, num_classes=num_classes)
-    except Exception as error:  # noqa: BLE001 - network, cache and format errors all end the same way
+    except Exception as error:
         reason = f"they are not in the cache and {HUB_HOST} cannot be reached" if not online else str(error)
         raise PretrainedWeightsError(f"cannot load pretrained weights for {name!r}: {reason}; {fix}") from None
 
@@ -160,5 +160,6 @@ def check_split(model: nn.Module, trunk: list[str], tail: list[str], input_size:
     whole, parts = model(x), run_modules(model, tail, run_modules(model, trunk, x))
     model.train(was_training)
     if whole.shape != parts.shape or not torch.allclose(whole, parts, atol=1e-4, rtol=1e-4):
-        raise CtlError(f"model.trainable_stages: {backbone}'s forward is not its stages in order; use 0 (frozen) "
-                       "or model.freeze_backbone=false")  # fmt: skip
+        raise CtlError(
+            f"model.trainable_stages: {backbone}'s forward is not its stages in order; use 0 (frozen) or model.freeze_backbone=false"
+        )

@@ -36,7 +36,7 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CtlError(f"checkpoint {path} not found")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises many kinds for a damaged file
+    except Exception as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CtlError(f"{path}: not a readable checkpoint ({reason[:200]})") from None
     state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None

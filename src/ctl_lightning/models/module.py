@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 import random
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pytorch_lightning as pl
@@ -110,7 +110,7 @@ class CompatibilityModule(pl.LightningModule):
         self._test_outputs: list[dict[str, torch.Tensor]] = []
 
     # ----------------------------------------------------------------------------------- embedding
-    def train(self, mode: bool = True) -> "CompatibilityModule":
+    def train(self, mode: bool = True) -> CompatibilityModule:
         super().train(mode)
         if self.freeze_backbone:
             self.backbone.eval()  # a frozen backbone keeps its BatchNorm statistics
@@ -177,8 +177,12 @@ class CompatibilityModule(pl.LightningModule):
             return frozen
         was_training = self.training
         self.eval()
-        out = torch.cat([self.trainable_features(frozen[i : i + self.embed_batch_size].to(self.device)).float()
-                         for i in range(0, len(frozen), self.embed_batch_size)])  # fmt: skip
+        out = torch.cat(
+            [
+                self.trainable_features(frozen[i : i + self.embed_batch_size].to(self.device)).float()
+                for i in range(0, len(frozen), self.embed_batch_size)
+            ]
+        )
         self.train(was_training)
         return out
 
@@ -291,7 +295,11 @@ class CompatibilityModule(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         out = self._embed_batch(batch)
-        return {"row_ids": out["row_ids"], "similar": F.normalize(out["similar"], dim=1), "compatible": F.normalize(out["compatible"], dim=1)}
+        return {
+            "row_ids": out["row_ids"],
+            "similar": F.normalize(out["similar"], dim=1),
+            "compatible": F.normalize(out["compatible"], dim=1),
+        }
 
     # -------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:

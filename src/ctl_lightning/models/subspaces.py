@@ -61,8 +61,10 @@ class CategorySubspaces(nn.Module):
         if kind == "fixed":
             width = dim // count
             if width < 1:
-                raise CtlError(f"model.subspaces=fixed needs model.embedding_dim >= {count} (one dimension for each of "
-                               f"the {count} category pairs), got {dim}; raise it or use model.subspaces=learned")  # fmt: skip
+                raise CtlError(
+                    f"model.subspaces=fixed needs model.embedding_dim >= {count} (one dimension for each of "
+                    f"the {count} category pairs), got {dim}; raise it or use model.subspaces=learned"
+                )
             masks = torch.zeros(count, dim)
             for index in range(count):
                 masks[index, index * width : (index + 1) * width] = 1.0

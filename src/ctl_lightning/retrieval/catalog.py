@@ -97,7 +97,9 @@ class Catalog:
             raise CtlError(f"{path / 'row_ids.npy'}: row ids are not increasing store rows; the catalog is damaged")
         bad = nonfinite_rows(embeddings)
         if len(bad):
-            raise CtlError(f"{path / 'embeddings.npy'}: {len(bad)} embeddings are not finite (rows {bad[:5].tolist()}); rebuild the catalog")
+            raise CtlError(
+                f"{path / 'embeddings.npy'}: {len(bad)} embeddings are not finite (rows {bad[:5].tolist()}); rebuild the catalog"
+            )
         table, table_rows = ProductTable.read_tsv(path / "products.tsv")
         if not np.array_equal(table_rows, row_ids):
             raise CtlError(f"{path / 'products.tsv'}: its row ids are not those of row_ids.npy; the catalog is damaged")
@@ -153,8 +155,15 @@ class Shard:
         return np.fromfile(self.vectors, dtype=np.float32, count=count, offset=lo * self.dim * 4).reshape(hi - lo, self.dim)
 
 
-def write_catalog(path: Path, expected_rows: np.ndarray, shards: list[Shard], table: ProductTable, manifest: dict,
-                  block_bytes: int = BLOCK_BYTES, subspaces: PairSubspaces | None = None) -> Path:  # fmt: skip
+def write_catalog(
+    path: Path,
+    expected_rows: np.ndarray,
+    shards: list[Shard],
+    table: ProductTable,
+    manifest: dict,
+    block_bytes: int = BLOCK_BYTES,
+    subspaces: PairSubspaces | None = None,
+) -> Path:
     """Merge shards into a catalog folder, block by block in row-id order, and publish it atomically
     (with a type-aware model's ``subspaces``, published in the same rename).
 

@@ -224,7 +224,7 @@ class Recommender:
         index: ExactIndex = self.index["similar"]
         candidates = []
         for category in index.partitions:
-            scores, positions = index.search(similar_vector[None], k, category)
+            scores, _positions = index.search(similar_vector[None], k, category)
             candidates += [(float(s), category) for s in scores[0]]
         candidates.sort(key=lambda pair: -pair[0])
         votes: dict[str, float] = {}

@@ -7,8 +7,8 @@ instead, and :attr:`Thumbnails.problem` says why, so that the fallback is never 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -78,7 +78,12 @@ def render_recommendations(recommendations: Sequence[Recommendation], thumbnails
         label = query["category"]
         if query.get("inferred_category"):
             label = f"{label}? {query['inferred_category']['confidence']:.0%}"
-        draw.text((PAD, top), f"{rec.mode}: query {query.get('row_id') if query.get('row_id') is not None else Path(str(query.get('image'))).name}", fill=(0, 0, 0), font=title)
+        draw.text(
+            (PAD, top),
+            f"{rec.mode}: query {query.get('row_id') if query.get('row_id') is not None else Path(str(query.get('image'))).name}",
+            fill=(0, 0, 0),
+            font=title,
+        )
         tiles = [(thumbnails.get(query), label, (200, 30, 45))]
         tiles += [(thumbnails.get(item), f"{item['category']}\n{item['score']:.3f}", (180, 180, 180)) for item in rec.items]
         for c, (image, text, outline) in enumerate(tiles):

@@ -31,8 +31,10 @@ DESCRIPTIONS = {
     "similar": "backbone features: the paper's similar-products embedding",
     "compatible": "embedding head output: complementary (compatible) products",
 }
-TYPE_AWARE_DESCRIPTION = ("type-aware head's general embedding: complementary products, each (query, target) "
-                          "category pair searched in its subspace (subspaces.npy)")  # fmt: skip
+TYPE_AWARE_DESCRIPTION = (
+    "type-aware head's general embedding: complementary products, each (query, target) "
+    "category pair searched in its subspace (subspaces.npy)"
+)
 
 
 class CatalogWriter(BasePredictionWriter):
@@ -51,7 +53,8 @@ class CatalogWriter(BasePredictionWriter):
         shard = self._shard_dir(trainer.global_rank)
         shutil.rmtree(shard, ignore_errors=True)
         shard.mkdir(parents=True)
-        self._files = {name: open(shard / f"{name}.bin", "wb") for name in ("row_ids", *KINDS)}
+        # Held open across predict batches and closed when predict ends, so no `with` block fits.
+        self._files = {name: open(shard / f"{name}.bin", "wb") for name in ("row_ids", *KINDS)}  # noqa: SIM115
         self._dims: dict[str, int] = {}
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
@@ -106,8 +109,14 @@ class CatalogWriter(BasePredictionWriter):
                 "dim": dims[kind],
                 "embedding": TYPE_AWARE_DESCRIPTION if kind == "compatible" and subspaces else DESCRIPTIONS[kind],
             }
-            self.written[kind] = write_catalog(self.output_dir / kind, datamodule.predict_rows, parts, store.table, {**manifest, **described},
-                                               subspaces=subspaces if kind == "compatible" else None)  # fmt: skip
+            self.written[kind] = write_catalog(
+                self.output_dir / kind,
+                datamodule.predict_rows,
+                parts,
+                store.table,
+                {**manifest, **described},
+                subspaces=subspaces if kind == "compatible" else None,
+            )
         shutil.rmtree(self.output_dir / ".shards", ignore_errors=True)
 
 

@@ -12,9 +12,10 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, Iterator, Sequence, TypeVar
+from typing import Generic, TypeVar
 
 from ctl_lightning.errors import CtlError, DataFormatError
 

@@ -13,9 +13,9 @@ Formats, as in DESIGN.md section 2:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from ctl_lightning.data.formats.common import (
     ParseResult,

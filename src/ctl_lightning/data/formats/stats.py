@@ -109,11 +109,25 @@ def polyvore_stats(folder: str | Path, on_error: str = "raise") -> PolyvoreStats
         items = {}
         for part in PARTS:
             in_part = {item.item_id: item.category for outfit in data.outfits[part] for item in outfit.items}
-            stats.parts.append({"split": split, "part": part, "outfits": len(data.outfits[part]), "items": len(in_part),
-                                "categories": len(set(in_part.values()))})  # fmt: skip
+            stats.parts.append(
+                {
+                    "split": split,
+                    "part": part,
+                    "outfits": len(data.outfits[part]),
+                    "items": len(in_part),
+                    "categories": len(set(in_part.values())),
+                }
+            )
             items.update(in_part)
-        stats.parts.append({"split": split, "part": "all", "outfits": sum(len(data.outfits[part]) for part in PARTS),
-                            "items": len(items), "categories": len(set(items.values()))})  # fmt: skip
+        stats.parts.append(
+            {
+                "split": split,
+                "part": "all",
+                "outfits": sum(len(data.outfits[part]) for part in PARTS),
+                "items": len(items),
+                "categories": len(set(items.values())),
+            }
+        )
         stats.categories[split] = Counter(items.values())
         labels = Counter(q.label for q in data.compatibility)
         stats.questions[split] = {"real outfits": labels[1], "fake outfits": labels[0], "FITB questions": len(data.fitb)}

@@ -60,8 +60,9 @@ def _place(category: str, variant: int, cell, rng: np.random.Generator):
     return (x, y, rw, rh), (w, h), rotation
 
 
-def plan_outfit(categories: list[str], layout, look: world.Look, rng: np.random.Generator, noisy: bool,
-                pairs: list[tuple[int, int]]) -> Plan:  # fmt: skip
+def plan_outfit(
+    categories: list[str], layout, look: world.Look, rng: np.random.Generator, noisy: bool, pairs: list[tuple[int, int]]
+) -> Plan:
     """Items of ``look`` in the given layout cells; with ``noisy``, some come from another look."""
     planned = []
     for category, cell in zip(categories, layout):
@@ -146,9 +147,20 @@ ATTRIBUTE_COLUMNS = ("product_key", "category", *LOOK_FIELDS, "off_look", *ITEM_
 
 def attribute_line(key: str, planned: PlannedItem, look: world.Look) -> str:
     item = planned.item
-    values = [key, planned.category, *(str(v) for v in (look.hue, look.scheme, look.key, look.formality, look.pattern, look.carrier)),
-              str(int(planned.off_look)), f"{item.hue:.3f}", f"{item.sat:.4f}", f"{item.light:.4f}", item.pattern,
-              str(int(item.large_pattern)), item.texture, str(item.silhouette), item.metal]  # fmt: skip
+    values = [
+        key,
+        planned.category,
+        *(str(v) for v in (look.hue, look.scheme, look.key, look.formality, look.pattern, look.carrier)),
+        str(int(planned.off_look)),
+        f"{item.hue:.3f}",
+        f"{item.sat:.4f}",
+        f"{item.light:.4f}",
+        item.pattern,
+        str(int(item.large_pattern)),
+        item.texture,
+        str(item.silhouette),
+        item.metal,
+    ]
     return "\t".join(values)
 
 

@@ -43,13 +43,48 @@ def silhouette(kind: str, w: int, h: int, rng: np.random.Generator) -> np.ndarra
     """A ``[h, w]`` float mask in [0, 1] with the outline of ``kind``; proportions vary per item."""
     image = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(image)
-    j = lambda s=0.03: float(rng.uniform(-s, s))  # noqa: E731 - small proportion jitter
+
+    def j(s=0.03):
+        return float(rng.uniform(-s, s))
+
     if kind == "top":
         sl = 0.45 + j(0.06)
-        _poly(draw, [(0.27, 0.12), (0.73, 0.12), (1.0, sl), (0.86, sl + 0.1), (0.74, 0.36), (0.74, 1), (0.26, 1), (0.26, 0.36), (0.14, sl + 0.1), (0.0, sl)], w, h)
+        _poly(
+            draw,
+            [
+                (0.27, 0.12),
+                (0.73, 0.12),
+                (1.0, sl),
+                (0.86, sl + 0.1),
+                (0.74, 0.36),
+                (0.74, 1),
+                (0.26, 1),
+                (0.26, 0.36),
+                (0.14, sl + 0.1),
+                (0.0, sl),
+            ],
+            w,
+            h,
+        )
         _ellipse(draw, (0.38, 0.04 + j(), 0.62, 0.22), w, h, fill=0)
     elif kind == "coat":
-        _poly(draw, [(0.24, 0.05), (0.76, 0.05), (1.0, 0.9 + j()), (0.88, 0.93), (0.76, 0.35), (0.78, 1), (0.22, 1), (0.24, 0.35), (0.12, 0.93), (0.0, 0.9 + j())], w, h)
+        _poly(
+            draw,
+            [
+                (0.24, 0.05),
+                (0.76, 0.05),
+                (1.0, 0.9 + j()),
+                (0.88, 0.93),
+                (0.76, 0.35),
+                (0.78, 1),
+                (0.22, 1),
+                (0.24, 0.35),
+                (0.12, 0.93),
+                (0.0, 0.9 + j()),
+            ],
+            w,
+            h,
+        )
         draw.line([(0.5 * w, 0.12 * h), (0.5 * w, h)], fill=0, width=max(1, w // 40))
         _poly(draw, [(0.38, 0.05), (0.5, 0.3 + j()), (0.62, 0.05)], w, h, fill=0)
     elif kind == "dress":
@@ -59,7 +94,22 @@ def silhouette(kind: str, w: int, h: int, rng: np.random.Generator) -> np.ndarra
     elif kind in ("pants", "shorts"):
         length = 1.0 if kind == "pants" else 0.98
         flare = j(0.05)
-        _poly(draw, [(0.12, 0.0), (0.88, 0.0), (0.9, 0.14), (0.98 + flare, length), (0.55, length), (0.5, 0.22), (0.45, length), (0.02 - flare, length), (0.1, 0.14)], w, h)
+        _poly(
+            draw,
+            [
+                (0.12, 0.0),
+                (0.88, 0.0),
+                (0.9, 0.14),
+                (0.98 + flare, length),
+                (0.55, length),
+                (0.5, 0.22),
+                (0.45, length),
+                (0.02 - flare, length),
+                (0.1, 0.14),
+            ],
+            w,
+            h,
+        )
         draw.line([(0.12 * w, 0.1 * h), (0.88 * w, 0.1 * h)], fill=0, width=max(1, h // 40))
     elif kind == "skirt":
         hem = 0.06 + j(0.05)
@@ -106,7 +156,10 @@ def pattern_mask(pattern: str, w: int, h: int, period: float, phase: float) -> n
     """Where the style's second colour shows: a ``[h, w]`` array in [0, 1]."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     u, v = (xx + phase * period) / period, (yy + phase * period) / period
-    stripes = lambda t: (np.sin(2 * np.pi * t) > 0.2).astype(np.float32)  # noqa: E731
+
+    def stripes(t):
+        return (np.sin(2 * np.pi * t) > 0.2).astype(np.float32)
+
     if pattern == "solid":
         return np.zeros((h, w), np.float32)
     if pattern == "hstripes":
@@ -145,8 +198,8 @@ def item_size(category: str, height: int) -> tuple[int, int]:
     """Pixel size of an item drawn ``height`` pixels tall (wide items are limited by width instead)."""
     aspect = ASPECT[SILHOUETTE_OF[category]]
     if aspect > 1:
-        return height, max(8, int(round(height / aspect)))
-    return max(8, int(round(height * aspect))), height
+        return height, max(8, round(height / aspect))
+    return max(8, round(height * aspect)), height
 
 
 def render_item(category: str, style: Style, width: int, height: int, rng: np.random.Generator) -> Image.Image:
@@ -183,7 +236,7 @@ def hls_rgb(hue: float, light: float, sat: float) -> np.ndarray:
 
 def variant_size(category: str, variant: int, height: int) -> tuple[int, int]:
     w, h = item_size(category, height)
-    return max(8, int(round(w * VARIANT_ASPECT[variant]))), h
+    return max(8, round(w * VARIANT_ASPECT[variant])), h
 
 
 def _variant_detail(mask: np.ndarray, variant: int) -> np.ndarray:

@@ -66,10 +66,7 @@ class SynthConfig:
 
 def compose_outfit(rng: np.random.Generator) -> list[str]:
     """A plausible outfit: a top with a bottom or a dress, shoes, maybe a coat, and accessories."""
-    if rng.random() < 0.22:
-        items = ["Dresses"]
-    else:
-        items = ["Shirts & Tops", str(rng.choice(["Pants", "Skirts", "Shorts"], p=[0.55, 0.25, 0.2]))]
+    items = ["Dresses"] if rng.random() < 0.22 else ["Shirts & Tops", str(rng.choice(["Pants", "Skirts", "Shorts"], p=[0.55, 0.25, 0.2]))]
     if rng.random() < 0.3:
         items.append("Coats & Jackets")
     items.append("Shoes")
@@ -151,8 +148,9 @@ def _bench_outfit(job) -> tuple[str, list[Row]]:
     if images_dir:
         draw_rng = np.random.default_rng([seed, 4, index])
         benchmark.save_jpeg(benchmark.render(plan, canvas, draw_rng), Path(images_dir) / f"{signature}.jpg", draw_rng)
-    return signature, [(p.category, tuple(v / canvas for v in p.box), world.similarity_class(p.category, p.item), p, look)
-                       for p in plan.items]  # fmt: skip
+    return signature, [
+        (p.category, tuple(v / canvas for v in p.box), world.similarity_class(p.category, p.item), p, look) for p in plan.items
+    ]
 
 
 def _polyvore_outfit(job) -> list[PolyvoreRow]:
@@ -199,7 +197,9 @@ def _bench_scene(job) -> tuple[str, list[tuple[str, str, tuple[float, ...], str]
         product = _signature(rng)
         _shot(render_attribute_item(p.category, p.item, *p.size, draw_rng), Path(root) / "products" / f"{product}.jpg")
         x, y, w, h = p.box
-        rows.append((product, p.category, (x / canvas, y / canvas, (x + w) / canvas, (y + h) / canvas), world.similarity_class(p.category, p.item)))
+        rows.append(
+            (product, p.category, (x / canvas, y / canvas, (x + w) / canvas, (y + h) / canvas), world.similarity_class(p.category, p.item))
+        )
     return scene, rows
 
 
@@ -246,7 +246,7 @@ def _write_ctl(root: Path, outfits, n_test: int, rng: np.random.Generator) -> No
         _write_lines(root / name, lines)
     styles, attributes = ["product_key\tstyle"], ["\t".join(benchmark.ATTRIBUTE_COLUMNS)]
     for signature, rows in outfits:
-        for label, box, style, planned, look in rows:
+        for _label, box, style, planned, look in rows:
             key = product_key(signature, box)
             styles.append(f"{key}\t{style}")
             if planned is not None:
@@ -266,8 +266,10 @@ def _fitb_questions(outfits, rng: np.random.Generator) -> list[dict]:
         return {"signature": signature, "x": _fmt(box[0]), "y": _fmt(box[1]), "w": _fmt(box[2]), "h": _fmt(box[3]), "label": label}
 
     draws = fitb_draws([[row[0] for row in rows] for _, rows in outfits], rng)
-    return [{"question": [item(o, k) for k in range(len(outfits[o][1])) if k != blank], "answers": [item(o, blank), *(item(*w) for w in wrong)]}
-            for (o, blank), wrong in draws]  # fmt: skip
+    return [
+        {"question": [item(o, k) for k in range(len(outfits[o][1])) if k != blank], "answers": [item(o, blank), *(item(*w) for w in wrong)]}
+        for (o, blank), wrong in draws
+    ]
 
 
 def _write_stl(root: Path, scenes) -> None:
@@ -295,8 +297,16 @@ def is_complete(out: Path, config: SynthConfig | None = None) -> bool:
         return False
     if config is None:
         return True
-    wanted = dict(seed=config.seed, outfits=config.outfits, styles=config.styles, canvas=config.canvas, scenes=config.scenes,
-                  world=config.world, split=config.split, rendered=config.render)  # fmt: skip
+    wanted = dict(
+        seed=config.seed,
+        outfits=config.outfits,
+        styles=config.styles,
+        canvas=config.canvas,
+        scenes=config.scenes,
+        world=config.world,
+        split=config.split,
+        rendered=config.render,
+    )
     # Datasets written before the Polyvore layout existed have no layout in their manifest: CTL's.
     return all(manifest.get(k) == v for k, v in wanted.items()) and manifest.get("layout", "ctl") == config.layout
 
@@ -318,7 +328,7 @@ def generate(config: SynthConfig) -> Path:
     world.combos(config.split, "train")  # a bad split name fails here, before any drawing
     with building(out) as tmp:
         workers = config.workers or max(1, os.cpu_count() or 1)
-        n_test = max(2, int(round(config.outfits * config.test_fraction)))
+        n_test = max(2, round(config.outfits * config.test_fraction))
         if config.layout == "polyvore":
             _generate_polyvore(config, tmp / "polyvore_outfits", n_test, workers)
         else:

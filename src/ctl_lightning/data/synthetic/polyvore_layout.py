@@ -36,8 +36,13 @@ def _write_questions(folder: Path, part: str, tokens: list[list[str]], categorie
     questions = []
     for (o, blank), wrong in fitb_draws(categories, rng):
         answers = [tokens[o][blank], *(tokens[w][k] for w, k in wrong)]
-        questions.append({"question": [t for k, t in enumerate(tokens[o]) if k != blank],
-                          "answers": [answers[i] for i in rng.permutation(len(answers))], "blank_position": blank + 1})  # fmt: skip
+        questions.append(
+            {
+                "question": [t for k, t in enumerate(tokens[o]) if k != blank],
+                "answers": [answers[i] for i in rng.permutation(len(answers))],
+                "blank_position": blank + 1,
+            }
+        )
     write_json(folder / f"fill_in_blank_{part}.json", questions)
 
 
@@ -53,14 +58,22 @@ def write_polyvore(root: Path, drawn: dict[str, list[list[PolyvoreRow]]], parts:
         categories = [[planned.category for _, _, planned, _ in rows] for rows in outfits]
         for part in PARTS:
             chosen = [i for i, p in enumerate(parts) if p == part]
-            write_json(root / split / f"{part}.json", [{"set_id": set_ids[i], "items": [
-                {"item_id": row[0], "index": k} for k, row in enumerate(outfits[i], start=1)]} for i in chosen])  # fmt: skip
+            write_json(
+                root / split / f"{part}.json",
+                [
+                    {"set_id": set_ids[i], "items": [{"item_id": row[0], "index": k} for k, row in enumerate(outfits[i], start=1)]}
+                    for i in chosen
+                ],
+            )
             if part != "train":
                 _write_questions(root / split, part, [tokens[i] for i in chosen], [categories[i] for i in chosen], rng)
         for outfit_tokens, rows in zip(tokens, outfits):
             for token, (item_id, style, planned, look) in zip(outfit_tokens, rows):
-                metadata[item_id] = {"semantic_category": planned.category, "category_id": CATEGORY_IDS[planned.category],
-                                     "title": f"synthetic {planned.category.lower()}"}  # fmt: skip
+                metadata[item_id] = {
+                    "semantic_category": planned.category,
+                    "category_id": CATEGORY_IDS[planned.category],
+                    "title": f"synthetic {planned.category.lower()}",
+                }
                 styles.append(f"{token}\t{style}")
                 attributes.append(benchmark.attribute_line(token, planned, look))
     write_json(root / METADATA_FILE, metadata)

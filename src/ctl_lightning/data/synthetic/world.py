@@ -135,8 +135,9 @@ def combos(split: str, part: str) -> list[tuple[int, int]]:
 
 def sample_look(rng: np.random.Generator, pairs: list[tuple[int, int]]) -> Look:
     hue, scheme = pairs[int(rng.integers(len(pairs)))]
-    return Look(hue, scheme, int(rng.integers(2)), int(rng.integers(3)), int(rng.integers(len(LOUD_PATTERNS))),
-                int(rng.integers(len(CARRIERS))))  # fmt: skip
+    return Look(
+        hue, scheme, int(rng.integers(2)), int(rng.integers(3)), int(rng.integers(len(LOUD_PATTERNS))), int(rng.integers(len(CARRIERS)))
+    )
 
 
 def _silhouette_order(category: str) -> np.ndarray:
@@ -260,8 +261,5 @@ def log_likelihoods(categories: list[str], items: list[Item], looks: list[Look] 
 def similarity_class(category: str, item: Item) -> str:
     """Ground truth of "similar products" within a category: hue family (or neutral tone), pattern and
     shape. Two items of a class differ only by jitter, nuisances and texture."""
-    if item.sat < 0.25:
-        colour = f"n{'cw'[is_warm(item.hue)]}{'dl'[item.light > 0.5]}"
-    else:
-        colour = f"h{int(((item.hue + 15) % 360) // 30)}"
+    colour = f"n{'cw'[is_warm(item.hue)]}{'dl'[item.light > 0.5]}" if item.sat < 0.25 else f"h{int((item.hue + 15) % 360 // 30)}"
     return f"{colour}|{item.pattern}|{item.silhouette}"
