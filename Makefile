@@ -36,9 +36,10 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(PY) -m ctl_lightning.benchmarks --quick --out .bench-data/quick
 
-# Streamlit app on localhost: the latest `make train` run, or RUN_DIR=outputs/train/runs/<time>.
+# Streamlit app on localhost: the latest `make train` run, or RUN_DIR=outputs/train/runs/<time>;
+# DATA_ROOT=<folder> when the run's dataset has moved since it ran.
 app: $(STAMP)
-	$(PY) -m streamlit run src/ctl_lightning/app/streamlit_app.py --server.headless true --client.toolbarMode viewer -- $(if $(RUN_DIR),--run-dir $(RUN_DIR),)
+	$(PY) -m streamlit run src/ctl_lightning/app/streamlit_app.py --server.headless true --client.toolbarMode viewer -- $(if $(RUN_DIR),--run-dir $(RUN_DIR),) $(if $(DATA_ROOT),--data-root $(DATA_ROOT),)
 
 clean-data:
 	rm -rf data/synthetic

@@ -39,6 +39,7 @@ def fake_run(path: Path, mtime: float | None = None) -> Path:
 def test_parse_args_takes_run_dir_and_ignores_the_rest():
     assert logic.parse_args(["--run-dir", "outputs/train/runs/x", "-x", "--other=1"]).run_dir == "outputs/train/runs/x"
     assert logic.parse_args([]).run_dir is None
+    assert logic.parse_args(["--data-root", "/moved/data"]).data_root == "/moved/data"
 
 
 def test_find_runs_prefers_the_latest_training_run(tmp_path):
@@ -121,6 +122,18 @@ def test_save_upload_is_content_addressed_and_stays_in_its_folder(tmp_path):
     assert logic.save_upload("my photo.png", b"abd", tmp_path) != first
     with pytest.raises(CtlError, match="empty"):
         logic.save_upload("x.png", b"", tmp_path)
+
+
+def test_old_uploads_are_removed_and_the_one_in_use_is_kept(tmp_path):
+    first = logic.save_upload("first.png", b"first", tmp_path)
+    os.utime(first.parent, (1, 1))  # the least recently used upload
+    for i in range(logic.KEPT_UPLOADS):
+        latest = logic.save_upload(f"u{i}.png", f"upload {i}".encode(), tmp_path)
+        assert latest.is_file()
+    folders = [entry for entry in tmp_path.iterdir() if entry.is_dir()]
+    assert len(folders) == logic.KEPT_UPLOADS and not first.exists()
+    newest = logic.save_upload("again.png", b"first", tmp_path)
+    assert newest.is_file() and len([e for e in tmp_path.iterdir() if e.is_dir()]) == logic.KEPT_UPLOADS
 
 
 def product_picture(recommender: Recommender, position: int = 0) -> tuple[bytes, str]:

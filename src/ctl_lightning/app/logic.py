@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import re
+import shutil
 import traceback
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -26,6 +28,7 @@ MAX_K = 20
 INFER = "infer from the image"
 UPLOAD_TYPES = ("png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff")
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+KEPT_UPLOADS = 32  # the most recent uploads kept on disk; older ones are removed as new ones come
 
 
 # --- the run to serve -------------------------------------------------------------------------------
@@ -35,6 +38,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The page's own arguments (after ``--`` on the ``streamlit run`` line); others are ignored."""
     parser = argparse.ArgumentParser(prog="streamlit run streamlit_app.py --", add_help=False)
     parser.add_argument("--run-dir", default=None, help="a run directory written by train.py or eval.py")
+    parser.add_argument("--data-root", default=None, help="where the catalog's dataset folder is now, if it moved since the run")
     args, _ = parser.parse_known_args(list(argv))
     return args
 
@@ -150,7 +154,11 @@ def _safe_name(name: str) -> str:
 
 
 def save_upload(name: str, data: bytes, folder: str | Path) -> Path:
-    """Write an upload to ``folder/<content hash>/<name>`` (the same file on every rerun) and return it."""
+    """Write an upload to ``folder/<content hash>/<name>`` (the same file on every rerun) and return it.
+
+    Streamlit reruns the page on every widget change, so the file must outlive one query; only the
+    ``KEPT_UPLOADS`` most recently used uploads stay, so a long-running app does not fill the disk.
+    """
     if not data:
         raise CtlError(f"the uploaded file {name!r} is empty")
     if len(data) > MAX_UPLOAD_BYTES:
@@ -161,7 +169,21 @@ def save_upload(name: str, data: bytes, folder: str | Path) -> Path:
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_bytes(data)
         tmp.replace(path)
+    os.utime(path.parent)  # marks it as just used
+    _remove_old_uploads(Path(folder), keep=path.parent)
     return path
+
+
+def _remove_old_uploads(folder: Path, keep: Path) -> None:
+    def last_used(entry: Path) -> float:
+        try:
+            return entry.stat().st_mtime
+        except FileNotFoundError:  # removed meanwhile by another session
+            return 0.0
+
+    uploads = sorted((entry for entry in folder.iterdir() if entry.is_dir() and entry != keep), key=last_used, reverse=True)
+    for old in uploads[KEPT_UPLOADS - 1 :]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def upload_query(recommender, name: str, data: bytes, folder: str | Path, category: str | None = None, box=None):

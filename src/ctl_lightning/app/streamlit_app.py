@@ -2,7 +2,7 @@
 
     make app                         # the newest run under outputs/train/runs (or outputs/*/runs)
     make app RUN_DIR=outputs/train/runs/<time>
-    python -m streamlit run src/ctl_lightning/app/streamlit_app.py -- --run-dir RUN_DIR
+    python -m streamlit run src/ctl_lightning/app/streamlit_app.py -- --run-dir RUN_DIR [--data-root DATA]
 
 Pick a product by row id or key, at random, or upload your own picture; the page shows the products
 that look like it (same category) and those that go with it (other categories). Bad input is shown
@@ -31,10 +31,10 @@ TILE_WIDTH = 150
 
 
 @st.cache_resource(show_spinner="Loading catalogs…", max_entries=4)
-def load_recommender(run_dir: str, stamp: tuple[float, ...]) -> Recommender:
-    """Both catalogs of a run, loaded once per (run, catalog version) for all sessions."""
+def load_recommender(run_dir: str, stamp: tuple[float, ...], data_root: str | None = None) -> Recommender:
+    """Both catalogs of a run, loaded once per (run, catalog version, data root) for all sessions."""
     del stamp  # part of the cache key only: a rebuilt catalog is loaded again
-    return Recommender(run_dir)
+    return Recommender(run_dir, data_root=data_root)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -139,7 +139,7 @@ def main() -> None:
     run_text, k, per_category = sidebar("" if default_run is None else str(default_run))
     try:
         run_dir = logic.resolve_run_dir(run_text)
-        recommender = load_recommender(str(run_dir.resolve()), logic.catalog_stamp(run_dir))
+        recommender = load_recommender(str(run_dir.resolve()), logic.catalog_stamp(run_dir), args.data_root)
     except Exception as error:
         show_error(error)
         return
