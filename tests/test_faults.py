@@ -169,18 +169,20 @@ def small_store(folder: Path, store_dir: Path, size: int = 16) -> ProductStore:
     return CtlSource(folder, store_dir=store_dir).open_store(size, workers=1)
 
 
-def write_run_catalogs(run: Path, store: ProductStore, vectors: dict[str, np.ndarray] | None = None) -> Path:
-    """Both catalogs of a fake run over ``store`` (random unit vectors unless given), as predict writes them."""
+def write_run_catalogs(run: Path, store: ProductStore, vectors: dict[str, np.ndarray] | None = None, model: dict | None = None) -> Path:
+    """Both catalogs of a fake run over ``store`` (random unit vectors unless given), as predict writes them;
+    ``model``: the manifests' model entry (default: no checkpoint, a made-up fingerprint)."""
     rows = store.table.row_ids
     rng = np.random.default_rng(0)
     for kind in KINDS:
         values = rng.normal(size=(len(rows), DIM)).astype(np.float32) if vectors is None else vectors[kind]
         values /= np.linalg.norm(values, axis=1, keepdims=True)
+        dim = values.shape[1]
         shard = run / f"{kind}.bin"
         shard.parent.mkdir(parents=True, exist_ok=True)
         values.tofile(shard)
         manifest = {
-            "model": {"backbone": "fake", "state_fingerprint": "f" * 20, "checkpoint": None},
+            "model": model or {"backbone": "fake", "state_fingerprint": "f" * 20, "checkpoint": None},
             "config": {"path": None, "fingerprint": None},
             "data": {
                 "store": os.path.relpath(store.path, run),
@@ -190,9 +192,9 @@ def write_run_catalogs(run: Path, store: ProductStore, vectors: dict[str, np.nda
             },
             "run_dir": "../..",
             "kind": kind,
-            "dim": DIM,
+            "dim": dim,
         }
-        write_catalog(run / "catalogs" / kind, rows, [Shard(rows, shard, DIM)], store.table, manifest)
+        write_catalog(run / "catalogs" / kind, rows, [Shard(rows, shard, dim)], store.table, manifest)
         shard.unlink()
     return run
 
