@@ -1,6 +1,6 @@
 """``ctl-serve``: a run's recommendations over HTTP.
 
-    ctl-serve RUN_DIR [--host 127.0.0.1] [--port 8000]
+    ctl-serve [RUN_DIR] [--host 127.0.0.1] [--port 8000]
 
 Serves the run's catalogs (see the README's "Serving" section; the API at http://HOST:PORT/docs).
 Set CTL_SERVE_TOKEN in the environment to allow ``POST /admin/reload`` with that token.
@@ -13,6 +13,7 @@ import os
 import sys
 
 from ctl_lightning.cli.errors import friendly_errors
+from ctl_lightning.errors import CtlError
 from ctl_lightning.serve.state import ServeSettings
 
 TOKEN_ENV = "CTL_SERVE_TOKEN"
@@ -21,7 +22,12 @@ DEFAULTS = ServeSettings()
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ctl-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by train.py or eval.py (or its catalogs/ folder)")
+    p.add_argument(
+        "run_dir",
+        metavar="RUN_DIR",
+        nargs="?",
+        help="a run directory written by train.py or eval.py (or its catalogs/ folder); default: the latest under outputs/",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--engine", choices=("exact", "faiss"), default=DEFAULTS.engine)
@@ -34,6 +40,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="where the run's dataset folder is now, if it moved since the run")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     return p
+
+
+def latest():
+    """The latest run with catalogs under outputs/ (training runs first), as ``make app`` serves."""
+    from ctl_lightning.app.logic import latest_run, search_roots
+
+    run = latest_run(search_roots())
+    if run is None:
+        raise CtlError("no run with catalogs found under outputs/train/runs or outputs/*/runs; run `make train` first, or name a RUN_DIR")
+    return run
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
 
         from ctl_lightning.serve.app import create_app
 
-        app = create_app(args.run_dir, settings, token=os.environ.get(TOKEN_ENV) or None)
+        app = create_app(args.run_dir or latest(), settings, token=os.environ.get(TOKEN_ENV) or None)
         served = app.state.holder.current
         images = "with image queries" if served.batcher is not None else f"product queries only ({served.no_model})"
         print(f"ctl-serve: {served.run_dir}: {len(served.recommender)} products, {images}", file=sys.stderr)
