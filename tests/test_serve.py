@@ -64,11 +64,12 @@ def make_run(run: Path, store, seed: int) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """Two runs (two models) over one small toy store."""
+    """Two runs (two models) over one small toy store, and catalogs whose model is not there."""
     root = tmp_path_factory.mktemp("serve")
     generate(SynthConfig(out=root / "toy", world="toy", outfits=40, styles=8, scenes=4, workers=1))
     store = small_store(root / "toy" / "ctl", root / "stores")
-    return {"a": make_run(root / "run_a", store, seed=0), "b": make_run(root / "run_b", store, seed=1)}
+    runs = {"a": make_run(root / "run_a", store, seed=0), "b": make_run(root / "run_b", store, seed=1)}
+    return {**runs, "no model": write_run_catalogs(root / "run_without_checkpoint", store)}
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +138,7 @@ def test_health_metrics_and_openapi(client, recommender):
     assert health["model_fingerprint"] == recommender.similar.manifest["model"]["state_fingerprint"]
     client.get("/v1/similar/2")
     text = client.get("/metrics").text
-    assert 'ctl_serve_requests_total{method="GET",route="/v1/similar/{product:path}",status="200"}' in text
+    assert 'ctl_serve_requests_total{method="GET",route="/v1/similar/{product}",status="200"}' in text
     assert "ctl_serve_request_seconds_bucket" in text and f"ctl_serve_catalog_products {float(len(recommender))}" in text
     assert f'fingerprint="{health["model_fingerprint"]}"' in text
     schema = client.get("/openapi.json").json()
@@ -188,6 +189,14 @@ def test_concurrent_uploads_share_one_forward_pass(runs, recommender):
         assert [i["row_id"] for i in got] == [i["row_id"] for i in alone.items]
         np.testing.assert_allclose([i["score"] for i in got], [i["score"] for i in alone.items], atol=1e-4)
     assert "ctl_serve_embed_batch_size_bucket" in app.state.metrics.render().decode()
+
+
+def test_without_the_model_products_are_served_and_images_are_503(runs, recommender):
+    with TestClient(create_app(runs["no model"], SETTINGS)) as client:
+        assert client.get("/healthz").json()["image_queries"] is False
+        still_serving(client)
+        response = client.post("/v1/similar", files=upload(Path(recommender.table.spec(0).source)))
+        assert (response.status_code, error_code(response)) == (503, "no_model")
 
 
 # --- hostile input ---------------------------------------------------------------------------------

@@ -92,7 +92,8 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, timed_send)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = scope.get("route")
+            route = getattr(route, "path_format", None) or getattr(route, "path", "unmatched")  # /v1/similar/{product}
             self.metrics.observe_request(scope["method"], route, status[0], time.perf_counter() - start)
 
 

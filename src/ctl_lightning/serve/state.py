@@ -42,6 +42,8 @@ class Served:
         run_dir = Path(run_dir)
         recommender = Recommender(run_dir, engine=settings.engine, data_root=settings.data_root)
         recommender.check_model()
+        for index in recommender.index.values():
+            index.warm()
         try:
             embedder = recommender.embedder()
         except CtlError as error:
@@ -51,8 +53,6 @@ class Served:
             embedder.embed_crops(blank)  # the first forward pass, before any user waits on it
             batcher = MicroBatcher(embedder.embed_crops, settings.batch_size, settings.batch_wait_ms / 1000, on_batch)
             no_model = None
-        for index in recommender.index.values():
-            index.warm()
         return cls(run_dir, recommender, batcher, no_model)
 
     @property
