@@ -29,10 +29,12 @@ from omegaconf import OmegaConf
 from test_faults import bomb_png, one_line_error, run_cli, small_store, write_run_catalogs
 from torch import nn
 
+from ctl_lightning.cli.export import main as export_main
 from ctl_lightning.data.synthetic import SynthConfig, generate
 from ctl_lightning.models.checkpoint import RUN_CONFIG
 from ctl_lightning.retrieval.catalog import state_fingerprint
 from ctl_lightning.retrieval.embedder import ImageEmbedder
+from ctl_lightning.retrieval.onnx_embedder import exported_embedder
 from ctl_lightning.retrieval.recommend import Recommender
 from ctl_lightning.retrieval.schema import Recommendations, document_json, recommendations_document
 from ctl_lightning.serve.app import create_app
@@ -63,12 +65,17 @@ def make_run(run: Path, store, seed: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    """Two runs (two models) over one small toy store, and catalogs whose model is not there."""
-    root = tmp_path_factory.mktemp("serve")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve_data")
     generate(SynthConfig(out=root / "toy", world="toy", outfits=40, styles=8, scenes=4, workers=1))
-    store = small_store(root / "toy" / "ctl", root / "stores")
-    runs = {"a": make_run(root / "run_a", store, seed=0), "b": make_run(root / "run_b", store, seed=1)}
+    return small_store(root / "toy" / "ctl", root / "stores")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, store) -> dict[str, Path]:
+    """Runs of three models over one small toy store, and catalogs whose model is not there."""
+    root = tmp_path_factory.mktemp("serve")
+    runs = {name: make_run(root / f"run_{name}", store, seed) for seed, name in enumerate(("a", "b", "onnx"))}
     return {**runs, "no model": write_run_catalogs(root / "run_without_checkpoint", store)}
 
 
@@ -300,6 +307,33 @@ def test_reload_swaps_runs_without_failing_requests_in_flight(runs, recommender,
         assert 'ctl_serve_reloads_total{result="failed"} 1.0' in client.get("/metrics").text
 
 
+# --- ONNX ---------------------------------------------------------------------------------------------
+
+
+def test_onnx_export_embeds_store_crops_like_torch_and_the_server_uses_it(runs, store, recommender, capsys):
+    run = runs["onnx"]
+    code, stderr = run_cli(export_main, ["onnx", str(run)], capsys)
+    assert code == 0, stderr
+    onnx_recommender = Recommender(run)
+    exported, problem = exported_embedder(onnx_recommender.compatible, onnx_recommender.dir)
+    assert problem is None and exported.kind == "onnxruntime"
+    crops = store.read(store.table.row_ids)  # every crop of the store, as the catalogs were embedded
+    for onnx_vectors, torch_vectors in zip(exported.embed_crops(crops), onnx_recommender.embedder().embed_crops(crops)):
+        np.testing.assert_allclose(onnx_vectors, torch_vectors, atol=1e-4, rtol=0)
+    spec = recommender.table.spec(6)
+    with TestClient(create_app(run, SETTINGS)) as client:
+        assert client.get("/healthz").json()["embedder"] == "onnxruntime"
+        response = client.post("/v1/similar?k=4", files=upload(Path(spec.source)), data={"box": ",".join(map(str, spec.box))})
+        assert response.status_code == 200, response.text
+        alone = onnx_recommender.recommend_similar(onnx_recommender.image_query(spec.source, box=spec.box), 4)
+        assert [i["row_id"] for i in response.json()["items"]] == [i["row_id"] for i in alone.items]
+    # An export of other weights is not used: the checkpoint embeds, and the server says why.
+    meta = run / "export" / "embedder.json"
+    meta.write_text(meta.read_text().replace(onnx_recommender.similar.manifest["model"]["state_fingerprint"], "0" * 20))
+    served = create_app(run, SETTINGS).state.holder.current
+    assert served.embedder.kind == "torch" and "other weights" in served.no_onnx
+
+
 # --- the command ------------------------------------------------------------------------------------
 
 
@@ -322,7 +356,8 @@ def test_ctl_serve_on_loopback_answers_and_stops(runs):
         "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]),
     }
     server = subprocess.Popen(
-        [sys.executable, "-m", "ctl_lightning.serve", str(runs["a"]), "--port", str(port), "--log-level", "warning"],
+        # The run without a model starts fastest (no network to build); image queries are tested above.
+        [sys.executable, "-m", "ctl_lightning.serve", str(runs["no model"]), "--port", str(port), "--log-level", "warning"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

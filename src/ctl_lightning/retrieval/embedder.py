@@ -44,6 +44,8 @@ def open_image(path: str | Path | BinaryIO, name: str | None = None) -> Image.Im
 
 
 class ImageEmbedder:
+    kind = "torch"
+
     def __init__(self, module, image_size: int):
         self.module = module.eval()
         self.image_size = image_size

@@ -44,6 +44,7 @@ class Health(BaseModel):
     categories: list[str]
     model_fingerprint: str
     image_queries: bool = Field(description="false when the run's checkpoint is not there (product queries still work)")
+    embedder: Literal["onnxruntime", "torch"] | None = Field(description="what embeds images: the run's ONNX export, or its checkpoint")
 
 
 class BatchQuery(BaseModel):
@@ -191,6 +192,7 @@ def create_app(run_dir: str | Path, settings: ServeSettings | None = None, token
             categories=served.recommender.index["similar"].partitions,
             model_fingerprint=served.fingerprint,
             image_queries=served.batcher is not None,
+            embedder=served.embedder.kind if served.embedder is not None else None,
         )
 
     @app.get("/metrics", tags=["service"], response_class=Response)
@@ -273,4 +275,4 @@ def decoded_crop(served: Served, data: bytes, name: str, box) -> np.ndarray:
         image = open_image(io.BytesIO(data), name=name)
     except NotAnImage as error:
         raise ApiError("not_an_image", f"{error}; send a PNG, JPEG, WebP, BMP, GIF or TIFF picture") from None
-    return served.recommender.embedder().crop(image, box)
+    return served.embedder.crop(image, box)

@@ -77,7 +77,10 @@ def main(argv: list[str] | None = None) -> None:
 
         app = create_app(args.run_dir or latest(), settings, token=os.environ.get(TOKEN_ENV) or None)
         served = app.state.holder.current
-        images = "with image queries" if served.batcher is not None else f"product queries only ({served.no_model})"
+        if served.batcher is None:
+            images = f"product queries only ({served.no_model})"
+        else:
+            images = f"image queries embedded by {served.embedder.kind}" + (f" ({served.no_onnx})" if served.no_onnx else "")
         print(f"ctl-serve: {served.run_dir}: {len(served.recommender)} products, {images}", file=sys.stderr)
         print(f"ctl-serve: API docs at http://{args.host}:{args.port}/docs", file=sys.stderr)
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ctl_lightning.errors import CtlError
+from ctl_lightning.retrieval.onnx_embedder import exported_embedder
 from ctl_lightning.retrieval.recommend import Recommender
 from ctl_lightning.serve.batching import MicroBatcher
 
@@ -32,10 +33,15 @@ class ServeSettings:
 
 
 class Served:
-    """A run's recommender, and the batcher of its image embedder (``None`` without a checkpoint)."""
+    """A run's recommender, its image embedder and the embedder's batcher (``None`` without a model).
 
-    def __init__(self, run_dir: Path, recommender: Recommender, batcher: MicroBatcher | None, no_model: str | None):
-        self.run_dir, self.recommender, self.batcher, self.no_model = run_dir, recommender, batcher, no_model
+    The embedder is the run's ONNX export (onnxruntime) when there is one of the catalogs' model,
+    the checkpoint (torch) otherwise; ``no_model`` and ``no_onnx`` say why not.
+    """
+
+    def __init__(self, run_dir: Path, recommender: Recommender, embedder, batcher: MicroBatcher | None, no_model=None, no_onnx=None):
+        self.run_dir, self.recommender, self.embedder, self.batcher = run_dir, recommender, embedder, batcher
+        self.no_model, self.no_onnx = no_model, no_onnx
 
     @classmethod
     def load(cls, run_dir: str | Path, settings: ServeSettings, on_batch=None) -> Served:
@@ -44,16 +50,15 @@ class Served:
         recommender.check_model()
         for index in recommender.index.values():
             index.warm()
+        embedder, no_onnx = exported_embedder(recommender.compatible, recommender.dir)
         try:
-            embedder = recommender.embedder()
+            embedder = embedder or recommender.embedder()
         except CtlError as error:
-            batcher, no_model = None, f"image queries need the model that made the catalogs: {error}"
-        else:
-            blank = np.full((1, embedder.image_size, embedder.image_size, 3), 255, np.uint8)
-            embedder.embed_crops(blank)  # the first forward pass, before any user waits on it
-            batcher = MicroBatcher(embedder.embed_crops, settings.batch_size, settings.batch_wait_ms / 1000, on_batch)
-            no_model = None
-        return cls(run_dir, recommender, batcher, no_model)
+            return cls(run_dir, recommender, None, None, f"image queries need the model that made the catalogs: {error}")
+        blank = np.full((1, embedder.image_size, embedder.image_size, 3), 255, np.uint8)
+        embedder.embed_crops(blank)  # the first forward pass, before any user waits on it
+        batcher = MicroBatcher(embedder.embed_crops, settings.batch_size, settings.batch_wait_ms / 1000, on_batch)
+        return cls(run_dir, recommender, embedder, batcher, None, no_onnx)
 
     @property
     def fingerprint(self) -> str:
