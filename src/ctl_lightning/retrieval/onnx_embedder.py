@@ -58,47 +58,56 @@ def export_folder(catalogs: Path) -> Path:
     return catalogs.parent / EXPORT_DIR
 
 
+def export_graph(module: nn.Module, image_size: int, folder: Path, fingerprint: str, backbone: str | None = None) -> dict:
+    """Write ``folder/embedder.onnx`` and ``folder/embedder.json`` for ``module``'s backbone and head; the meta."""
+    graph = _Graph(module).eval()
+    example = torch.full((2, image_size, image_size, 3), 255, dtype=torch.uint8)
+    with torch.no_grad():
+        similar, compatible = graph(example)
+    with warnings.catch_warnings():
+        # The TorchScript exporter: seconds where torch.export's takes a minute, for the same graph.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            graph,
+            (example,),
+            str(folder / MODEL_FILE),
+            input_names=["crops"],
+            output_names=["similar", "compatible"],
+            dynamic_axes={"crops": {0: "batch"}, "similar": {0: "batch"}, "compatible": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    meta = {
+        "format": "ctl-onnx-embedder",
+        "state_fingerprint": fingerprint,
+        "backbone": backbone,
+        "image_size": image_size,
+        "opset": OPSET,
+        "input": {
+            "name": "crops",
+            "dtype": "uint8",
+            "shape": ["batch", image_size, image_size, 3],
+            "layout": "RGB, height x width x channel",
+        },
+        "outputs": {"similar": int(similar.shape[1]), "compatible": int(compatible.shape[1])},
+        "preprocessing": "crop the normalized x,y,w,h box, pad to a square with white, resize bilinearly to image_size "
+        "(ctl_lightning.data.store.crop_square); the graph scales the pixels by the backbone's mean and std",
+        "normalized": "both outputs are L2-normalized",
+    }
+    write_json(folder / META_FILE, meta)
+    return meta
+
+
 def export_onnx(run_dir: str | Path) -> Path:
     """Write ``RUN_DIR/export/`` for the model of the run's catalogs (checked against their fingerprint)."""
     from ctl_lightning.retrieval.recommend import Recommender
 
     recommender = Recommender(run_dir)
     torch_embedder = recommender.embedder()
-    graph = _Graph(torch_embedder.module).eval()
-    size = torch_embedder.image_size
-    example = torch.full((2, size, size, 3), 255, dtype=torch.uint8)
-    with torch.no_grad():
-        similar, compatible = graph(example)
+    model = recommender.compatible.manifest["model"]
     final = export_folder(recommender.dir)
     with building(final) as tmp:
-        with warnings.catch_warnings():
-            # The TorchScript exporter: seconds where torch.export's takes a minute, for the same graph.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(
-                graph,
-                (example,),
-                str(tmp / MODEL_FILE),
-                input_names=["crops"],
-                output_names=["similar", "compatible"],
-                dynamic_axes={"crops": {0: "batch"}, "similar": {0: "batch"}, "compatible": {0: "batch"}},
-                opset_version=OPSET,
-                dynamo=False,
-            )
-        write_json(
-            tmp / META_FILE,
-            {
-                "format": "ctl-onnx-embedder",
-                "state_fingerprint": recommender.compatible.manifest["model"]["state_fingerprint"],
-                "backbone": recommender.compatible.manifest["model"].get("backbone"),
-                "image_size": size,
-                "opset": OPSET,
-                "input": {"name": "crops", "dtype": "uint8", "shape": ["batch", size, size, 3], "layout": "RGB, height x width x channel"},
-                "outputs": {"similar": int(similar.shape[1]), "compatible": int(compatible.shape[1])},
-                "preprocessing": "crop the normalized x,y,w,h box, pad to a square with white, resize bilinearly to image_size "
-                "(ctl_lightning.data.store.crop_square); the graph scales the pixels by the backbone's mean and std",
-                "normalized": "both outputs are L2-normalized",
-            },
-        )
+        export_graph(torch_embedder.module, torch_embedder.image_size, tmp, model["state_fingerprint"], model.get("backbone"))
         replace_dir(tmp, final)
     return final
 
@@ -108,13 +117,16 @@ class OnnxEmbedder:
 
     kind = "onnxruntime"
 
-    def __init__(self, folder: Path, meta: dict):
+    def __init__(self, folder: Path, meta: dict, threads: int | None = None):
+        """``threads``: onnxruntime's intra-op threads (default: one per physical core)."""
         import onnxruntime
 
         self.folder, self.meta = folder, meta
         self.image_size = int(meta["image_size"])
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only
+        if threads:
+            options.intra_op_num_threads = threads
         try:
             self.session = onnxruntime.InferenceSession(str(folder / MODEL_FILE), options, providers=["CPUExecutionProvider"])
         except Exception as error:
