@@ -146,12 +146,12 @@ def prepare_command(folder: Path, store_dir: Path, size: int, workers: int = 2, 
     return [sys.executable, *program, "prepare", str(folder), "--size", str(size), "--workers", str(workers), "--store-dir", str(store_dir)]
 
 
-def bomb_png(path: Path) -> Path:
-    """A tiny PNG whose header claims 30000 x 30000 pixels: over Pillow's decompression-bomb limit."""
+def bomb_png(path: Path, side: int = 30000) -> Path:
+    """A tiny PNG whose header claims side x side pixels (by default over Pillow's decompression-bomb limit)."""
     buffer = io.BytesIO()
     Image.new("1", (1, 1)).save(buffer, "PNG")
     data = bytearray(buffer.getvalue())
-    struct.pack_into(">II", data, 16, 30000, 30000)  # IHDR's width and height
+    struct.pack_into(">II", data, 16, side, side)  # IHDR's width and height
     struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
     path.write_bytes(bytes(data))
     return path

@@ -29,11 +29,17 @@ class NotAnImage(CtlError):
     """Bytes that do not decode as a picture (or decode to more pixels than Pillow's bomb limit)."""
 
 
-def open_image(path: str | Path | BinaryIO, name: str | None = None) -> Image.Image:
-    """An RGB image from a file or a binary stream, or a one-line error naming it (``name``: what to call it)."""
+def open_image(path: str | Path | BinaryIO, name: str | None = None, max_pixels: int | None = None) -> Image.Image:
+    """An RGB image from a file or a binary stream, or a one-line error naming it (``name``: what to call it).
+
+    ``max_pixels``: refuse larger images from their header, before decoding (a server's limit; Pillow
+    itself refuses only twice its ``MAX_IMAGE_PIXELS`` and merely warns below that).
+    """
     name = name or str(path)
     try:
         with Image.open(path) as image:
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise NotAnImage(f"image {name} has {image.width} x {image.height} pixels, over the limit of {max_pixels:,}")
             image.load()
             return to_rgb(image)
     except FileNotFoundError:

@@ -17,6 +17,7 @@ import numpy as np
 from fastapi import FastAPI, File, Form, Header, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
+from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -272,7 +273,7 @@ def create_app(run_dir: str | Path, settings: ServeSettings | None = None, token
 def decoded_crop(served: Served, data: bytes, name: str, box) -> np.ndarray:
     """The model's crop of uploaded bytes; 415 ``not_an_image`` when they are not a picture Pillow will open."""
     try:
-        image = open_image(io.BytesIO(data), name=name)
+        image = open_image(io.BytesIO(data), name=name, max_pixels=Image.MAX_IMAGE_PIXELS)
     except NotAnImage as error:
         raise ApiError("not_an_image", f"{error}; send a PNG, JPEG, WebP, BMP, GIF or TIFF picture") from None
     return served.embedder.crop(image, box)
