@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-from-pyproject
 
-.PHONY: venv train lint test test-fast bench bench-quick app clean-data
+.PHONY: venv train lint test test-fast bench bench-quick app serve clean-data
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ bench-quick: $(STAMP)
 # DATA_ROOT=<folder> when the run's dataset has moved since it ran.
 app: $(STAMP)
 	$(PY) -m streamlit run src/ctl_lightning/app/streamlit_app.py --server.headless true --client.toolbarMode viewer -- $(if $(RUN_DIR),--run-dir $(RUN_DIR),) $(if $(DATA_ROOT),--data-root $(DATA_ROOT),)
+
+# HTTP API on http://127.0.0.1:8000 (docs at /docs): the latest `make train` run, or RUN_DIR=outputs/train/runs/<time>.
+serve: $(STAMP)
+	$(VENV)/bin/ctl-serve $(RUN_DIR) $(ARGS)
 
 clean-data:
 	rm -rf data/synthetic

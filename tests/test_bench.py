@@ -71,6 +71,7 @@ def test_quick_bench_writes_every_section(tmp_path):
         "## Unique images",
         "## Catalog build",
         "## Retrieval",
+        "## Image queries: onnxruntime against torch",
     ):
         assert heading in text
     rewritten = write_report(results, tmp_path / "again.md")

@@ -146,12 +146,12 @@ def prepare_command(folder: Path, store_dir: Path, size: int, workers: int = 2, 
     return [sys.executable, *program, "prepare", str(folder), "--size", str(size), "--workers", str(workers), "--store-dir", str(store_dir)]
 
 
-def bomb_png(path: Path) -> Path:
-    """A tiny PNG whose header claims 30000 x 30000 pixels: over Pillow's decompression-bomb limit."""
+def bomb_png(path: Path, side: int = 30000) -> Path:
+    """A tiny PNG whose header claims side x side pixels (by default over Pillow's decompression-bomb limit)."""
     buffer = io.BytesIO()
     Image.new("1", (1, 1)).save(buffer, "PNG")
     data = bytearray(buffer.getvalue())
-    struct.pack_into(">II", data, 16, 30000, 30000)  # IHDR's width and height
+    struct.pack_into(">II", data, 16, side, side)  # IHDR's width and height
     struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
     path.write_bytes(bytes(data))
     return path
@@ -169,18 +169,20 @@ def small_store(folder: Path, store_dir: Path, size: int = 16) -> ProductStore:
     return CtlSource(folder, store_dir=store_dir).open_store(size, workers=1)
 
 
-def write_run_catalogs(run: Path, store: ProductStore, vectors: dict[str, np.ndarray] | None = None) -> Path:
-    """Both catalogs of a fake run over ``store`` (random unit vectors unless given), as predict writes them."""
+def write_run_catalogs(run: Path, store: ProductStore, vectors: dict[str, np.ndarray] | None = None, model: dict | None = None) -> Path:
+    """Both catalogs of a fake run over ``store`` (random unit vectors unless given), as predict writes them;
+    ``model``: the manifests' model entry (default: no checkpoint, a made-up fingerprint)."""
     rows = store.table.row_ids
     rng = np.random.default_rng(0)
     for kind in KINDS:
         values = rng.normal(size=(len(rows), DIM)).astype(np.float32) if vectors is None else vectors[kind]
         values /= np.linalg.norm(values, axis=1, keepdims=True)
+        dim = values.shape[1]
         shard = run / f"{kind}.bin"
         shard.parent.mkdir(parents=True, exist_ok=True)
         values.tofile(shard)
         manifest = {
-            "model": {"backbone": "fake", "state_fingerprint": "f" * 20, "checkpoint": None},
+            "model": model or {"backbone": "fake", "state_fingerprint": "f" * 20, "checkpoint": None},
             "config": {"path": None, "fingerprint": None},
             "data": {
                 "store": os.path.relpath(store.path, run),
@@ -190,9 +192,9 @@ def write_run_catalogs(run: Path, store: ProductStore, vectors: dict[str, np.nda
             },
             "run_dir": "../..",
             "kind": kind,
-            "dim": DIM,
+            "dim": dim,
         }
-        write_catalog(run / "catalogs" / kind, rows, [Shard(rows, shard, DIM)], store.table, manifest)
+        write_catalog(run / "catalogs" / kind, rows, [Shard(rows, shard, dim)], store.table, manifest)
         shard.unlink()
     return run
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ctl_lightning.benchmarks import catalog, fastpaths, loading, retrieval, setup
+from ctl_lightning.benchmarks import catalog, embedder, fastpaths, loading, retrieval, setup
 from ctl_lightning.benchmarks.machine import machine_info
 from ctl_lightning.benchmarks.report import write_report
 
@@ -33,10 +33,11 @@ class Plan:
     repeats: int
     rss_outfits: tuple[int, int]
     retrieval_rows: tuple[int, ...]
+    embedded_images: int = 64  # image queries per timed run of the onnxruntime / torch comparison
 
 
 FULL = Plan(2000, 12, 120, (0, 2), 20, 20, 3, (2000, 8000), (100_000, 1_000_000))
-QUICK = Plan(300, 3, 30, (0,), 5, 5, 1, (150, 600), (100_000,))
+QUICK = Plan(300, 3, 30, (0,), 5, 5, 1, (150, 600), (100_000,), embedded_images=16)
 
 
 def _real_table():
@@ -53,7 +54,7 @@ def _real_table():
     return ProductTable([ProductSpec(i.key, i.signature, i.label, "train", "", None) for i in items])
 
 
-STEPS = ("loader", "training_overhead", "feature_cache", "dedup", "grouped_batches", "catalog", "retrieval")
+STEPS = ("loader", "training_overhead", "feature_cache", "dedup", "grouped_batches", "catalog", "retrieval", "image_embedder")
 
 
 def run(plan: Plan, data_root: Path, only: tuple[str, ...] = STEPS) -> dict:
@@ -112,6 +113,7 @@ def run(plan: Plan, data_root: Path, only: tuple[str, ...] = STEPS) -> dict:
         },
     )
     step("retrieval", lambda: retrieval.run(plan.retrieval_rows, repeats=max(3, plan.repeats + 2)))
+    step("image_embedder", lambda: embedder.run(dm, data_root / "onnx-export", plan.embedded_images, plan.repeats))
     results["total_seconds"] = time.perf_counter() - started
     return results
 

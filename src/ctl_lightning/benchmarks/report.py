@@ -189,6 +189,38 @@ def retrieval_section(r: dict) -> list[str]:
     ]
 
 
+def embedder_section(e: dict) -> list[str]:
+    lines = [
+        "## Image queries: onnxruntime against torch",
+        "",
+        f"Images embedded per second by the default backbone and head (ImageNet weights) on {e['image_size']} px store crops:",
+        "uint8 crops in, L2-normalized embeddings out, as ctl-serve embeds an upload. The same model, exported by",
+        "`ctl-export onnx`'s code, against torch in the same process, each runtime given the same number of threads;",
+        f"the two agree to {e['max_difference']:.1e} (largest difference of any coordinate over {e['crops_compared']} crops).",
+        "Batch 1 is a lone upload, 16 a full micro-batch of the server. No goal: the figure says which runtime the",
+        f"server should prefer on this CPU. Load average (1 min) when the step began and ended: {e['load_average_before']:.1f}"
+        f" and {e['load_average_after']:.1f}; above the core count, the threads compete with other processes.",
+        *(
+            [
+                "With more threads than free cores, torch's threads wait on each other and its multi-thread rows collapse;",
+                "the 1-thread rows are then the fair comparison.",
+            ]
+            if min(e["load_average_before"], e["load_average_after"]) > max(int(t) for t in e["threads"])
+            else []
+        ),
+        "",
+        "| threads | batch | torch | onnxruntime | onnxruntime / torch |",
+        "|---|---|---|---|---|",
+    ]
+    for threads, row in e["threads"].items():
+        for batch in (1, 16):
+            lines.append(
+                f"| {threads} | {batch} | {_range(row[f'torch_batch{batch}'])} | {_range(row[f'onnxruntime_batch{batch}'])} | "
+                f"{row[f'onnxruntime_over_torch_batch{batch}']:.2f}x |"
+            )
+    return [*lines, ""]
+
+
 def write_report(results: dict, path: Path, notes: str = "") -> Path:
     m = results["machine"]
     lines = [
@@ -209,6 +241,8 @@ def write_report(results: dict, path: Path, notes: str = "") -> Path:
         + catalog_section(results["catalog"])
         + retrieval_section(results["retrieval"])
     )
+    if "image_embedder" in results:
+        lines += embedder_section(results["image_embedder"])
     notes_file = path.with_name("NOTES.md")
     if notes_file.is_file():
         lines += [notes_file.read_text()]

@@ -22,6 +22,7 @@ from ctl_lightning.errors import CtlError
 def run(args: argparse.Namespace) -> Path:
     from ctl_lightning.retrieval.recommend import Recommender
     from ctl_lightning.retrieval.render import Thumbnails, render_recommendations
+    from ctl_lightning.retrieval.schema import document_json, recommendations_document
 
     if args.k <= 0:
         raise CtlError(f"--k must be positive, got {args.k}")
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> Path:
         result = recommender.recommend_complementary(query, args.k, args.per_category)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    payload = {**result.to_json(), "catalog": str(recommender.dir.resolve()), "engine": args.engine}
+    payload = document_json(recommendations_document(result, str(recommender.dir.resolve()), args.engine))
     tmp = out / ".recommendations.json.tmp"
     tmp.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     tmp.replace(out / "recommendations.json")

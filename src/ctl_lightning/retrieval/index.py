@@ -40,6 +40,11 @@ class ExactIndex:
         if category not in self._positions:
             raise CtlError(f"category {category!r} has no items in this catalog; it has {', '.join(self.partitions)}")
 
+    def warm(self) -> None:
+        """Build every category's block (and faiss index) now, not on its first query."""
+        for category in self.partitions:
+            self.search(np.zeros((1, self._embeddings.shape[1]), np.float32), 1, category)
+
     def size(self, category: str) -> int:
         return len(self._positions.get(category, ()))
 

@@ -142,17 +142,25 @@ class Recommender:
         Without ``category`` the category is inferred by a nearest-neighbour vote over the similar
         catalog, and the query reports it with its confidence.
         """
+        similar, compatible = self.embedder().embed(open_image(image), box)
+        return self.embedded_query(similar, compatible, category, str(image), box)
+
+    def embedder(self) -> ImageEmbedder:
+        """The catalog's own model (loaded on first use), checked against the catalog's fingerprint."""
         if self._embedder is None:
             self._embedder = ImageEmbedder.from_catalog(self.compatible)
             self._model_checked = True
-        similar, compatible = self._embedder.embed(open_image(image), box)
+        return self._embedder
+
+    def embedded_query(self, similar: np.ndarray, compatible: np.ndarray, category: str | None, image: str, box=None) -> Query:
+        """A query from an image already embedded by :meth:`embedder` (``image``: what to call it)."""
         inferred = None
         if category is None:
             inferred = self.infer_category(similar)
             category = inferred["category"]
         else:
             self.index["similar"].require(category)
-        return Query(similar, compatible, category, image=str(image), box=box, inferred_category=inferred)
+        return Query(similar, compatible, category, image=image, box=box, inferred_category=inferred)
 
     def item(self, position: int, score: float, rank: int) -> dict:
         spec = self.table.spec(position)

@@ -1,0 +1,3 @@
+from ctl_lightning.serve.cli import main
+
+main()
