@@ -214,3 +214,22 @@ def test_parallel_optuna_workers_share_one_study(data_dir, tmp_path):
         assert sorted(p.name for p in sweep.iterdir() if (p / "metrics.json").is_file()) == ["0", "1"]
         best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
         assert best["best_value"] == pytest.approx(study.best_value)  # each worker reports the shared study's best
+
+
+def test_in_a_slurm_job_lightning_joins_slurms_tasks_and_starts_none(monkeypatch):
+    """What each task of the 2-node x 8-device job above sees: Lightning's SLURMEnvironment, whose
+    ranks come from SLURM, so DDP's launcher starts no process of its own."""
+    from hydra.utils import instantiate
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    task = {"SLURM_NTASKS": "16", "SLURM_NTASKS_PER_NODE": "8", "SLURM_NNODES": "2", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "77"}
+    task |= {"SLURM_PROCID": "11", "SLURM_LOCALID": "3", "SLURM_NODEID": "1", "SLURM_NODELIST": "gpu[01-02]"}
+    for name, value in task.items():
+        monkeypatch.setenv(name, value)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["trainer=ddp_cpu", "trainer.devices=8", "trainer.num_nodes=2"])
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, default_root_dir="unused")
+    environment = trainer.strategy.cluster_environment
+    assert isinstance(environment, SLURMEnvironment) and environment.creates_processes_externally
+    assert (trainer.global_rank, trainer.local_rank, trainer.node_rank, trainer.world_size) == (11, 3, 1, 16)
