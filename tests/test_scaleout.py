@@ -48,6 +48,7 @@ def ddp_sweep(data_dir, tmp_path_factory) -> tuple[Path, subprocess.CompletedPro
 def test_ddp_sweep_gives_two_jobs_of_two_ranks_each_in_its_own_directory(ddp_sweep):
     outputs, result = ddp_sweep
     assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in outputs.iterdir()] == ["train"] and [p.name for p in (outputs / "train").iterdir()] == ["multiruns"]
     sweeps = list((outputs / "train" / "multiruns").iterdir())
     assert len(sweeps) == 1, "a rank that re-ran the command line would have started a sweep of its own"
     assert _run_dirs(outputs) == [sweeps[0].relative_to(outputs) / job for job in ("0", "1")], "no stray run directories"
@@ -136,6 +137,7 @@ def test_torchrun_ranks_agree_on_one_run_directory_and_rank_zero_writes_outputs(
         env=_environment(),
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "outputs" / "train").iterdir()] == ["runs"]
     runs = _run_dirs(tmp_path / "outputs")
     assert len(runs) == 1 and runs[0].parent == Path("train/runs") and runs[0].name.startswith("torchrun-")
     run_dir = tmp_path / "outputs" / runs[0]
