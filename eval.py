@@ -11,6 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ctl_lightning.cli.errors import friendly_errors
+from ctl_lightning.launch import export_submitit_local_ranks  # also registers ${ctl.run_name:}
 from ctl_lightning.loggers import finish_wandb
 from ctl_lightning.pipeline import evaluate, with_training_config
 
@@ -18,6 +19,7 @@ from ctl_lightning.pipeline import evaluate, with_training_config
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
     with friendly_errors("eval.py"):
+        export_submitit_local_ranks()
         try:
             evaluate(with_training_config(cfg))
         finally:

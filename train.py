@@ -9,6 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ctl_lightning.cli.errors import friendly_errors
+from ctl_lightning.launch import export_submitit_local_ranks  # also registers ${ctl.run_name:}
 from ctl_lightning.loggers import finish_wandb
 from ctl_lightning.pipeline import train
 
@@ -16,6 +17,7 @@ from ctl_lightning.pipeline import train
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     with friendly_errors("train.py"):
+        export_submitit_local_ranks()
         try:
             metrics = train(cfg)
         finally:

@@ -1,0 +1,69 @@
+"""What train.py and eval.py need to run as one of several processes started by torchrun, SLURM or
+submitit (README "Scaling out"): a run directory every process of a run agrees on, the launcher's
+task counts taken from the trainer config, and submitit's local tasks made visible to Lightning.
+
+Importing this module registers the resolvers the configs use (``${ctl.run_name:}`` and friends).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+
+from omegaconf import OmegaConf
+
+
+def run_name() -> str:
+    """The name of a single run's directory: its start time, or, when a launcher started several
+    processes for it, the launcher's id of the run, so that every rank resolves the same directory
+    (Hydra's ``${now:}`` resolves separately in each process and would give each rank its own)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "TORCHELASTIC_RUN_ID" in os.environ:
+        run_id = os.environ["TORCHELASTIC_RUN_ID"]
+        if run_id == "none":
+            raise ValueError(
+                "torchrun's ranks share no run id (static rendezvous): add --standalone (one machine) or "
+                "--rdzv-id=ID --rdzv-backend=c10d (several), or give hydra.run.dir=DIR"
+            )
+        return f"torchrun-{run_id}"
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_ID" in os.environ:
+        return f"slurm-{os.environ['SLURM_JOB_ID']}.{os.environ['SLURM_STEP_ID']}"
+    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+
+
+def tasks_per_node(devices: int | str) -> int:
+    """A launcher's tasks per node for ``trainer.devices``: one task per device (``-1``: every GPU of
+    the machine the launcher runs on, which a SLURM login node may not have)."""
+    if str(devices) not in ("-1", "auto"):
+        count = int(devices)
+        if count < 1:
+            raise ValueError(f"trainer.devices={devices}: give the number of devices per node")
+        return count
+    import torch
+
+    count = torch.cuda.device_count()
+    if count == 0:
+        raise ValueError(f"trainer.devices={devices} counts this machine's GPUs and it has none: give trainer.devices=N")
+    return count
+
+
+def gpus_per_node(accelerator: str, devices: int | str) -> int:
+    """GPUs a launcher reserves on each node: one per task on a GPU, none on the CPU."""
+    return tasks_per_node(devices) if accelerator in ("gpu", "cuda", "auto") else 0
+
+
+def export_submitit_local_ranks() -> None:
+    """Under submitit's local executor each task of a job is one rank, but only SLURM's variables are
+    known to Lightning: export torch.distributed's (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
+    ``MASTER_ADDR``, ``MASTER_PORT``) with submitit's own helper, so that Lightning joins these tasks
+    instead of starting processes of its own. Under SLURM, Lightning's ``SLURMEnvironment`` does this."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "local" or int(os.environ.get("SUBMITIT_LOCAL_NTASKS", "1")) < 2:
+        return
+    from submitit.helpers import TorchDistributedEnvironment
+
+    # Each task keeps every device visible: Lightning picks the one of its local rank.
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+
+
+OmegaConf.register_new_resolver("ctl.run_name", run_name, use_cache=True, replace=True)
+OmegaConf.register_new_resolver("ctl.tasks_per_node", tasks_per_node, replace=True)
+OmegaConf.register_new_resolver("ctl.gpus_per_node", gpus_per_node, replace=True)
