@@ -39,7 +39,8 @@ TEST_KEYS = ("triplet_accuracy", "fitb_accuracy", "compatibility_auc", "similar_
 def runtime_values(node: DictConfig, **available: Any) -> dict[str, Any]:
     """Values a config marks ``???`` because they are only known at run time (e.g. SoftTriple's
     ``num_classes``); only those are filled in, so every other value stays the config's."""
-    return {k: v() if callable(v) else v for k, v in available.items() if k in node and OmegaConf.is_missing(node, k)}
+    # `k in node` is False for a DictConfig key whose value is ???: the keys view lists it.
+    return {k: v() if callable(v) else v for k, v in available.items() if k in node.keys() and OmegaConf.is_missing(node, k)}  # noqa: SIM118
 
 
 def resolved_run_config(cfg: DictConfig) -> dict[str, Any]:
