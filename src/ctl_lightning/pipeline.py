@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ctl_lightning.config_checks import validate
+from ctl_lightning.errors import CtlError
 from ctl_lightning.evaluation.ceilings import oracle_metrics
 from ctl_lightning.models.checkpoint import (
     CONFIG_GROUPS,
@@ -52,9 +53,14 @@ def resolved_run_config(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def _instantiate_dict(node: DictConfig | None) -> list:
-    """Callbacks and loggers are dicts of named configs, so each can be added or removed by name."""
-    return [instantiate(entry) for entry in (node or {}).values() if entry is not None and "_target_" in entry]
+def _instantiate_dict(node: DictConfig | None, **available: Any) -> list:
+    """Callbacks and loggers are dicts of named configs, so each can be added or removed by name; an
+    entry marking a value ``???`` (a callback's ``datamodule``) gets it from ``available``."""
+    return [
+        instantiate(entry, **runtime_values(entry, **available))
+        for entry in (node or {}).values()
+        if entry is not None and "_target_" in entry
+    ]
 
 
 def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
@@ -70,8 +76,10 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     with open_dict(cfg):  # written into the config itself, so that checkpoints carry the values
         cfg.model.update(runtime_values(cfg.model, categories=lambda: datamodule.categories))
     model = instantiate(cfg.model, loss=loss, optimizer=instantiate(cfg.optimizer))
+    if not datamodule.image_size:  # data.image_size: null is the backbone's own input size
+        datamodule.image_size = model.input_size
     loggers = _instantiate_dict(cfg.get("logger"))
-    callbacks = [*_instantiate_dict(cfg.get("callbacks")), RunConfigInCheckpoint(cfg)]
+    callbacks = [*_instantiate_dict(cfg.get("callbacks"), datamodule=datamodule), RunConfigInCheckpoint(cfg)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(resolved_run_config(cfg))
@@ -107,6 +115,13 @@ def report(cfg: DictConfig, trainer: pl.Trainer, tested: dict[str, Any], extra: 
 
 def train(cfg: DictConfig) -> dict[str, float | None]:
     datamodule, model, trainer = build(cfg)
+    categories = cfg.model.get("categories")
+    if categories is not None and list(categories) != datamodule.categories:
+        # Training batches name categories by their index in the dataset's list (data/batches.py).
+        raise CtlError(
+            f"model.categories must be the dataset's categories, in order, to train ({', '.join(datamodule.categories)}); "
+            "leave it ??? to take them from the data"
+        )
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     monitored = [c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
     best = monitored[0] if monitored else None

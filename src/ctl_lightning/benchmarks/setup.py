@@ -5,13 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
 from PIL import Image
 
 from ctl_lightning.data.datamodules import TripletsDataModule
 from ctl_lightning.data.sources import SyntheticCtl
 from ctl_lightning.data.store import to_rgb
+from ctl_lightning.evaluation.callback import HeldOutMetrics
 from ctl_lightning.losses import TripletLoss
+from ctl_lightning.models.feature_cache import FeatureCache
 from ctl_lightning.models.module import CompatibilityModule
 
 
@@ -49,6 +52,12 @@ def model(backbone: str = "tf_efficientnet_lite0", pretrained: bool = True, **kw
         pretrained=pretrained,
         **kwargs,
     )
+
+
+def fit_callbacks(dm: TripletsDataModule) -> list[pl.Callback]:
+    """What a training run's fit starts with (conf/callbacks/default.yaml): the feature cache, then
+    the untrained baseline; timed fits include them as ``train.py`` does."""
+    return [FeatureCache(dm), HeldOutMetrics(dm)]
 
 
 def crop_files(dm: TripletsDataModule, folder: Path) -> list[Path]:

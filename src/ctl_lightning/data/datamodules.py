@@ -118,18 +118,15 @@ class _StoreDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.pin_memory = pin_memory  # page-locked batches: asynchronous copies to a GPU
-        self.load_images = True  # the model turns this off when it embeds from its feature cache
+        self.load_images = True  # the feature cache turns this off when the model embeds from it
         self.store: ProductStore | None = None
 
     @property
     def resolved_image_size(self) -> int:
-        """``image_size``, or the backbone's own input size from its timm data config when unset."""
-        if self.image_size:
-            return int(self.image_size)
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        if module is None or not getattr(module, "input_size", None):
-            raise CtlError("data.image_size is null and no model is attached to tell its input size; set data.image_size")
-        return int(module.input_size)
+        """``image_size``; the pipeline sets it to the model's input size when the config leaves it null."""
+        if not self.image_size:
+            raise CtlError("data.image_size is null and no model has told its input size; set data.image_size")
+        return int(self.image_size)
 
     @cached_property
     def categories(self) -> list[str]:
@@ -284,12 +281,12 @@ class TripletsDataModule(_StoreDataModule):
         return OutfitIndex(table, "train", held, "the validation outfits") if held else None
 
     def _triplet_loader(self, triplets: np.ndarray, shuffle: bool) -> DataLoader:
-        collate = TripletCollate(self._open(), self.labels, self.load_images, self.dedup)
+        collate = TripletCollate(self._open(), self.labels, self.categories, self.load_images, self.dedup)
         return self._loader(triplets, collate, self.batch_size, shuffle)
 
     def train_dataloader(self) -> DataLoader:
         if self.batching == "outfits":
-            collate = OutfitCollate(self._open(), self.labels, self.load_images)
+            collate = OutfitCollate(self._open(), self.labels, self.categories, self.load_images)
             return self._loader(self.train_groups, collate, self.outfits_per_batch, shuffle=True)
         return self._triplet_loader(self.train_triplets, shuffle=True)
 
