@@ -112,7 +112,7 @@ def test_image_query_embeds_like_the_catalog(recommender):
     [
         (["--product", "999999"], "unknown product '999999'"),
         (["--product", "nosuch@0.1,0.1,0.1,0.1"], "unknown product"),
-        (["--product", "1", "--k", "0"], "--k must be positive, got 0"),
+        (["--product", "1", "--k", "0"], "k must be a positive number of recommendations, got 0"),
         (["--image", "{corrupt}"], "cannot read image"),
         (["--image", "{missing}"], "not found"),
         (["--image", "{example}", "--category", "Gloves"], "category 'Gloves' has no items"),

@@ -6,7 +6,6 @@ lightning-hydra-template: compose -> instantiate -> fit -> test -> predict -> re
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import warnings
@@ -21,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ctl_lightning.config_checks import validate
 from ctl_lightning.errors import CtlError
 from ctl_lightning.evaluation.ceilings import oracle_metrics
+from ctl_lightning.evaluation.metrics import HELD_OUT_METRICS
+from ctl_lightning.io import write_json
 from ctl_lightning.models.checkpoint import (
     CONFIG_GROUPS,
     RunConfigInCheckpoint,
@@ -30,11 +31,6 @@ from ctl_lightning.models.checkpoint import (
 from ctl_lightning.reporting import log_recommendation_grid, print_metric_table
 
 log = logging.getLogger(__name__)
-
-# A frozen backbone stays in eval mode on purpose: its BatchNorm statistics are the pretrained ones.
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-
-TEST_KEYS = ("triplet_accuracy", "fitb_accuracy", "compatibility_auc", "similar_style_at5")
 
 
 def runtime_values(node: DictConfig, **available: Any) -> dict[str, Any]:
@@ -102,13 +98,13 @@ def report(cfg: DictConfig, trainer: pl.Trainer, tested: dict[str, Any], extra: 
     """Print the metric table, write ``metrics.json`` and the recommendation picture; return the metrics."""
     logged = {k: _finite_or_none(v) for k, v in tested.items()}
     metrics: dict[str, float | None] = {
-        f"{prefix}/{key}": logged.get(f"{prefix}/{key}") for prefix in ("test", "baseline", "oracle") for key in TEST_KEYS
+        f"{prefix}/{key}": logged.get(f"{prefix}/{key}") for prefix in ("test", "baseline", "oracle") for key in HELD_OUT_METRICS
     }
     metrics.update(extra)
     output_dir = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        print_metric_table(metrics, TEST_KEYS)
+        write_json(output_dir / "metrics.json", metrics)
+        print_metric_table(metrics, HELD_OUT_METRICS)
         log_recommendation_grid(output_dir / "catalogs", trainer.loggers, cfg.get("recommendation_examples", 4), cfg.get("seed") or 0)
     return metrics
 
@@ -122,7 +118,10 @@ def train(cfg: DictConfig) -> dict[str, float | None]:
             f"model.categories must be the dataset's categories, in order, to train ({', '.join(datamodule.categories)}); "
             "leave it ??? to take them from the data"
         )
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    with warnings.catch_warnings():
+        # A frozen backbone stays in eval mode on purpose: its BatchNorm statistics are the pretrained ones.
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     monitored = [c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
     best = monitored[0] if monitored else None
     best_val = float(best.best_model_score) if best is not None and best.best_model_score is not None else None

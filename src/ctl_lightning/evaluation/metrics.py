@@ -17,6 +17,15 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
+# The held-out metrics of a model, by key (under test/, baseline/ and oracle/ in metrics.json), with
+# what tables call them; the one list the pipeline, the run's table and the experiments use.
+HELD_OUT_METRICS = {
+    "triplet_accuracy": "held-out triplet accuracy",
+    "fitb_accuracy": "FITB accuracy (4 candidates)",
+    "compatibility_auc": "compatibility AUC",
+    "similar_style_at5": "similar products: style agreement@5",
+}
+
 # Item pairs measured at once in pair subspaces: bounds the memory of their [pairs, D] projections.
 SUBSPACE_PAIRS_PER_CHUNK = 1 << 16
 
