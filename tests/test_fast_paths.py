@@ -97,7 +97,7 @@ def test_feature_cache_is_recomputed_for_another_store_or_other_frozen_weights()
 
     model = CompatibilityModule(loss=TripletLoss(), optimizer=torch.optim.Adam, backbone="resnet18", pretrained=False, input_size=32)
     pixels = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
-    store = SimpleNamespace(fingerprint="store-a", table=SimpleNamespace(row_ids=np.arange(3)), read=lambda rows: pixels[rows])
+    store = SimpleNamespace(fingerprint="store-a", table=SimpleNamespace(positions=np.arange(3)), read=lambda rows: pixels[rows])
     datamodule = SimpleNamespace(store=store, load_images=True)
     cache = FeatureCache(datamodule)
     cache.on_fit_start(None, model)

@@ -103,7 +103,7 @@ def test_image_query_embeds_like_the_catalog(recommender):
     """A catalog product's own crop, embedded as an outside image, lands on itself."""
     position = 21
     spec = recommender.table.spec(position)
-    query = recommender.image_query(spec.source, category=spec.category, box=spec.box)
+    query = recommender.image_query(spec.image_path, category=spec.category, box=spec.box)
     assert float(np.dot(query.compatible, recommender.compatible.embeddings[position])) > 0.999
 
 

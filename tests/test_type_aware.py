@@ -121,7 +121,7 @@ def test_metrics_score_each_item_pair_in_its_subspace():
 
 def write_catalogs(run, table: ProductTable, vectors: np.ndarray, subspaces: PairSubspaces | None) -> None:
     """Both catalogs of a hand-made run: the same unit vectors in each, the subspaces in the compatible one."""
-    rows = table.row_ids
+    rows = table.positions
     vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
     run.mkdir(parents=True, exist_ok=True)
     for kind in KINDS:
@@ -227,6 +227,6 @@ def test_tiny_training_run_of_each_subspace_kind(tmp_path, kind, data, size):
     assert subspaces.kind == kind and len(subspaces.pairs) == len(subspaces.matrices)
     spec = recommender.table.spec(0)
     # An outside image goes through the checkpoint's own type-aware model (its categories come with it).
-    query = recommender.image_query(spec.source, category=spec.category, box=spec.box)
+    query = recommender.image_query(spec.image_path, category=spec.category, box=spec.box)
     assert np.allclose(query.compatible, recommender.compatible.embeddings[0], atol=1e-4)
     assert recommender.recommend_complementary(query, k=3).items

@@ -28,7 +28,7 @@ from ctl_lightning.models.checkpoint import (
     load_checkpoint,
     saved_run_config,
 )
-from ctl_lightning.reporting import log_recommendation_grid, print_metric_table
+from ctl_lightning.run_summary import log_recommendation_grid, print_metric_table
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def ceiling(datamodule: pl.LightningDataModule) -> dict[str, float]:
     return {} if sets is None else {f"oracle/{k}": v for k, v in oracle_metrics(sets, datamodule.source.root).items()}
 
 
-def report(cfg: DictConfig, trainer: pl.Trainer, tested: dict[str, Any], extra: dict[str, Any]) -> dict[str, float | None]:
+def write_results(cfg: DictConfig, trainer: pl.Trainer, tested: dict[str, Any], extra: dict[str, Any]) -> dict[str, float | None]:
     """Print the metric table, write ``metrics.json`` and the recommendation picture; return the metrics."""
     logged = {k: _finite_or_none(v) for k, v in tested.items()}
     metrics: dict[str, float | None] = {
@@ -129,7 +129,9 @@ def train(cfg: DictConfig) -> dict[str, float | None]:
     tested = trainer.test(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
     trainer.predict(model, datamodule=datamodule, ckpt_path=best_path, return_predictions=False)
     tested.update(ceiling(datamodule) if trainer.is_global_zero else {})
-    return report(cfg, trainer, tested, {"val/triplet_accuracy": best_val, "best_checkpoint": best_path, "epochs": trainer.current_epoch})
+    return write_results(
+        cfg, trainer, tested, {"val/triplet_accuracy": best_val, "best_checkpoint": best_path, "epochs": trainer.current_epoch}
+    )
 
 
 def with_training_config(cfg: DictConfig, groups: tuple[str, ...] = CONFIG_GROUPS) -> DictConfig:
@@ -163,4 +165,4 @@ def evaluate(cfg: DictConfig) -> dict[str, float | None]:
         tested = trainer.test(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, verbose=False)[0]
         tested.update(ceiling(datamodule) if trainer.is_global_zero else {})
     trainer.predict(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, return_predictions=False)
-    return report(cfg, trainer, tested, {"checkpoint": str(cfg.ckpt_path)})
+    return write_results(cfg, trainer, tested, {"checkpoint": str(cfg.ckpt_path)})

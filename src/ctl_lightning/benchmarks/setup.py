@@ -68,8 +68,8 @@ def crop_files(dm: TripletsDataModule, folder: Path) -> list[Path]:
     paths = [folder / f"{row}.jpg" for row in range(len(table))]
     if all(p.is_file() for p in paths[-10:]) and paths[0].is_file():
         return paths
-    for source in dict.fromkeys(table.sources):
-        rows = np.flatnonzero(table.sources == source)
+    for source in dict.fromkeys(table.image_paths):
+        rows = np.flatnonzero(table.image_paths == source)
         with Image.open(source) as opened:
             image = to_rgb(opened)
             image.load()

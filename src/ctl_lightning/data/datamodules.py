@@ -85,7 +85,7 @@ def held_out_sets(table: ProductTable, source: CtlSource, seed: int) -> Evaluati
         table=table,
         # Similar products are searched in the whole catalog, as users would; without planted
         # styles (real data) that metric is undefined, and the test products suffice.
-        rows=table.row_ids if (table.styles != "").any() else test_rows,
+        rows=table.positions if (table.styles != "").any() else test_rows,
         queries=test_rows,
         triplets=sample_triplets(test, 1, random_stream(seed, "heldout")),
         fitb=fitb_rows(table, source.fitb(), f"{source.root}/{source.fitb_file}"),
@@ -303,7 +303,7 @@ class TripletsDataModule(_StoreDataModule):
         so that it is not its own nearest neighbour."""
         table = self._open().table
         first: dict[tuple, int] = {}
-        for row, picture in enumerate(zip(table.sources.tolist(), np.nan_to_num(table.boxes, nan=-1.0).tolist())):
+        for row, picture in enumerate(zip(table.image_paths.tolist(), np.nan_to_num(table.boxes, nan=-1.0).tolist())):
             first.setdefault((picture[0], *picture[1]), row)
         return np.fromiter(first.values(), dtype=np.int64, count=len(first))
 
@@ -331,7 +331,7 @@ class ProductsDataModule(_StoreDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         table = self._open().table
-        self.rows = table.row_ids if self.split is None else table.rows_in_split(self.split)
+        self.rows = table.positions if self.split is None else table.rows_in_split(self.split)
         if len(self.rows) == 0:
             raise CtlError(f"{self.source.root}: no products in split {self.split!r}")
 

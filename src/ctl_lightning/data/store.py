@@ -107,7 +107,7 @@ def by_image(specs: Sequence[ProductSpec]) -> dict[str, list[ProductSpec]]:
     once, and a store's rows follow this order (minus products of unreadable images)."""
     groups: dict[str, list[ProductSpec]] = {}
     for spec in specs:
-        groups.setdefault(spec.source, []).append(spec)
+        groups.setdefault(spec.image_path, []).append(spec)
     return groups
 
 
@@ -117,19 +117,19 @@ def fingerprint(specs: Sequence[ProductSpec], size: int) -> str:
     stats: dict[str, str] = {}
     for spec in specs:
         digest.update("\x1f".join(map(str, astuple(spec))).encode() + b"\x1e")
-        if spec.source not in stats:
+        if spec.image_path not in stats:
             try:
-                st = os.stat(spec.source)
-                stats[spec.source] = f"{st.st_size}:{st.st_mtime_ns}"
+                st = os.stat(spec.image_path)
+                stats[spec.image_path] = f"{st.st_size}:{st.st_mtime_ns}"
             except OSError:
-                stats[spec.source] = "missing"
-            digest.update(f"{spec.source}={stats[spec.source]}".encode())
+                stats[spec.image_path] = "missing"
+            digest.update(f"{spec.image_path}={stats[spec.image_path]}".encode())
     return digest.hexdigest()[:20]
 
 
 @dataclass
-class BuildReport:
-    """What a build kept and dropped; stored in the manifest and printed after ``prepare``."""
+class BuildStats:
+    """What a build kept and dropped; stored in the manifest (its ``report`` field) and printed after ``prepare``."""
 
     products: int = 0
     excluded_products: int = 0
@@ -299,30 +299,30 @@ class ProductStore:
             reserve(tmp / IMAGES, capacity * crop_bytes)  # written through a memory map: no sparse page may be left
             images = np.memmap(tmp / IMAGES, dtype=np.uint8, mode="r+", shape=(capacity, size, size, 3))
             kept: list[ProductSpec] = []
-            report = BuildReport(annotation_skips=annotation_skips)
+            stats = BuildStats(annotation_skips=annotation_skips)
             jobs = [(source, [s.box for s in group], size) for source, group in by_source.items()]
             with worker_pool(workers or max(1, os.cpu_count() or 1)) as pool:
                 decoded = pool.map(_decode, jobs, chunksize=32)
                 for source, crops, reason in tqdm(decoded, total=len(jobs), desc=f"prepare {path.name}", unit="img"):
                     group = by_source[source]
                     if crops is None:
-                        report.bad_images[source] = reason
-                        report.excluded_products += len(group)
+                        stats.bad_images[source] = reason
+                        stats.excluded_products += len(group)
                         continue
                     images[len(kept) : len(kept) + len(group)] = crops
                     kept.extend(group)
             images.flush()
             del images
             if not kept:
-                raise CtlError(f"no product image could be read for {path}; first problems: {list(report.bad_images.items())[:3]}")
+                raise CtlError(f"no product image could be read for {path}; first problems: {list(stats.bad_images.items())[:3]}")
             os.truncate(tmp / IMAGES, len(kept) * crop_bytes)
             table = ProductTable(kept)
             table.write_tsv(tmp / TABLE)
-            report.products = len(kept)
-            report.seconds = time.perf_counter() - start
-            manifest = dict(version=STORE_VERSION, fingerprint=fp, size=size, count=len(kept), report=asdict(report))
+            stats.products = len(kept)
+            stats.seconds = time.perf_counter() - start
+            manifest = dict(version=STORE_VERSION, fingerprint=fp, size=size, count=len(kept), report=asdict(stats))
             write_json(tmp / MANIFEST, manifest)
             replace_dir(tmp, path)
-        for line in report.lines():
+        for line in stats.lines():
             log.info(line)
         return cls.open(path)

@@ -15,7 +15,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from ctl_lightning.evaluation.metrics import test_metrics
+from ctl_lightning.evaluation.metrics import score_held_out
 
 
 class HeldOutMetrics(pl.Callback):
@@ -32,7 +32,7 @@ class HeldOutMetrics(pl.Callback):
             return  # no held-out sets to measure a baseline on, or measured already
         rows = np.sort(sets.rows)
         features = pl_module.store_features(self.datamodule.store, rows, "baseline features")
-        self.baseline = test_metrics(features, features, torch.from_numpy(rows), sets)
+        self.baseline = score_held_out(features, features, torch.from_numpy(rows), sets)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._test_outputs.append(outputs)
@@ -45,7 +45,7 @@ class HeldOutMetrics(pl.Callback):
         subspaces = pl_module.pair_subspaces()
         if subspaces is not None:  # the metrics run on the CPU, where the gathered embeddings are
             subspaces = copy.deepcopy(subspaces).cpu()
-        results = test_metrics(outputs["compatible"], outputs["similar"], outputs["row_ids"].cpu(), self.datamodule.evaluation, subspaces)
+        results = score_held_out(outputs["compatible"], outputs["similar"], outputs["row_ids"].cpu(), self.datamodule.evaluation, subspaces)
         metrics = {f"test/{k}": v for k, v in results.items()}
         metrics.update({f"baseline/{k}": v for k, v in self.baseline.items()})
         pl_module.log_dict({k: v for k, v in metrics.items() if np.isfinite(v)}, sync_dist=False)

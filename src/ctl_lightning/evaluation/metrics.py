@@ -206,8 +206,8 @@ def style_agreement_at_k(
     return float(np.concatenate(agreements).mean()) if agreements else float("nan")
 
 
-def test_metrics(compatible: torch.Tensor, similar: torch.Tensor, row_ids: torch.Tensor, sets, subspaces=None) -> dict[str, float]:
-    """The four test metrics of one model; ``sets`` is the DataModule's :class:`EvaluationSets`.
+def score_held_out(compatible: torch.Tensor, similar: torch.Tensor, row_ids: torch.Tensor, sets, subspaces=None) -> dict[str, float]:
+    """The four held-out metrics (:data:`HELD_OUT_METRICS`) of one model; ``sets`` is the DataModule's :class:`EvaluationSets`.
 
     Compatibility metrics use the ``compatible`` (head) embeddings, in the pairs' ``subspaces`` for a
     type-aware model; similar-product agreement uses the ``similar`` ones (backbone features, the

@@ -34,7 +34,7 @@ class FeatureCache(pl.Callback):
             return
         key = (store.fingerprint, state_fingerprint(pl_module.frozen_state()))
         if key != self.key:
-            pl_module.cached_features = pl_module.embed_store(store, store.table.row_ids, "feature cache", frozen_only=True)
+            pl_module.cached_features = pl_module.embed_store(store, store.table.positions, "feature cache", frozen_only=True)
             self.key = key
             log.info(f"feature cache: {tuple(pl_module.cached_features.shape)} backbone features, computed once")
         self.datamodule.load_images = False

@@ -1,4 +1,4 @@
-"""End-of-run reporting: the metric table on the console and a picture of recommendations.
+"""End-of-run summary: the metric table on the console and a picture of recommendations.
 
 The picture is saved as ``recommendations.png`` in the run directory and sent to the loggers that
 take images (W&B, TensorBoard), so a run can be judged by eye as well as by its numbers.
