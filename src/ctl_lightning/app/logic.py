@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ctl_lightning.cli.errors import user_error
 from ctl_lightning.data.formats.common import box_from_text
-from ctl_lightning.errors import CtlError
+from ctl_lightning.errors import CtlError, user_error
 from ctl_lightning.io import write_bytes_atomic
 
 # Where ``make train`` (and eval.py) put their runs, relative to the folder they were started from.

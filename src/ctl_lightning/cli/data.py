@@ -15,9 +15,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ctl_lightning.cli.errors import friendly_errors
 from ctl_lightning.data.image_urls import PINIMG_BASE_URL
-from ctl_lightning.errors import CtlError
+from ctl_lightning.errors import CtlError, friendly_errors
 
 
 def _synth(args: argparse.Namespace) -> None:

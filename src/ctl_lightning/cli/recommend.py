@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ctl_lightning.cli.errors import friendly_errors
 from ctl_lightning.data.formats.common import box_from_text
+from ctl_lightning.errors import friendly_errors
 from ctl_lightning.io import write_json
 
 
