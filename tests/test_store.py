@@ -14,18 +14,11 @@ import pytest
 from PIL import Image
 
 import ctl_lightning.data.store as store_module
+from ctl_lightning.data.crops import crop_square, to_rgb
 from ctl_lightning.data.formats import read_ctl_raw
 from ctl_lightning.data.products import TABLE_COLUMNS, ProductSpec
 from ctl_lightning.data.sources import CtlSource, StlSource
-from ctl_lightning.data.store import (
-    IMAGES,
-    MANIFEST,
-    TABLE,
-    BuildStats,
-    ProductStore,
-    crop_square,
-    to_rgb,
-)
+from ctl_lightning.data.store import IMAGES, MANIFEST, TABLE, BuildStats, ProductStore
 from ctl_lightning.data.synthetic import SynthConfig, generate
 from ctl_lightning.errors import CtlError
 

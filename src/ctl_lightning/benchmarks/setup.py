@@ -9,9 +9,9 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
+from ctl_lightning.data.crops import to_rgb
 from ctl_lightning.data.datamodules import TripletsDataModule
 from ctl_lightning.data.sources import SyntheticCtl
-from ctl_lightning.data.store import to_rgb
 from ctl_lightning.evaluation.callback import HeldOutMetrics
 from ctl_lightning.losses import TripletLoss
 from ctl_lightning.models.feature_cache import FeatureCache

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from ctl_lightning.data.crops import crop_square, to_rgb
 from ctl_lightning.data.products import ProductSpec, ProductTable
 from ctl_lightning.errors import CtlError
 from ctl_lightning.io import (
@@ -44,46 +45,6 @@ STORE_VERSION = 1
 MANIFEST = "manifest.json"
 IMAGES = "images.u8"
 TABLE = "products.tsv"
-BACKGROUND = (255, 255, 255)
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB for any input mode; transparency is composited over white, the collage background."""
-    # A PNG transparency chunk (tRNS) can mark a colour transparent in P, L and RGB images alike.
-    if image.mode in ("P", "L", "RGB") and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        rgba = image.convert("RGBA")
-        canvas = Image.new("RGB", rgba.size, BACKGROUND)
-        canvas.paste(rgba, mask=rgba.getchannel("A"))
-        return canvas
-    # 16-bit grayscale (I;16, I;16B from TIFFs, I from older Pillow's PNGs): Pillow's own conversion
-    # clips at 255 and turns it white, so scale it to 8 bits first.
-    if image.mode.startswith("I;16") or image.mode == "I":
-        values = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
-        image = Image.fromarray((values >> 8).astype(np.uint8), "L")
-    return image.convert("RGB") if image.mode != "RGB" else image
-
-
-def crop_square(image: Image.Image, box: Sequence[float] | None, size: int) -> np.ndarray:
-    """Crop a normalized ``x, y, w, h`` box, pad it to a square with white, resize to ``size``.
-
-    Padding instead of stretching keeps each silhouette's proportions: trousers stay long and
-    sunglasses wide, which is much of what tells categories apart.
-    """
-    if box is not None:
-        W, H = image.size
-        x, y, w, h = box
-        # A thin box on the right or bottom border can round to a start of W (or H): keep one pixel
-        # inside the image, or the crop would be empty and the product a blank white square.
-        left, top = min(round(x * W), W - 1), min(round(y * H), H - 1)
-        right = max(left + 1, min(round((x + w) * W), W))
-        bottom = max(top + 1, min(round((y + h) * H), H))
-        image = image.crop((left, top, right, bottom))
-    side = max(image.size)
-    square = Image.new("RGB", (side, side), BACKGROUND)
-    square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
-    return np.array(square.resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
 def _decode(job: tuple[str, list, int]) -> tuple[str, np.ndarray | None, str]:

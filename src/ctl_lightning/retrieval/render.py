@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ctl_lightning.data.store import ProductStore, crop_square, to_rgb
+from ctl_lightning.data.crops import crop_square, to_rgb
+from ctl_lightning.data.store import ProductStore
 from ctl_lightning.errors import CtlError
 from ctl_lightning.io import write_bytes_atomic
 from ctl_lightning.retrieval.recommend import Recommendation, Recommender
