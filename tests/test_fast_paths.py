@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import TINY, compose_config
+from helpers import TINY, compose_config
 
 from ctl_lightning.data.batches import TripletCollate
 from ctl_lightning.pipeline import build

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY, compose_config, default_sigint, run_script, script_paths
+from helpers import REPO, TINY, compose_config, default_sigint, run_script, script_paths
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image

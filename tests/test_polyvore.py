@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_script, script_paths
+from helpers import run_script, script_paths
 from PIL import Image
 
 from ctl_lightning.cli.data import main

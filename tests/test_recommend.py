@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import shared_file
+from helpers import shared_file
 from PIL import Image
 
 from ctl_lightning.cli.recommend import main as recommend_main

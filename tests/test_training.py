@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import TINY, compose_config, run_script, script_paths
+from helpers import TINY, compose_config, run_script, script_paths
 
 from ctl_lightning.data.store import ProductStore
 from ctl_lightning.evaluation.metrics import HELD_OUT_METRICS

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY, compose_config, run_script, script_paths
+from helpers import TINY, compose_config, run_script, script_paths
 
 from ctl_lightning.app.logic import catalog_summary
 from ctl_lightning.config_checks import validate
