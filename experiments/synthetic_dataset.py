@@ -113,7 +113,7 @@ folder. The same seed gives byte-identical annotation files (tests/test_syntheti
 
 ## Baselines: backbone features without training
 
-Held-out test metrics (DESIGN.md section 4) of raw backbone features, on the {d["test_outfits"]}
+Held-out test metrics (docs/DESIGN.md section 4) of raw backbone features, on the {d["test_outfits"]}
 test outfits (seed 42, the one `train.py` uses). Chance: triplet accuracy 0.5, FITB 0.25, AUC 0.5,
 style agreement@5 1/16 = 0.0625.
 

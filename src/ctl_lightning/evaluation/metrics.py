@@ -1,4 +1,4 @@
-"""Test metrics, computed from embeddings of the test products (DESIGN.md section 4).
+"""Test metrics, computed from embeddings of the test products (docs/DESIGN.md section 4).
 
 Every function takes L2-normalizable embeddings ``emb [M, D]`` of M products and ``position``, a
 lookup from store row id to the embedding's index (-1 where a row was not embedded); the evaluation
@@ -82,7 +82,7 @@ def triplet_accuracy(
 
 def cosine_pairs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``[n, K, L]`` cosine of every pair ``x[i, k], y[i, l]`` (unit-length rows): the CTL protocol's
-    pair score (DESIGN.md section 4)."""
+    pair score (docs/DESIGN.md section 4)."""
     return torch.einsum("nkd,nld->nkl", x, y)
 
 
