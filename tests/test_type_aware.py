@@ -200,6 +200,18 @@ def test_model_and_loss_must_both_be_type_aware(tmp_path):
             validate(compose_config("train", tmp_path, tmp_path, overrides))
 
 
+def test_training_takes_the_datasets_categories(data_dir, tmp_path):
+    """Training batches name categories by their index in the dataset's list, so a model given other
+    categories would pick wrong subspaces: it is refused before fit."""
+    from ctl_lightning.pipeline import train
+
+    cfg = compose_config(
+        "train", tmp_path, data_dir, [*TINY, "model=type_aware", "model.pretrained=false", "model.categories=[Bags,Shoes]"]
+    )
+    with pytest.raises(CtlError, match=r"model\.categories must be the dataset's categories"):
+        train(cfg)
+
+
 TINY_POLYVORE = [
     "data.source.outfits=60",
     "data.image_size=32",
