@@ -10,7 +10,7 @@ by the checkpoint itself) unless given on the command line.
 import hydra
 from omegaconf import DictConfig
 
-from ctl_lightning.cli.errors import friendly_errors
+from ctl_lightning.errors import friendly_errors
 from ctl_lightning.launch import export_submitit_local_ranks  # also registers ${ctl.run_name:}
 from ctl_lightning.loggers import finish_wandb
 from ctl_lightning.pipeline import evaluate, with_training_config

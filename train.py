@@ -8,7 +8,7 @@ python train.py -m loss=triplet,softtriple       # a sweep, one directory per jo
 import hydra
 from omegaconf import DictConfig
 
-from ctl_lightning.cli.errors import friendly_errors
+from ctl_lightning.errors import friendly_errors
 from ctl_lightning.launch import export_submitit_local_ranks  # also registers ${ctl.run_name:}
 from ctl_lightning.loggers import finish_wandb
 from ctl_lightning.pipeline import train

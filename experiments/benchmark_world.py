@@ -24,13 +24,13 @@ import torch
 from ctl_lightning.data.datamodules import held_out_sets
 from ctl_lightning.data.sources import SyntheticCtl
 from ctl_lightning.evaluation import ceilings
+from ctl_lightning.evaluation.metrics import HELD_OUT_METRICS
 from ctl_lightning.models.backbones import create_backbone
-from ctl_lightning.reporting import NAMES
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 OUT = REPO / "outputs" / "benchmark_world"
-METRICS = ("triplet_accuracy", "fitb_accuracy", "compatibility_auc", "similar_style_at5")
+METRICS = tuple(HELD_OUT_METRICS)
 # Trained recipes: overrides, and whether the backbone learns (if not, similar products use the
 # baseline's own features, so that row would repeat the baseline by construction and is left out).
 TRAINED = {
@@ -192,7 +192,7 @@ def markdown(results: dict, args) -> str:
         "",
     ]
     for split, summary in results.items():
-        lines += [f"## {split}", "", "| scorer | " + " | ".join(NAMES[m] for m in METRICS) + " |", "|---|---|---|---|---|"]
+        lines += [f"## {split}", "", "| scorer | " + " | ".join(HELD_OUT_METRICS[m] for m in METRICS) + " |", "|---|---|---|---|---|"]
         for row, values in summary.items():
             cells = [f"{values[m][0]:.3f} ± {values[m][1]:.3f}" if m in values else "n/a" for m in METRICS]
             lines.append(f"| {row} | " + " | ".join(cells) + " |")

@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 from ctl_lightning.benchmarks.machine import machine_info
 from ctl_lightning.data.datamodules import TripletsDataModule
 from ctl_lightning.data.sources import SyntheticCtl
-from ctl_lightning.evaluation.metrics import test_metrics
+from ctl_lightning.evaluation.metrics import score_held_out
 from ctl_lightning.losses import TripletLoss
 from ctl_lightning.models.module import CompatibilityModule
 
@@ -50,7 +50,7 @@ def picture(store, path: Path, n: int = 4) -> None:
     for i, outfit in enumerate(test_outfits):
         rows = np.flatnonzero(table.groups == outfit)
         left = 10 + i * (tile + 10)
-        canvas.paste(Image.open(table.sources[rows[0]]).convert("RGB").resize((tile, tile)), (left, 10))
+        canvas.paste(Image.open(table.image_paths[rows[0]]).convert("RGB").resize((tile, tile)), (left, 10))
         draw.text((left, tile + 12), f"style {table.styles[rows[0]]}", fill="black")
         for j, row in enumerate(rows):
             x, y = left + (j % 4) * (crop + 6), tile + 28 + (j // 4) * (crop + 6)
@@ -64,7 +64,7 @@ def baseline(store, datamodule, backbone: str, pretrained: bool) -> dict:
     sets = datamodule.evaluation
     rows = np.sort(sets.rows)
     features = module.embed_store(store, rows, backbone)
-    return test_metrics(features, features, torch.from_numpy(rows), sets)
+    return score_held_out(features, features, torch.from_numpy(rows), sets)
 
 
 def markdown(record: dict) -> str:
@@ -113,7 +113,7 @@ folder. The same seed gives byte-identical annotation files (tests/test_syntheti
 
 ## Baselines: backbone features without training
 
-Held-out test metrics (DESIGN.md section 4) of raw backbone features, on the {d["test_outfits"]}
+Held-out test metrics (docs/DESIGN.md section 4) of raw backbone features, on the {d["test_outfits"]}
 test outfits (seed 42, the one `train.py` uses). Chance: triplet accuracy 0.5, FITB 0.25, AUC 0.5,
 style agreement@5 1/16 = 0.0625.
 

@@ -244,7 +244,7 @@ def test_browser_upload_corrupt_then_real_image(app_url, browser, tiny_run, shot
     recommender = Recommender(tiny_run)
     spec = recommender.table.spec(0)
     photo = shots / "outfit.jpg"
-    shutil.copyfile(spec.source, photo)
+    shutil.copyfile(spec.image_path, photo)
     corrupt = shots / "broken.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
 

@@ -139,7 +139,7 @@ def test_old_uploads_are_removed_and_the_one_in_use_is_kept(tmp_path):
 def product_picture(recommender: Recommender, position: int = 0) -> tuple[bytes, str]:
     """A real product photo of the catalog (its source image) as uploaded bytes, and its crop box."""
     spec = recommender.table.spec(position)
-    return Path(spec.source).read_bytes(), ",".join(f"{v:.6f}" for v in spec.box) if spec.box else ""
+    return Path(spec.image_path).read_bytes(), ",".join(f"{v:.6f}" for v in spec.box) if spec.box else ""
 
 
 def test_upload_query_names_the_upload_in_errors(tiny_run, tmp_path):

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from ctl_lightning.benchmarks import fastpaths, retrieval
 from ctl_lightning.benchmarks.report import write_report

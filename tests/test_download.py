@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, default_sigint, run_script, shared_file
+from helpers import REPO, default_sigint, run_script, shared_file
 from PIL import Image
 
 from ctl_lightning.cli.data import main
@@ -442,7 +442,7 @@ def test_retry_after_reads_seconds_and_dates():
 def test_real_ctl_annotations_name_one_collage_per_outfit(tmp_path):
     (tmp_path / "raw_test.tsv").symlink_to(shared_file("ctl", "raw_test.tsv"))
     targets = ctl_targets(tmp_path)
-    assert len(targets) == 5028  # DESIGN.md: 5,028 outfits
+    assert len(targets) == 5028  # docs/DESIGN.md: 5,028 outfits
     assert targets[0].url == "http://i.pinimg.com/400x/00/01/5b/00015b9d0c08164ed3b5dbb4613bb143.jpg"
     assert targets[0].path == tmp_path / "images" / "00015b9d0c08164ed3b5dbb4613bb143.jpg"
 

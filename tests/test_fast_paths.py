@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import TINY, compose_config
+from helpers import TINY, compose_config
 
 from ctl_lightning.data.batches import TripletCollate
 from ctl_lightning.pipeline import build
@@ -71,16 +71,45 @@ def test_dedup_gives_the_same_loss_and_embeds_fewer_images(data_dir, tmp_path):
     datamodule, model, _ = build(cfg)
     datamodule.setup("fit")
     model.eval()
-    store, labels = datamodule.store, datamodule.labels
+    store, labels, categories = datamodule.store, datamodule.labels, datamodule.categories
     unique_rows = total_rows = 0
     with torch.no_grad():
         for start in range(0, len(datamodule.train_triplets), 64):
             samples = list(datamodule.train_triplets[start : start + 64])
-            deduped = TripletCollate(store, labels, dedup=True)(samples)
-            repeated = TripletCollate(store, labels, dedup=False)(samples)
+            deduped = TripletCollate(store, labels, categories, dedup=True)(samples)
+            repeated = TripletCollate(store, labels, categories, dedup=False)(samples)
             losses = [model.loss(model.head(model.backbone_features(b["images"])), b["labels"], b["triplets"]) for b in (deduped, repeated)]
             torch.testing.assert_close(losses[0], losses[1], atol=1e-6, rtol=0)
             unique_rows += len(deduped["row_ids"])
             total_rows += len(repeated["row_ids"])
     assert total_rows == 3 * len(datamodule.train_triplets)
     assert unique_rows < total_rows
+
+
+def test_feature_cache_is_recomputed_for_another_store_or_other_frozen_weights():
+    """Keyed by the store's fingerprint and the frozen weights': testing a checkpoint whose backbone
+    differs, or predicting another dataset, never reuses features of the old ones."""
+    from types import SimpleNamespace
+
+    from ctl_lightning.losses import TripletLoss
+    from ctl_lightning.models.feature_cache import FeatureCache
+    from ctl_lightning.models.module import CompatibilityModule
+
+    model = CompatibilityModule(loss=TripletLoss(), optimizer=torch.optim.Adam, backbone="resnet18", pretrained=False, input_size=32)
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    store = SimpleNamespace(fingerprint="store-a", table=SimpleNamespace(positions=np.arange(3)), read=lambda rows: pixels[rows])
+    datamodule = SimpleNamespace(store=store, load_images=True)
+    cache = FeatureCache(datamodule)
+    cache.on_fit_start(None, model)
+    first = model.cached_features
+    assert first is not None and first.shape == (3, model.backbone.num_features) and datamodule.load_images is False
+    cache.on_test_start(None, model)
+    assert model.cached_features is first  # same store, same weights: reused
+    with torch.no_grad():
+        model.backbone.conv1.weight.mul_(2)
+    cache.on_test_start(None, model)
+    assert model.cached_features is not first and not torch.allclose(model.cached_features, first)
+    second = model.cached_features
+    store.fingerprint = "store-b"
+    cache.on_predict_start(None, model)
+    assert model.cached_features is not second

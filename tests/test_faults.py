@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY, compose_config, default_sigint, run_script, script_paths
+from helpers import REPO, TINY, compose_config, default_sigint, run_script, script_paths
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -172,7 +172,7 @@ def small_store(folder: Path, store_dir: Path, size: int = 16) -> ProductStore:
 def write_run_catalogs(run: Path, store: ProductStore, vectors: dict[str, np.ndarray] | None = None, model: dict | None = None) -> Path:
     """Both catalogs of a fake run over ``store`` (random unit vectors unless given), as predict writes them;
     ``model``: the manifests' model entry (default: no checkpoint, a made-up fingerprint)."""
-    rows = store.table.row_ids
+    rows = store.table.positions
     rng = np.random.default_rng(0)
     for kind in KINDS:
         values = rng.normal(size=(len(rows), DIM)).astype(np.float32) if vectors is None else vectors[kind]
@@ -321,7 +321,7 @@ def test_prepare_on_a_full_disk_is_a_one_line_error_and_frees_the_space(toy, sma
 
 def test_a_catalog_on_a_full_disk_is_an_error_and_frees_the_space(toy, tmp_path, small_disk):
     store = small_store(toy, tmp_path / "stores")
-    rows = store.table.row_ids
+    rows = store.table.positions
     shard = tmp_path / "big.bin"
     np.ones((len(rows), 1024), dtype=np.float32).tofile(shard)  # about 3 MB
     before = used_bytes(small_disk)

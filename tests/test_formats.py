@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import shared_file
+from helpers import shared_file
 
 from ctl_lightning.data.formats import (
     read_ctl_fitb,

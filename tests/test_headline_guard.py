@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_script, script_paths
+from helpers import run_script, script_paths
 
 # A small world: 1,200 outfits (240 test triplets), 64 px, the default recipe and epochs.
 GUARD = ["data.source.outfits=1200", "data.source.scenes=10", "trainer.enable_progress_bar=false", "recommendation_examples=0"]

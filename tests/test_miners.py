@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import TINY, compose_config
+from helpers import TINY, compose_config
 from test_fast_paths import _training_losses
 
 from ctl_lightning.config_checks import validate

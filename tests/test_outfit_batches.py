@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, compose_config
+from helpers import TINY, compose_config
 from test_datamodules import assert_same_batches, epoch, make
 from test_miners import assert_protocol
 from test_training import _train

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_script, script_paths
+from helpers import run_script, script_paths
 from PIL import Image
 
 from ctl_lightning.cli.data import main
@@ -221,7 +221,7 @@ def test_standard_protocol_on_a_hand_checked_example(tmp_path):
     angle = {f"{s}_{k}": math.radians(a) for s, k, _, _, a in ITEMS}
     emb = torch.tensor([[math.cos(angle[key]), math.sin(angle[key])] for key in sets.table.keys], dtype=torch.float32)
     rows = torch.arange(len(emb))
-    scores = metrics.test_metrics(emb, emb, rows, sets)
+    scores = metrics.score_held_out(emb, emb, rows, sets)
     assert scores["compatibility_auc"] == 1.0 and scores["fitb_accuracy"] == 1.0
     assert 0 <= scores["triplet_accuracy"] <= 1 and len(sets.triplets) == 5  # one per test outfit, as for CTL
     position = metrics.position_lookup(rows, len(emb))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import shared_file
+from helpers import shared_file
 from PIL import Image
 
 from ctl_lightning.cli.recommend import main as recommend_main
@@ -103,7 +103,7 @@ def test_image_query_embeds_like_the_catalog(recommender):
     """A catalog product's own crop, embedded as an outside image, lands on itself."""
     position = 21
     spec = recommender.table.spec(position)
-    query = recommender.image_query(spec.source, category=spec.category, box=spec.box)
+    query = recommender.image_query(spec.image_path, category=spec.category, box=spec.box)
     assert float(np.dot(query.compatible, recommender.compatible.embeddings[position])) > 0.999
 
 
@@ -112,7 +112,7 @@ def test_image_query_embeds_like_the_catalog(recommender):
     [
         (["--product", "999999"], "unknown product '999999'"),
         (["--product", "nosuch@0.1,0.1,0.1,0.1"], "unknown product"),
-        (["--product", "1", "--k", "0"], "--k must be positive, got 0"),
+        (["--product", "1", "--k", "0"], "k must be a positive number of recommendations, got 0"),
         (["--image", "{corrupt}"], "cannot read image"),
         (["--image", "{missing}"], "not found"),
         (["--image", "{example}", "--category", "Gloves"], "category 'Gloves' has no items"),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONF, REPO, TINY, run_script
+from helpers import CONF, REPO, TINY, run_script
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from test_training import _assert_catalogs_cover_the_store, _metrics

@@ -22,8 +22,8 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import CONF
 from fastapi.testclient import TestClient
+from helpers import CONF
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from test_faults import bomb_png, one_line_error, run_cli, small_store, write_run_catalogs
@@ -55,7 +55,7 @@ def make_run(run: Path, store, seed: int) -> Path:
     torch.save(
         {"state_dict": module.state_dict(), RUN_CONFIG: {"model": OmegaConf.to_container(config)}}, run / "checkpoints" / "last.ckpt"
     )
-    similar, compatible = ImageEmbedder(module, store.size).embed_crops(store.read(store.table.row_ids))
+    similar, compatible = ImageEmbedder(module, store.size).embed_crops(store.read(store.table.positions))
     model = {
         "backbone": config.backbone,
         "state_fingerprint": state_fingerprint(module.state_dict()),
@@ -160,13 +160,13 @@ def test_health_metrics_and_openapi(client, recommender):
 def test_image_upload_lands_on_the_product_it_shows(client, recommender):
     spec = recommender.table.spec(recommender.position(9))
     box = ",".join(str(v) for v in spec.box)
-    response = client.post("/v1/similar?k=3", files=upload(Path(spec.source)), data={"box": box})
+    response = client.post("/v1/similar?k=3", files=upload(Path(spec.image_path)), data={"box": box})
     assert response.status_code == 200, response.text
     query = response.json()["query"]
-    assert query["image"] == Path(spec.source).name and query["inferred_category"]["category"] == query["category"]
-    expected = recommender.recommend_similar(recommender.image_query(spec.source, box=spec.box), 3)
+    assert query["image"] == Path(spec.image_path).name and query["inferred_category"]["category"] == query["category"]
+    expected = recommender.recommend_similar(recommender.image_query(spec.image_path, box=spec.box), 3)
     assert [i["row_id"] for i in response.json()["items"]] == [i["row_id"] for i in expected.items]
-    given = client.post("/v1/complementary", files=upload(Path(spec.source)), data={"box": box, "category": spec.category})
+    given = client.post("/v1/complementary", files=upload(Path(spec.image_path)), data={"box": box, "category": spec.category})
     assert given.status_code == 200 and "inferred_category" not in given.json()["query"]
     assert spec.category not in {i["category"] for i in given.json()["items"]}
 
@@ -191,7 +191,7 @@ def test_concurrent_uploads_share_one_forward_pass(runs, recommender):
     assert batcher.batches - before == 1
     for spec, response in zip(specs, responses):
         assert response.status_code == 200, response.text
-        alone = recommender.recommend_similar(recommender.image_query(spec.source, spec.category, spec.box), 3)
+        alone = recommender.recommend_similar(recommender.image_query(spec.image_path, spec.category, spec.box), 3)
         got = response.json()["items"]
         assert [i["row_id"] for i in got] == [i["row_id"] for i in alone.items]
         np.testing.assert_allclose([i["score"] for i in got], [i["score"] for i in alone.items], atol=1e-4)
@@ -245,8 +245,8 @@ def test_hostile_uploads_get_their_code_and_the_server_keeps_serving(client, rec
         ({"image": ("empty.png", b"", "image/png")}, {}, 415, "not_an_image"),
         ({"image": ("big.png", b"\x89PNG" + b"0" * UPLOAD_LIMIT, "image/png")}, {}, 413, "upload_too_large"),  # the image
         ({"image": ("huge.png", b"\x89PNG" + b"0" * 2 * UPLOAD_LIMIT, "image/png")}, {}, 413, "upload_too_large"),  # the body
-        (upload(Path(spec.source)), {"box": "0.5,0.5,0.9,0.9"}, 422, "bad_parameter"),
-        (upload(Path(spec.source)), {"category": "Spacesuits"}, 422, "bad_parameter"),
+        (upload(Path(spec.image_path)), {"box": "0.5,0.5,0.9,0.9"}, 422, "bad_parameter"),
+        (upload(Path(spec.image_path)), {"category": "Spacesuits"}, 422, "bad_parameter"),
         (None, {}, 422, "bad_parameter"),
     ]
     for files, data, status, code in cases:
@@ -288,7 +288,7 @@ def test_reload_swaps_runs_without_failing_requests_in_flight(runs, recommender,
     async def traffic_with_a_reload():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://serve") as http:
             queries = [http.get(f"/v1/complementary/{row}") for row in range(12)]
-            images = [http.post("/v1/similar", files=upload(Path(spec.source))) for _ in range(6)]
+            images = [http.post("/v1/similar", files=upload(Path(spec.image_path))) for _ in range(6)]
             reload = http.post("/admin/reload", headers=auth, json={"run_dir": str(runs["b"])})
             return await asyncio.gather(*queries[:6], *images[:3], reload, *queries[6:], *images[3:])
 
@@ -305,7 +305,7 @@ def test_reload_swaps_runs_without_failing_requests_in_flight(runs, recommender,
         assert (refused.status_code, error_code(refused)) == (422, "reload_failed")
         assert "embeddings.npy" in refused.json()["error"]["message"]
         assert client.get("/healthz").json()["run"] == str(runs["b"])
-        assert client.post("/v1/similar", files=upload(Path(spec.source))).status_code == 200
+        assert client.post("/v1/similar", files=upload(Path(spec.image_path))).status_code == 200
         assert 'ctl_serve_reloads_total{result="failed"} 1.0' in client.get("/metrics").text
 
 
@@ -319,15 +319,15 @@ def test_onnx_export_embeds_store_crops_like_torch_and_the_server_uses_it(runs, 
     onnx_recommender = Recommender(run)
     exported, problem = exported_embedder(onnx_recommender.compatible, onnx_recommender.dir)
     assert problem is None and exported.kind == "onnxruntime"
-    crops = store.read(store.table.row_ids)  # every crop of the store, as the catalogs were embedded
+    crops = store.read(store.table.positions)  # every crop of the store, as the catalogs were embedded
     for onnx_vectors, torch_vectors in zip(exported.embed_crops(crops), onnx_recommender.embedder().embed_crops(crops)):
         np.testing.assert_allclose(onnx_vectors, torch_vectors, atol=1e-4, rtol=0)
     spec = recommender.table.spec(6)
     with TestClient(create_app(run, SETTINGS)) as client:
         assert client.get("/healthz").json()["embedder"] == "onnxruntime"
-        response = client.post("/v1/similar?k=4", files=upload(Path(spec.source)), data={"box": ",".join(map(str, spec.box))})
+        response = client.post("/v1/similar?k=4", files=upload(Path(spec.image_path)), data={"box": ",".join(map(str, spec.box))})
         assert response.status_code == 200, response.text
-        alone = onnx_recommender.recommend_similar(onnx_recommender.image_query(spec.source, box=spec.box), 4)
+        alone = onnx_recommender.recommend_similar(onnx_recommender.image_query(spec.image_path, box=spec.box), 4)
         assert [i["row_id"] for i in response.json()["items"]] == [i["row_id"] for i in alone.items]
     # An export of other weights is not used: the checkpoint embeds, and the server says why.
     meta = run / "export" / "embedder.json"

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import shared_file
+from helpers import shared_file
 from test_formats import (
     CTL_TEST_LABELS,
     GOOD_TRIPLET,

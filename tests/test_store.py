@@ -14,18 +14,11 @@ import pytest
 from PIL import Image
 
 import ctl_lightning.data.store as store_module
+from ctl_lightning.data.crops import crop_square, to_rgb
 from ctl_lightning.data.formats import read_ctl_raw
 from ctl_lightning.data.products import TABLE_COLUMNS, ProductSpec
 from ctl_lightning.data.sources import CtlSource, StlSource
-from ctl_lightning.data.store import (
-    IMAGES,
-    MANIFEST,
-    TABLE,
-    BuildReport,
-    ProductStore,
-    crop_square,
-    to_rgb,
-)
+from ctl_lightning.data.store import IMAGES, MANIFEST, TABLE, BuildStats, ProductStore
 from ctl_lightning.data.synthetic import SynthConfig, generate
 from ctl_lightning.errors import CtlError
 
@@ -70,13 +63,13 @@ def test_build_shape_dtype_rows_and_table(dataset):
     header = (store.path / TABLE).read_text().splitlines()[0].split("\t")
     assert tuple(header) == TABLE_COLUMNS == ("row_id", "key", "group", "category", "split", "source", "x", "y", "w", "h", "style")
     table = store.table
-    assert np.array_equal(table.row_ids, np.arange(n))
+    assert np.array_equal(table.positions, np.arange(n))
     assert [int(line.split("\t")[0]) for line in (store.path / TABLE).read_text().splitlines()[1:]] == list(range(n))
     assert list(table.keys) == [item.key for item in train + test]
     assert list(table.groups) == [item.signature for item in train + test]
     assert list(table.categories) == [item.label for item in train + test]
     assert list(table.splits) == ["train"] * len(train) + ["test"] * len(test)
-    assert all(Path(s) == dataset / "ctl" / "images" / f"{g}.jpg" for s, g in zip(table.sources, table.groups))
+    assert all(Path(s) == dataset / "ctl" / "images" / f"{g}.jpg" for s, g in zip(table.image_paths, table.groups))
     assert all(s != "" for s in table.styles)
     assert table.row_of(train[3].key) == 3
     record = table.record(len(train))
@@ -91,7 +84,7 @@ def test_crops_are_the_boxes_of_their_collages(dataset):
     store = build(dataset)
     for row in (0, 7, len(store) - 1):
         spec = store.table.spec(row)
-        with Image.open(spec.source) as image:
+        with Image.open(spec.image_path) as image:
             expected = crop_square(to_rgb(image), spec.box, SIZE)
         assert np.array_equal(store.images[row], expected)
     # read() returns any order of rows, matching the memory map.
@@ -106,7 +99,7 @@ def test_stl_store_takes_whole_product_images(dataset):
     assert set(store.table.keys) == set(products)
     assert set(store.table.splits) == {"catalog"}
     assert np.isnan(store.table.boxes).all()
-    with Image.open(store.table.sources[0]) as image:
+    with Image.open(store.table.image_paths[0]) as image:
         assert np.array_equal(store.images[0], crop_square(to_rgb(image), None, SIZE))
 
 
@@ -140,7 +133,7 @@ def test_size_change_rebuilds(dataset):
 def test_touching_an_image_rebuilds(dataset):
     store = build(dataset)
     inode = (store.path / IMAGES).stat().st_ino
-    image = Path(store.table.sources[0])
+    image = Path(store.table.image_paths[0])
     os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
     again = build(dataset)
     assert again.fingerprint != store.fingerprint
@@ -151,8 +144,8 @@ def test_replacing_an_image_rebuilds_with_its_pixels(dataset):
     store = build(dataset)
     unopened = build(dataset)
     assert store.images.shape[0] == len(store)  # mapped before the rebuild
-    source = Path(store.table.sources[0])
-    rows = np.flatnonzero(store.table.sources == str(source))
+    source = Path(store.table.image_paths[0])
+    rows = np.flatnonzero(store.table.image_paths == str(source))
     with Image.open(source) as image:
         size = image.size
     Image.new("RGB", size, (0, 0, 255)).save(source)
@@ -255,13 +248,13 @@ def test_missing_and_corrupt_images_are_excluded_counted_and_listed(dataset):
     assert report["bad_images"][str(garbage)].startswith("corrupt image (UnidentifiedImageError: cannot identify image file")
     assert report["bad_images"][str(truncated)].startswith("corrupt image (OSError:")
     assert set(report["bad_images"]) == {str(missing), str(garbage), str(truncated)}
-    lines = BuildReport(**report).lines()
+    lines = BuildStats(**report).lines()
     assert f"excluded {affected} products from 3 unreadable images:" in lines
     assert f"  {missing}: missing image" in lines
     # Rows stay 0..N-1 and the crops still match their metadata.
-    assert np.array_equal(store.table.row_ids, np.arange(len(store)))
+    assert np.array_equal(store.table.positions, np.arange(len(store)))
     spec = store.table.spec(len(store) - 1)
-    with Image.open(spec.source) as image:
+    with Image.open(spec.image_path) as image:
         assert np.array_equal(store.images[-1], crop_square(to_rgb(image), spec.box, SIZE))
 
 

@@ -12,16 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import TINY, compose_config, run_script, script_paths
+from helpers import TINY, compose_config, run_script, script_paths
 
 from ctl_lightning.data.store import ProductStore
+from ctl_lightning.evaluation.metrics import HELD_OUT_METRICS
 from ctl_lightning.models.backbones import _hub_reachable
-from ctl_lightning.pipeline import TEST_KEYS, train
+from ctl_lightning.pipeline import train
 from ctl_lightning.retrieval.catalog import Catalog
 
 pytestmark = pytest.mark.slow
 
-METRIC_KEYS = [f"{prefix}/{key}" for prefix in ("test", "baseline") for key in TEST_KEYS]
+METRIC_KEYS = [f"{prefix}/{key}" for prefix in ("test", "baseline") for key in HELD_OUT_METRICS]
 
 
 def _metrics(run_dir: Path) -> dict:

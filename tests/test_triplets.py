@@ -20,7 +20,7 @@ from ctl_lightning.data.triplets import (
 )
 from ctl_lightning.errors import CtlError
 
-# The dataset of conftest's TINY runs (data_dir/synthetic, 150 outfits, 30 scenes, 32 px), shared with them.
+# The dataset of the TINY runs (helpers.py) (data_dir/synthetic, 150 outfits, 30 scenes, 32 px), shared with them.
 TINY_SOURCE = dict(seed=0, outfits=150, styles=16, scenes=30)
 SIZE = 32
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY, compose_config, run_script, script_paths
+from helpers import TINY, compose_config, run_script, script_paths
 
 from ctl_lightning.app.logic import catalog_summary
 from ctl_lightning.config_checks import validate
@@ -121,7 +121,7 @@ def test_metrics_score_each_item_pair_in_its_subspace():
 
 def write_catalogs(run, table: ProductTable, vectors: np.ndarray, subspaces: PairSubspaces | None) -> None:
     """Both catalogs of a hand-made run: the same unit vectors in each, the subspaces in the compatible one."""
-    rows = table.row_ids
+    rows = table.positions
     vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
     run.mkdir(parents=True, exist_ok=True)
     for kind in KINDS:
@@ -200,6 +200,18 @@ def test_model_and_loss_must_both_be_type_aware(tmp_path):
             validate(compose_config("train", tmp_path, tmp_path, overrides))
 
 
+def test_training_takes_the_datasets_categories(data_dir, tmp_path):
+    """Training batches name categories by their index in the dataset's list, so a model given other
+    categories would pick wrong subspaces: it is refused before fit."""
+    from ctl_lightning.pipeline import train
+
+    cfg = compose_config(
+        "train", tmp_path, data_dir, [*TINY, "model=type_aware", "model.pretrained=false", "model.categories=[Bags,Shoes]"]
+    )
+    with pytest.raises(CtlError, match=r"model\.categories must be the dataset's categories"):
+        train(cfg)
+
+
 TINY_POLYVORE = [
     "data.source.outfits=60",
     "data.image_size=32",
@@ -227,6 +239,6 @@ def test_tiny_training_run_of_each_subspace_kind(tmp_path, kind, data, size):
     assert subspaces.kind == kind and len(subspaces.pairs) == len(subspaces.matrices)
     spec = recommender.table.spec(0)
     # An outside image goes through the checkpoint's own type-aware model (its categories come with it).
-    query = recommender.image_query(spec.source, category=spec.category, box=spec.box)
+    query = recommender.image_query(spec.image_path, category=spec.category, box=spec.box)
     assert np.allclose(query.compatible, recommender.compatible.embeddings[0], atol=1e-4)
     assert recommender.recommend_complementary(query, k=3).items

@@ -6,7 +6,6 @@ lightning-hydra-template: compose -> instantiate -> fit -> test -> predict -> re
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import warnings
@@ -19,21 +18,19 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ctl_lightning.config_checks import validate
+from ctl_lightning.errors import CtlError
 from ctl_lightning.evaluation.ceilings import oracle_metrics
+from ctl_lightning.evaluation.metrics import HELD_OUT_METRICS
+from ctl_lightning.io import write_json
 from ctl_lightning.models.checkpoint import (
     CONFIG_GROUPS,
     RunConfigInCheckpoint,
     load_checkpoint,
     saved_run_config,
 )
-from ctl_lightning.reporting import log_recommendation_grid, print_metric_table
+from ctl_lightning.run_summary import log_recommendation_grid, print_metric_table
 
 log = logging.getLogger(__name__)
-
-# A frozen backbone stays in eval mode on purpose: its BatchNorm statistics are the pretrained ones.
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-
-TEST_KEYS = ("triplet_accuracy", "fitb_accuracy", "compatibility_auc", "similar_style_at5")
 
 
 def runtime_values(node: DictConfig, **available: Any) -> dict[str, Any]:
@@ -52,9 +49,14 @@ def resolved_run_config(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def _instantiate_dict(node: DictConfig | None) -> list:
-    """Callbacks and loggers are dicts of named configs, so each can be added or removed by name."""
-    return [instantiate(entry) for entry in (node or {}).values() if entry is not None and "_target_" in entry]
+def _instantiate_dict(node: DictConfig | None, **available: Any) -> list:
+    """Callbacks and loggers are dicts of named configs, so each can be added or removed by name; an
+    entry marking a value ``???`` (a callback's ``datamodule``) gets it from ``available``."""
+    return [
+        instantiate(entry, **runtime_values(entry, **available))
+        for entry in (node or {}).values()
+        if entry is not None and "_target_" in entry
+    ]
 
 
 def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
@@ -70,8 +72,10 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     with open_dict(cfg):  # written into the config itself, so that checkpoints carry the values
         cfg.model.update(runtime_values(cfg.model, categories=lambda: datamodule.categories))
     model = instantiate(cfg.model, loss=loss, optimizer=instantiate(cfg.optimizer))
+    if not datamodule.image_size:  # data.image_size: null is the backbone's own input size
+        datamodule.image_size = model.input_size
     loggers = _instantiate_dict(cfg.get("logger"))
-    callbacks = [*_instantiate_dict(cfg.get("callbacks")), RunConfigInCheckpoint(cfg)]
+    callbacks = [*_instantiate_dict(cfg.get("callbacks"), datamodule=datamodule), RunConfigInCheckpoint(cfg)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(resolved_run_config(cfg))
@@ -90,24 +94,34 @@ def ceiling(datamodule: pl.LightningDataModule) -> dict[str, float]:
     return {} if sets is None else {f"oracle/{k}": v for k, v in oracle_metrics(sets, datamodule.source.root).items()}
 
 
-def report(cfg: DictConfig, trainer: pl.Trainer, tested: dict[str, Any], extra: dict[str, Any]) -> dict[str, float | None]:
+def write_results(cfg: DictConfig, trainer: pl.Trainer, tested: dict[str, Any], extra: dict[str, Any]) -> dict[str, float | None]:
     """Print the metric table, write ``metrics.json`` and the recommendation picture; return the metrics."""
     logged = {k: _finite_or_none(v) for k, v in tested.items()}
     metrics: dict[str, float | None] = {
-        f"{prefix}/{key}": logged.get(f"{prefix}/{key}") for prefix in ("test", "baseline", "oracle") for key in TEST_KEYS
+        f"{prefix}/{key}": logged.get(f"{prefix}/{key}") for prefix in ("test", "baseline", "oracle") for key in HELD_OUT_METRICS
     }
     metrics.update(extra)
     output_dir = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        print_metric_table(metrics, TEST_KEYS)
+        write_json(output_dir / "metrics.json", metrics)
+        print_metric_table(metrics, HELD_OUT_METRICS)
         log_recommendation_grid(output_dir / "catalogs", trainer.loggers, cfg.get("recommendation_examples", 4), cfg.get("seed") or 0)
     return metrics
 
 
 def train(cfg: DictConfig) -> dict[str, float | None]:
     datamodule, model, trainer = build(cfg)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    categories = cfg.model.get("categories")
+    if categories is not None and list(categories) != datamodule.categories:
+        # Training batches name categories by their index in the dataset's list (data/batches.py).
+        raise CtlError(
+            f"model.categories must be the dataset's categories, in order, to train ({', '.join(datamodule.categories)}); "
+            "leave it ??? to take them from the data"
+        )
+    with warnings.catch_warnings():
+        # A frozen backbone stays in eval mode on purpose: its BatchNorm statistics are the pretrained ones.
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     monitored = [c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
     best = monitored[0] if monitored else None
     best_val = float(best.best_model_score) if best is not None and best.best_model_score is not None else None
@@ -115,7 +129,9 @@ def train(cfg: DictConfig) -> dict[str, float | None]:
     tested = trainer.test(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
     trainer.predict(model, datamodule=datamodule, ckpt_path=best_path, return_predictions=False)
     tested.update(ceiling(datamodule) if trainer.is_global_zero else {})
-    return report(cfg, trainer, tested, {"val/triplet_accuracy": best_val, "best_checkpoint": best_path, "epochs": trainer.current_epoch})
+    return write_results(
+        cfg, trainer, tested, {"val/triplet_accuracy": best_val, "best_checkpoint": best_path, "epochs": trainer.current_epoch}
+    )
 
 
 def with_training_config(cfg: DictConfig, groups: tuple[str, ...] = CONFIG_GROUPS) -> DictConfig:
@@ -149,4 +165,4 @@ def evaluate(cfg: DictConfig) -> dict[str, float | None]:
         tested = trainer.test(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, verbose=False)[0]
         tested.update(ceiling(datamodule) if trainer.is_global_zero else {})
     trainer.predict(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, return_predictions=False)
-    return report(cfg, trainer, tested, {"checkpoint": str(cfg.ckpt_path)})
+    return write_results(cfg, trainer, tested, {"checkpoint": str(cfg.ckpt_path)})

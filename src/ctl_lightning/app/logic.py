@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ctl_lightning.cli.errors import user_error
 from ctl_lightning.data.formats.common import box_from_text
-from ctl_lightning.errors import CtlError
+from ctl_lightning.errors import CtlError, user_error
+from ctl_lightning.io import write_bytes_atomic
 
 # Where ``make train`` (and eval.py) put their runs, relative to the folder they were started from.
 RUN_PATTERNS = ("outputs/train/runs/*", "outputs/*/runs/*")
@@ -166,9 +166,7 @@ def save_upload(name: str, data: bytes, folder: str | Path) -> Path:
     path = Path(folder) / hashlib.sha256(data).hexdigest()[:16] / _safe_name(name)
     if not path.is_file() or path.read_bytes() != data:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        write_bytes_atomic(path, data)
     os.utime(path.parent)  # marks it as just used
     _remove_old_uploads(Path(folder), keep=path.parent)
     return path

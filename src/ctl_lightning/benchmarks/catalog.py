@@ -24,7 +24,7 @@ from ctl_lightning.retrieval.writer import CatalogWriter
 
 
 def _predict(model, dm, out: Path) -> None:
-    writer = CatalogWriter(out / "catalogs", run_dir=out)
+    writer = CatalogWriter(out / "catalogs", dm, run_dir=out)
     trainer = pl.Trainer(callbacks=[writer], logger=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.predict(model, datamodule=dm, return_predictions=False)
 

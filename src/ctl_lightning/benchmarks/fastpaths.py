@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_metric_learning.distances import LpDistance
 
+from ctl_lightning.benchmarks import setup
 from ctl_lightning.benchmarks.loading import _StepTimer
 from ctl_lightning.data.products import ProductTable
 from ctl_lightning.data.triplets import OutfitIndex, sample_triplets
@@ -28,7 +29,7 @@ def _epoch_seconds(model, dm, steps: int | None, skip: int = 2) -> tuple[float, 
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        callbacks=[timer],
+        callbacks=[*setup.fit_callbacks(dm), timer],
     )
     trainer.fit(model, datamodule=dm)
     return timer.times[0], len(dm.train_dataloader())

@@ -91,7 +91,7 @@ def epoch(dm: TripletsDataModule, gpu: bool, freeze: bool) -> dict:
     dm.load_images = True
     model = setup.model("resnet18", pretrained=False, freeze_backbone=freeze, feature_cache="auto", embed_batch_size=dm.eval_batch_size)
     clock = _EpochClock()
-    trainer = _trainer(gpu, max_epochs=1, callbacks=[clock])
+    trainer = _trainer(gpu, max_epochs=1, callbacks=[*setup.fit_callbacks(dm), clock])
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     total = time.perf_counter() - start
@@ -113,7 +113,7 @@ def catalog_build(dm: TripletsDataModule, gpu: bool) -> dict:
     model = setup.model("resnet18", pretrained=False, feature_cache=False, embed_batch_size=dm.eval_batch_size)
     rows = dm.predict_rows
     with tempfile.TemporaryDirectory() as tmp:
-        writer = CatalogWriter(Path(tmp) / "catalogs", run_dir=tmp)
+        writer = CatalogWriter(Path(tmp) / "catalogs", dm, run_dir=tmp)
         trainer = _trainer(gpu, callbacks=[writer])
         start = time.perf_counter()
         trainer.predict(model, datamodule=dm, return_predictions=False)

@@ -52,7 +52,11 @@ def loader_throughput(dm, crop_paths, batches: dict, workers: int, repeats: int)
     triplets, size, batch_size = dm.train_triplets, dm.store.size, dm.batch_size
     seed_loader = DataLoader(SeedStyleTriplets(triplets, crop_paths, size), batch_size=batch_size, shuffle=True, num_workers=workers)
     store_loader = DataLoader(
-        RowsDataset(triplets), batch_size=batch_size, shuffle=True, num_workers=workers, collate_fn=TripletCollate(dm.store, dm.labels)
+        RowsDataset(triplets),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        collate_fn=TripletCollate(dm.store, dm.labels, dm.categories),
     )
     results = {}
     for name, loader, convert, n in (

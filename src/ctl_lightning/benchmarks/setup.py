@@ -5,13 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
 from PIL import Image
 
+from ctl_lightning.data.crops import to_rgb
 from ctl_lightning.data.datamodules import TripletsDataModule
 from ctl_lightning.data.sources import SyntheticCtl
-from ctl_lightning.data.store import to_rgb
+from ctl_lightning.evaluation.callback import HeldOutMetrics
 from ctl_lightning.losses import TripletLoss
+from ctl_lightning.models.feature_cache import FeatureCache
 from ctl_lightning.models.module import CompatibilityModule
 
 
@@ -51,6 +54,12 @@ def model(backbone: str = "tf_efficientnet_lite0", pretrained: bool = True, **kw
     )
 
 
+def fit_callbacks(dm: TripletsDataModule) -> list[pl.Callback]:
+    """What a training run's fit starts with (conf/callbacks/default.yaml): the feature cache, then
+    the untrained baseline; timed fits include them as ``train.py`` does."""
+    return [FeatureCache(dm), HeldOutMetrics(dm)]
+
+
 def crop_files(dm: TripletsDataModule, folder: Path) -> list[Path]:
     """Each product cut from its collage at native resolution and saved as a JPEG, as the seed kept
     them: the input of the seed-style loader. Written once and reused."""
@@ -59,8 +68,8 @@ def crop_files(dm: TripletsDataModule, folder: Path) -> list[Path]:
     paths = [folder / f"{row}.jpg" for row in range(len(table))]
     if all(p.is_file() for p in paths[-10:]) and paths[0].is_file():
         return paths
-    for source in dict.fromkeys(table.sources):
-        rows = np.flatnonzero(table.sources == source)
+    for source in dict.fromkeys(table.image_paths):
+        rows = np.flatnonzero(table.image_paths == source)
         with Image.open(source) as opened:
             image = to_rgb(opened)
             image.load()

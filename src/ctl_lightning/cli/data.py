@@ -15,9 +15,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ctl_lightning.cli.errors import friendly_errors
 from ctl_lightning.data.image_urls import PINIMG_BASE_URL
-from ctl_lightning.errors import CtlError
+from ctl_lightning.errors import CtlError, friendly_errors
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -66,11 +65,11 @@ def _source_for(folder: Path, kind: str, on_error: str, store_dir: str | None):
 def _prepare(args: argparse.Namespace) -> None:
     source = _source_for(Path(args.folder), args.kind, args.on_error, args.store_dir)
     store = source.open_store(args.size, workers=args.workers)
-    from ctl_lightning.data.store import BuildReport
+    from ctl_lightning.data.store import BuildStats
 
-    report = BuildReport(**store.manifest["report"])
+    stats = BuildStats(**store.manifest["report"])
     print(f"product store {store.path}: {len(store)} products, {store.size} px, fingerprint {store.fingerprint}")
-    for line in report.lines()[1:]:
+    for line in stats.lines()[1:]:
         print(line)
 
 

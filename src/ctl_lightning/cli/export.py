@@ -14,8 +14,7 @@ import argparse
 
 import numpy as np
 
-from ctl_lightning.cli.errors import friendly_errors
-from ctl_lightning.errors import CtlError
+from ctl_lightning.errors import CtlError, friendly_errors
 
 CHECK_CROPS = 64
 TOLERANCE = 1e-3  # the largest difference of any embedding coordinate accepted (typically about 1e-6)

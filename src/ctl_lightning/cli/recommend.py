@@ -10,13 +10,12 @@ paths) and OUT/recommendations.png (the query and its items).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from ctl_lightning.cli.errors import friendly_errors
 from ctl_lightning.data.formats.common import box_from_text
-from ctl_lightning.errors import CtlError
+from ctl_lightning.errors import friendly_errors
+from ctl_lightning.io import write_json
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -24,8 +23,6 @@ def run(args: argparse.Namespace) -> Path:
     from ctl_lightning.retrieval.render import Thumbnails, render_recommendations
     from ctl_lightning.retrieval.schema import document_json, recommendations_document
 
-    if args.k <= 0:
-        raise CtlError(f"--k must be positive, got {args.k}")
     recommender = Recommender(args.catalog, engine=args.engine, data_root=args.data_root)
     if args.image:
         query = recommender.image_query(args.image, args.category, box_from_text(args.box, what="--box"))
@@ -38,9 +35,7 @@ def run(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     payload = document_json(recommendations_document(result, str(recommender.dir.resolve()), args.engine))
-    tmp = out / ".recommendations.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    tmp.replace(out / "recommendations.json")
+    write_json(out / "recommendations.json", payload)
     thumbnails = Thumbnails.of(recommender)
     if thumbnails.problem:
         print(f"ctl-recommend: warning: pictures cropped from the source images instead: {thumbnails.problem}", file=sys.stderr)

@@ -32,12 +32,18 @@ class RowsDataset(Dataset):
 
 class _TrainingCollate:
     """What training batches share: the distinct products' row ids, outfit classes, category codes
-    (the miners keep negatives in the positive's category) and pixels, and triplets indexing them."""
+    and pixels, and triplets indexing them.
 
-    def __init__(self, store: ProductStore, labels: np.ndarray, load_images: bool = True):
+    A category code is the category's index in ``categories``, the dataset's sorted categories
+    (``datamodule.categories``): the miners keep negatives in the positive's category, and a
+    type-aware model, whose ``model.categories`` are that list, picks each pair's subspace by them.
+    """
+
+    def __init__(self, store: ProductStore, labels: np.ndarray, categories: list[str], load_images: bool = True):
         self.store = store
         self.labels = labels
-        self.categories = np.unique(store.table.categories, return_inverse=True)[1].astype(np.int64)
+        code = {name: i for i, name in enumerate(categories)}
+        self.categories = np.array([code[name] for name in store.table.categories.tolist()], dtype=np.int64)
         self.load_images = load_images
 
     def _batch(self, rows: np.ndarray, triplets: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -60,8 +66,8 @@ class TripletCollate(_TrainingCollate):
     its feature cache.
     """
 
-    def __init__(self, store: ProductStore, labels: np.ndarray, load_images: bool = True, dedup: bool = True):
-        super().__init__(store, labels, load_images)
+    def __init__(self, store: ProductStore, labels: np.ndarray, categories: list[str], load_images: bool = True, dedup: bool = True):
+        super().__init__(store, labels, categories, load_images)
         self.dedup = dedup
 
     def __call__(self, samples: list[np.ndarray]) -> dict[str, torch.Tensor]:

@@ -85,7 +85,7 @@ def held_out_sets(table: ProductTable, source: CtlSource, seed: int) -> Evaluati
         table=table,
         # Similar products are searched in the whole catalog, as users would; without planted
         # styles (real data) that metric is undefined, and the test products suffice.
-        rows=table.row_ids if (table.styles != "").any() else test_rows,
+        rows=table.positions if (table.styles != "").any() else test_rows,
         queries=test_rows,
         triplets=sample_triplets(test, 1, random_stream(seed, "heldout")),
         fitb=fitb_rows(table, source.fitb(), f"{source.root}/{source.fitb_file}"),
@@ -118,18 +118,15 @@ class _StoreDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.pin_memory = pin_memory  # page-locked batches: asynchronous copies to a GPU
-        self.load_images = True  # the model turns this off when it embeds from its feature cache
+        self.load_images = True  # the feature cache turns this off when the model embeds from it
         self.store: ProductStore | None = None
 
     @property
     def resolved_image_size(self) -> int:
-        """``image_size``, or the backbone's own input size from its timm data config when unset."""
-        if self.image_size:
-            return int(self.image_size)
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        if module is None or not getattr(module, "input_size", None):
-            raise CtlError("data.image_size is null and no model is attached to tell its input size; set data.image_size")
-        return int(module.input_size)
+        """``image_size``; the pipeline sets it to the model's input size when the config leaves it null."""
+        if not self.image_size:
+            raise CtlError("data.image_size is null and no model has told its input size; set data.image_size")
+        return int(self.image_size)
 
     @cached_property
     def categories(self) -> list[str]:
@@ -284,12 +281,12 @@ class TripletsDataModule(_StoreDataModule):
         return OutfitIndex(table, "train", held, "the validation outfits") if held else None
 
     def _triplet_loader(self, triplets: np.ndarray, shuffle: bool) -> DataLoader:
-        collate = TripletCollate(self._open(), self.labels, self.load_images, self.dedup)
+        collate = TripletCollate(self._open(), self.labels, self.categories, self.load_images, self.dedup)
         return self._loader(triplets, collate, self.batch_size, shuffle)
 
     def train_dataloader(self) -> DataLoader:
         if self.batching == "outfits":
-            collate = OutfitCollate(self._open(), self.labels, self.load_images)
+            collate = OutfitCollate(self._open(), self.labels, self.categories, self.load_images)
             return self._loader(self.train_groups, collate, self.outfits_per_batch, shuffle=True)
         return self._triplet_loader(self.train_triplets, shuffle=True)
 
@@ -306,7 +303,7 @@ class TripletsDataModule(_StoreDataModule):
         so that it is not its own nearest neighbour."""
         table = self._open().table
         first: dict[tuple, int] = {}
-        for row, picture in enumerate(zip(table.sources.tolist(), np.nan_to_num(table.boxes, nan=-1.0).tolist())):
+        for row, picture in enumerate(zip(table.image_paths.tolist(), np.nan_to_num(table.boxes, nan=-1.0).tolist())):
             first.setdefault((picture[0], *picture[1]), row)
         return np.fromiter(first.values(), dtype=np.int64, count=len(first))
 
@@ -334,7 +331,7 @@ class ProductsDataModule(_StoreDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         table = self._open().table
-        self.rows = table.row_ids if self.split is None else table.rows_in_split(self.split)
+        self.rows = table.positions if self.split is None else table.rows_in_split(self.split)
         if len(self.rows) == 0:
             raise CtlError(f"{self.source.root}: no products in split {self.split!r}")
 

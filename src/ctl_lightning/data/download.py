@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import io
-import json
 import logging
 import os
 import random
@@ -33,7 +32,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from ctl_lightning.data.image_urls import ImageTarget
-from ctl_lightning.io import remove_stale_temporaries, write_bytes_atomic
+from ctl_lightning.io import remove_stale_temporaries, write_bytes_atomic, write_json
 
 # httpx logs every request at INFO, which the CLI's logging shows: one line per image would bury the
 # progress bar and the report, which say what matters.
@@ -107,7 +106,7 @@ class DownloadReport:
             "missing": self.missing,
             "failed": self.failed,
         }
-        write_bytes_atomic(path, (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode("utf-8"))
+        write_json(path, payload)
 
 
 class RequestPacer:

@@ -25,11 +25,13 @@ class ProductSpec:
     group: str  # outfit signature (CTL) or scene signature (STL)
     category: str
     split: str  # train / test / catalog
-    source: str  # image file path
+    image_path: str  # the image file the product's box is cut from
     box: tuple[float, float, float, float] | None  # normalized x, y, w, h; None: the whole image
     style: str = ""  # planted style of synthetic data, for evaluation only
 
 
+# products.tsv of stores and catalogs; its "source" column is the image path (ProductSpec.image_path),
+# named so on disk since the first stores and catalogs were written.
 TABLE_COLUMNS = ("row_id", "key", "group", "category", "split", "source", "x", "y", "w", "h", "style")
 
 
@@ -41,7 +43,7 @@ class ProductTable:
         self.groups = np.array([s.group for s in specs], dtype=object)
         self.categories = np.array([s.category for s in specs], dtype=object)
         self.splits = np.array([s.split for s in specs], dtype=object)
-        self.sources = np.array([s.source for s in specs], dtype=object)
+        self.image_paths = np.array([s.image_path for s in specs], dtype=object)
         self.boxes = np.array([s.box if s.box is not None else (np.nan,) * 4 for s in specs], dtype=np.float64).reshape(-1, 4)
         self.styles = np.array([s.style for s in specs], dtype=object)
         self._row_of_key = {k: i for i, k in enumerate(self.keys)}
@@ -50,7 +52,9 @@ class ProductTable:
         return len(self.keys)
 
     @property
-    def row_ids(self) -> np.ndarray:
+    def positions(self) -> np.ndarray:
+        """``0 .. len - 1``, every row of this table. For a store's table these are its row ids; a
+        catalog's table lists only its products, whose store row ids are ``Catalog.row_ids``."""
         return np.arange(len(self), dtype=np.int64)
 
     def row_of(self, key: str) -> int | None:
@@ -66,7 +70,7 @@ class ProductTable:
             str(self.groups[row]),
             str(self.categories[row]),
             str(self.splits[row]),
-            str(self.sources[row]),
+            str(self.image_paths[row]),
             box,
             str(self.styles[row]),
         )
@@ -78,7 +82,7 @@ class ProductTable:
 
     def write_tsv(self, path: Path, rows: Sequence[int] | None = None) -> None:
         """Write the table (or ``rows`` of it, in that order) column-wise: catalogs of 100k rows in a blink."""
-        rows = self.row_ids if rows is None else np.asarray(rows, dtype=np.int64)
+        rows = self.positions if rows is None else np.asarray(rows, dtype=np.int64)
         boxes = self.boxes[rows]
         has_box = ~np.isnan(boxes).any(axis=1)
         box_columns = [[f"{v:.7f}" if ok else "" for v, ok in zip(boxes[:, j].tolist(), has_box)] for j in range(4)]
@@ -88,7 +92,7 @@ class ProductTable:
             self.groups[rows],
             self.categories[rows],
             self.splits[rows],
-            self.sources[rows],
+            self.image_paths[rows],
             *box_columns,
             self.styles[rows],
         ]

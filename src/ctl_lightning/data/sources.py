@@ -80,7 +80,7 @@ class CtlSource:
     kind = "ctl"
     validation_split: str | None = None  # None: validate on a share of the training outfits
     compatibility_file: str | None = None  # None: the protocol draws a fake outfit per test outfit
-    pair_measure = "cosine"  # how the test protocol scores an item pair (DESIGN.md section 4)
+    pair_measure = "cosine"  # how the test protocol scores an item pair (docs/DESIGN.md section 4)
 
     def __init__(
         self,

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from ctl_lightning.data.crops import crop_square, to_rgb
 from ctl_lightning.data.products import ProductSpec, ProductTable
 from ctl_lightning.errors import CtlError
 from ctl_lightning.io import (
@@ -44,46 +45,6 @@ STORE_VERSION = 1
 MANIFEST = "manifest.json"
 IMAGES = "images.u8"
 TABLE = "products.tsv"
-BACKGROUND = (255, 255, 255)
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB for any input mode; transparency is composited over white, the collage background."""
-    # A PNG transparency chunk (tRNS) can mark a colour transparent in P, L and RGB images alike.
-    if image.mode in ("P", "L", "RGB") and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        rgba = image.convert("RGBA")
-        canvas = Image.new("RGB", rgba.size, BACKGROUND)
-        canvas.paste(rgba, mask=rgba.getchannel("A"))
-        return canvas
-    # 16-bit grayscale (I;16, I;16B from TIFFs, I from older Pillow's PNGs): Pillow's own conversion
-    # clips at 255 and turns it white, so scale it to 8 bits first.
-    if image.mode.startswith("I;16") or image.mode == "I":
-        values = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
-        image = Image.fromarray((values >> 8).astype(np.uint8), "L")
-    return image.convert("RGB") if image.mode != "RGB" else image
-
-
-def crop_square(image: Image.Image, box: Sequence[float] | None, size: int) -> np.ndarray:
-    """Crop a normalized ``x, y, w, h`` box, pad it to a square with white, resize to ``size``.
-
-    Padding instead of stretching keeps each silhouette's proportions: trousers stay long and
-    sunglasses wide, which is much of what tells categories apart.
-    """
-    if box is not None:
-        W, H = image.size
-        x, y, w, h = box
-        # A thin box on the right or bottom border can round to a start of W (or H): keep one pixel
-        # inside the image, or the crop would be empty and the product a blank white square.
-        left, top = min(round(x * W), W - 1), min(round(y * H), H - 1)
-        right = max(left + 1, min(round((x + w) * W), W))
-        bottom = max(top + 1, min(round((y + h) * H), H))
-        image = image.crop((left, top, right, bottom))
-    side = max(image.size)
-    square = Image.new("RGB", (side, side), BACKGROUND)
-    square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
-    return np.array(square.resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
 def _decode(job: tuple[str, list, int]) -> tuple[str, np.ndarray | None, str]:
@@ -107,7 +68,7 @@ def by_image(specs: Sequence[ProductSpec]) -> dict[str, list[ProductSpec]]:
     once, and a store's rows follow this order (minus products of unreadable images)."""
     groups: dict[str, list[ProductSpec]] = {}
     for spec in specs:
-        groups.setdefault(spec.source, []).append(spec)
+        groups.setdefault(spec.image_path, []).append(spec)
     return groups
 
 
@@ -117,19 +78,19 @@ def fingerprint(specs: Sequence[ProductSpec], size: int) -> str:
     stats: dict[str, str] = {}
     for spec in specs:
         digest.update("\x1f".join(map(str, astuple(spec))).encode() + b"\x1e")
-        if spec.source not in stats:
+        if spec.image_path not in stats:
             try:
-                st = os.stat(spec.source)
-                stats[spec.source] = f"{st.st_size}:{st.st_mtime_ns}"
+                st = os.stat(spec.image_path)
+                stats[spec.image_path] = f"{st.st_size}:{st.st_mtime_ns}"
             except OSError:
-                stats[spec.source] = "missing"
-            digest.update(f"{spec.source}={stats[spec.source]}".encode())
+                stats[spec.image_path] = "missing"
+            digest.update(f"{spec.image_path}={stats[spec.image_path]}".encode())
     return digest.hexdigest()[:20]
 
 
 @dataclass
-class BuildReport:
-    """What a build kept and dropped; stored in the manifest and printed after ``prepare``."""
+class BuildStats:
+    """What a build kept and dropped; stored in the manifest (its ``report`` field) and printed after ``prepare``."""
 
     products: int = 0
     excluded_products: int = 0
@@ -299,30 +260,30 @@ class ProductStore:
             reserve(tmp / IMAGES, capacity * crop_bytes)  # written through a memory map: no sparse page may be left
             images = np.memmap(tmp / IMAGES, dtype=np.uint8, mode="r+", shape=(capacity, size, size, 3))
             kept: list[ProductSpec] = []
-            report = BuildReport(annotation_skips=annotation_skips)
+            stats = BuildStats(annotation_skips=annotation_skips)
             jobs = [(source, [s.box for s in group], size) for source, group in by_source.items()]
             with worker_pool(workers or max(1, os.cpu_count() or 1)) as pool:
                 decoded = pool.map(_decode, jobs, chunksize=32)
                 for source, crops, reason in tqdm(decoded, total=len(jobs), desc=f"prepare {path.name}", unit="img"):
                     group = by_source[source]
                     if crops is None:
-                        report.bad_images[source] = reason
-                        report.excluded_products += len(group)
+                        stats.bad_images[source] = reason
+                        stats.excluded_products += len(group)
                         continue
                     images[len(kept) : len(kept) + len(group)] = crops
                     kept.extend(group)
             images.flush()
             del images
             if not kept:
-                raise CtlError(f"no product image could be read for {path}; first problems: {list(report.bad_images.items())[:3]}")
+                raise CtlError(f"no product image could be read for {path}; first problems: {list(stats.bad_images.items())[:3]}")
             os.truncate(tmp / IMAGES, len(kept) * crop_bytes)
             table = ProductTable(kept)
             table.write_tsv(tmp / TABLE)
-            report.products = len(kept)
-            report.seconds = time.perf_counter() - start
-            manifest = dict(version=STORE_VERSION, fingerprint=fp, size=size, count=len(kept), report=asdict(report))
+            stats.products = len(kept)
+            stats.seconds = time.perf_counter() - start
+            manifest = dict(version=STORE_VERSION, fingerprint=fp, size=size, count=len(kept), report=asdict(stats))
             write_json(tmp / MANIFEST, manifest)
             replace_dir(tmp, path)
-        for line in report.lines():
+        for line in stats.lines():
             log.info(line)
         return cls.open(path)

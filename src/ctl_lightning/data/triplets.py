@@ -1,6 +1,6 @@
 """Triplets and the other evaluation sets, all as row ids into the product store.
 
-The CTL protocol (the paper's section 2.2 and DESIGN.md section 4): the anchor and positive come from
+The CTL protocol (the paper's section 2.2 and docs/DESIGN.md section 4): the anchor and positive come from
 the same outfit but different categories; the negative has the positive's category and comes from
 another outfit. Negatives must share the positive's category, or a model only learns to tell
 categories apart.

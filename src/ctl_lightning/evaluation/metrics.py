@@ -1,4 +1,4 @@
-"""Test metrics, computed from embeddings of the test products (DESIGN.md section 4).
+"""Test metrics, computed from embeddings of the test products (docs/DESIGN.md section 4).
 
 Every function takes L2-normalizable embeddings ``emb [M, D]`` of M products and ``position``, a
 lookup from store row id to the embedding's index (-1 where a row was not embedded); the evaluation
@@ -16,6 +16,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
+
+# The held-out metrics of a model, by key (under test/, baseline/ and oracle/ in metrics.json), with
+# what tables call them; the one list the pipeline, the run's table and the experiments use.
+HELD_OUT_METRICS = {
+    "triplet_accuracy": "held-out triplet accuracy",
+    "fitb_accuracy": "FITB accuracy (4 candidates)",
+    "compatibility_auc": "compatibility AUC",
+    "similar_style_at5": "similar products: style agreement@5",
+}
 
 # Item pairs measured at once in pair subspaces: bounds the memory of their [pairs, D] projections.
 SUBSPACE_PAIRS_PER_CHUNK = 1 << 16
@@ -73,7 +82,7 @@ def triplet_accuracy(
 
 def cosine_pairs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``[n, K, L]`` cosine of every pair ``x[i, k], y[i, l]`` (unit-length rows): the CTL protocol's
-    pair score (DESIGN.md section 4)."""
+    pair score (docs/DESIGN.md section 4)."""
     return torch.einsum("nkd,nld->nkl", x, y)
 
 
@@ -197,8 +206,8 @@ def style_agreement_at_k(
     return float(np.concatenate(agreements).mean()) if agreements else float("nan")
 
 
-def test_metrics(compatible: torch.Tensor, similar: torch.Tensor, row_ids: torch.Tensor, sets, subspaces=None) -> dict[str, float]:
-    """The four test metrics of one model; ``sets`` is the DataModule's :class:`EvaluationSets`.
+def score_held_out(compatible: torch.Tensor, similar: torch.Tensor, row_ids: torch.Tensor, sets, subspaces=None) -> dict[str, float]:
+    """The four held-out metrics (:data:`HELD_OUT_METRICS`) of one model; ``sets`` is the DataModule's :class:`EvaluationSets`.
 
     Compatibility metrics use the ``compatible`` (head) embeddings, in the pairs' ``subspaces`` for a
     type-aware model; similar-product agreement uses the ``similar`` ones (backbone features, the

@@ -14,8 +14,7 @@ import json
 
 import numpy as np
 
-from ctl_lightning.cli.errors import friendly_errors
-from ctl_lightning.errors import CtlError
+from ctl_lightning.errors import CtlError, friendly_errors
 from ctl_lightning.retrieval.recommend import Recommender
 
 

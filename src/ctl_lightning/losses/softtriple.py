@@ -85,7 +85,6 @@ class SoftTripleLoss(nn.Module):
         margin: float = 0.01,
     ):
         super().__init__()
-        self.margin = margin
         regularizer = SameClassCentersRegularizer(num_classes, centers_per_class)
         self.loss = _FastSoftTriple(
             num_classes=num_classes,

@@ -34,7 +34,6 @@ class TripletLoss(nn.Module):
         super().__init__()
         if distance not in DISTANCES:
             raise CtlError(f"loss.distance must be one of {DISTANCES}, got {distance!r}")
-        self.margin = margin
         metric = (
             distances.CosineSimilarity()
             if distance == "cosine"

@@ -30,7 +30,6 @@ class TypeAwareTripletLoss(nn.Module):
         self, margin: float = 0.3, distance: str = "euclidean", mask_weight: float = 5e-4, embed_weight: float = 5e-4, miner: str = "none"
     ):
         super().__init__()
-        self.margin = margin
         self.triplet = TripletLoss(margin=margin, distance=distance, normalize=True, miner=miner)
         self.miner = self.triplet.miner  # mines in the general embedding space, before the subspaces
         self.mask_weight = mask_weight

@@ -1,23 +1,25 @@
 """The compatibility model: a timm backbone plus the embedding head, trained with a metric loss.
 
+The module does model work only: it embeds batches, computes losses and batch accuracies, and
+returns embeddings from ``test_step`` and ``predict_step``. It never reads the datamodule. What
+needs both the model and the data is a callback the pipeline hands the datamodule to: the feature
+cache (:mod:`ctl_lightning.models.feature_cache`), the held-out metrics and baseline
+(:mod:`ctl_lightning.evaluation.callback`) and the catalog writer (:mod:`ctl_lightning.retrieval.writer`).
+
 Beyond the paper's recipe this module:
 
 * embeds each distinct product of a batch once (the DataModule deduplicates triplet members);
-* with a frozen backbone and no augmentation, computes backbone features of every product once at
-  the start of fit and trains the head on them (``feature_cache``); the seed recomputed them for
-  every image of every epoch;
+* with a frozen backbone and no augmentation, trains on backbone features it is given once
+  (``cached_features``, filled by the feature cache); the seed recomputed them for every image of
+  every epoch;
 * can let the frozen backbone's last stages learn (``trainable_stages``): the cache then holds the
   frozen trunk's output, and those stages train on it;
-* measures the untrained baseline at the start of fit with the same metrics as the test, and keeps
-  it in the checkpoint;
 * saves the global random state in checkpoints, so a resumed run continues exactly like an
   uninterrupted one.
 """
 
 from __future__ import annotations
 
-import copy
-import logging
 import random
 from collections.abc import Callable
 
@@ -30,12 +32,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ctl_lightning.errors import CtlError
-from ctl_lightning.evaluation.metrics import test_metrics, triplet_wins
+from ctl_lightning.evaluation.metrics import triplet_wins
 from ctl_lightning.models.backbones import check_split, create_backbone, run_modules, split_after_stages
 from ctl_lightning.models.heads import EmbeddingHead
 from ctl_lightning.models.subspaces import CategorySubspaces
-
-log = logging.getLogger(__name__)
 
 FEATURE_CACHE_CHOICES = ("auto", True, False)
 
@@ -71,7 +71,6 @@ class CompatibilityModule(pl.LightningModule):
         feature_cache: str | bool = "auto",
         augment: bool = False,
         input_size: int | None = None,
-        scheduler: Callable | None = None,
         embed_batch_size: int = 256,
     ):
         super().__init__()
@@ -87,7 +86,6 @@ class CompatibilityModule(pl.LightningModule):
         self.head = EmbeddingHead(self.backbone.num_features, hidden_dim, embedding_dim, dropout)
         self.loss = loss
         self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
         self.freeze_backbone = freeze_backbone
         self.augment = augment
         self.feature_cache = feature_cache
@@ -104,10 +102,9 @@ class CompatibilityModule(pl.LightningModule):
             self.backbone.requires_grad_(False)
         for name in self.tail:
             self.backbone.get_submodule(name).requires_grad_(True)
+        # What the frozen part of the backbone gives for every store row (see frozen_features), set
+        # by the feature cache; None: every batch carries its images.
         self.cached_features: torch.Tensor | None = None
-        self._cache_source: str | None = None  # fingerprint of the store the cache was computed from
-        self.baseline: dict[str, float] = {}
-        self._test_outputs: list[dict[str, torch.Tensor]] = []
 
     # ----------------------------------------------------------------------------------- embedding
     def train(self, mode: bool = True) -> CompatibilityModule:
@@ -119,6 +116,7 @@ class CompatibilityModule(pl.LightningModule):
         return self
 
     def uses_feature_cache(self) -> bool:
+        """Whether training on cached frozen features is exact: a frozen backbone and no augmentation."""
         eligible = self.freeze_backbone and not self.augment
         if self.feature_cache is True and not eligible:
             raise CtlError("model.feature_cache=true needs model.freeze_backbone=true and model.augment=false")
@@ -170,6 +168,20 @@ class CompatibilityModule(pl.LightningModule):
         self.train(was_training)
         return torch.cat(chunks)
 
+    def frozen_state(self) -> dict[str, torch.Tensor]:
+        """The weights :meth:`frozen_features` depends on (the backbone without its trainable tail):
+        the feature cache is valid while they and the store stay the same."""
+        tail = tuple(f"{name}." for name in self.tail)
+        return {name: value for name, value in self.backbone.state_dict().items() if not name.startswith(tail)}
+
+    @torch.no_grad()
+    def store_features(self, store, rows: np.ndarray, description: str) -> torch.Tensor:
+        """Backbone features of ``rows`` of a product store in eval mode: from the feature cache
+        through the trainable tail when there is one, else from the images."""
+        if self.cached_features is None:
+            return self.embed_store(store, rows, description)
+        return self.through_tail(self.cached_features[torch.from_numpy(rows)])
+
     @torch.no_grad()
     def through_tail(self, frozen: torch.Tensor) -> torch.Tensor:
         """Cached frozen features -> backbone features, in eval mode and in chunks."""
@@ -187,42 +199,6 @@ class CompatibilityModule(pl.LightningModule):
         return out
 
     # ---------------------------------------------------------------------------------------- fit
-    def _ensure_feature_cache(self) -> None:
-        """Backbone features of every product, computed once and reused by fit, test and predict."""
-        datamodule = self.trainer.datamodule
-        if getattr(datamodule, "store", None) is None:
-            return  # plain dataloaders (no product store): embed every batch's images
-        store = datamodule.store
-        if self.cached_features is not None and self._cache_source != store.fingerprint:
-            self.cached_features = None  # features of another store (e.g. predicting a second dataset)
-        if self.cached_features is None and self.uses_feature_cache():
-            self.cached_features = self.embed_store(store, store.table.row_ids, "feature cache", frozen_only=True)
-            self._cache_source = store.fingerprint
-            log.info(f"feature cache: {tuple(self.cached_features.shape)} backbone features, computed once")
-        if self.cached_features is not None:
-            datamodule.load_images = False
-
-    def on_test_start(self) -> None:
-        self._ensure_feature_cache()
-
-    def on_predict_start(self) -> None:
-        self._ensure_feature_cache()
-
-    def on_fit_start(self) -> None:
-        self._ensure_feature_cache()
-        datamodule = self.trainer.datamodule
-        if getattr(datamodule, "evaluation", None) is None:
-            return  # no held-out sets to measure a baseline on
-        store, sets = datamodule.store, datamodule.evaluation
-        if not self.baseline:
-            test_rows = np.sort(sets.rows)
-            if self.cached_features is not None:
-                features = self.through_tail(self.cached_features[torch.from_numpy(test_rows)])
-            else:
-                features = self.embed_store(store, test_rows, "baseline features")
-            row_ids = torch.from_numpy(test_rows)
-            self.baseline = test_metrics(features, features, row_ids, sets)
-
     def _triplet_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor | None:
         embeddings = self.head(self.features(batch))
         n, on_step, sync = len(batch["triplets"]), stage == "train", stage != "train"
@@ -266,32 +242,16 @@ class CompatibilityModule(pl.LightningModule):
     def configure_optimizers(self):
         # Every trainable parameter, the loss's own included (SoftTriple's centers are learned).
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params=params)
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer), "monitor": "val/loss"}}
+        return self.optimizer_factory(params=params)
 
     # ------------------------------------------------------------------------------ test / predict
     def _embed_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         features = self.features(batch)
         return {"row_ids": batch["row_ids"], "similar": features.float(), "compatible": self.head(features).float()}
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._test_outputs.append({k: v.detach() for k, v in self._embed_batch(batch).items()})
-
-    def on_test_epoch_end(self) -> None:
-        outputs = {k: torch.cat([o[k] for o in self._test_outputs]) for k in ("row_ids", "similar", "compatible")}
-        self._test_outputs.clear()
-        if self.trainer.world_size > 1:  # every rank gathers all test products and computes the same metrics
-            outputs = {k: v.flatten(0, 1) for k, v in self.all_gather(outputs).items()}
-        sets = self.trainer.datamodule.evaluation
-        subspaces = self.pair_subspaces()
-        if subspaces is not None:  # the metrics run on the CPU, where the gathered embeddings are
-            subspaces = copy.deepcopy(subspaces).cpu()
-        results = test_metrics(outputs["compatible"], outputs["similar"], outputs["row_ids"].cpu(), sets, subspaces)
-        metrics = {f"test/{k}": v for k, v in results.items()}
-        metrics.update({f"baseline/{k}": v for k, v in self.baseline.items()})
-        self.log_dict({k: v for k, v in metrics.items() if np.isfinite(v)}, sync_dist=False)
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """The batch's embeddings: the held-out metrics callback collects and scores them."""
+        return {k: v.detach() for k, v in self._embed_batch(batch).items()}
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         out = self._embed_batch(batch)
@@ -303,7 +263,6 @@ class CompatibilityModule(pl.LightningModule):
 
     # -------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["baseline_metrics"] = dict(self.baseline)
         # Plain types and tensors only, so the checkpoint loads with torch.load(weights_only=True).
         kind, keys, pos, has_gauss, cached = np.random.get_state()
         checkpoint["rng_states"] = {
@@ -313,7 +272,6 @@ class CompatibilityModule(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.baseline = dict(checkpoint.get("baseline_metrics", {}))
         states = checkpoint.get("rng_states")
         if states is not None:
             torch.set_rng_state(states["torch"])

@@ -5,8 +5,8 @@ Only where pairs are measured changes: the loss and the triplet accuracy of each
 metrics and the complementary catalog use the subspace of each pair's two categories. The feature
 cache, trainable stages, checkpoints and the similar-products embedding are those of
 :class:`CompatibilityModule`. Categories come from the dataset (``model.categories`` is filled in at
-run time and kept in the checkpoint's config); the category of each batch product is looked up by its
-store row id.
+run time and kept in the checkpoint's config); training batches carry each product's index in
+that list (``batch["categories"]``, see :class:`~ctl_lightning.data.batches.TripletCollate`).
 """
 
 from __future__ import annotations
@@ -22,17 +22,9 @@ class TypeAwareModule(CompatibilityModule):
     def __init__(self, loss, optimizer, categories: list[str], subspaces: str = "learned", **kwargs):
         super().__init__(loss, optimizer, **kwargs)
         self.subspaces = CategorySubspaces(list(categories), self.head.embedding_dim, subspaces)
-        self.row_categories: torch.Tensor | None = None  # category id of every store row
-
-    def setup(self, stage: str) -> None:
-        store = getattr(self.trainer.datamodule, "store", None)
-        if store is not None:
-            self.row_categories = self.subspaces.category_ids(store.table.categories)
 
     def batch_categories(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if self.row_categories.device != self.device:
-            self.row_categories = self.row_categories.to(self.device)
-        return self.row_categories[batch["row_ids"].to(self.device)]
+        return batch["categories"].to(self.device)
 
     def loss_value(self, embeddings: torch.Tensor, batch: dict[str, torch.Tensor], triplets: torch.Tensor) -> torch.Tensor:
         return self.loss(embeddings, batch["labels"], triplets, self.batch_categories(batch), self.subspaces)

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ctl_lightning.data.products import ProductTable
 from ctl_lightning.errors import CtlError
@@ -40,15 +38,6 @@ CATALOG_VERSION = 1
 KINDS = ("similar", "compatible")
 MANIFEST_FIELDS = {"format": str, "kind": str, "count": int, "dim": int, "model.state_fingerprint": str, "data": dict}
 BLOCK_BYTES = 32 << 20  # what one block of a catalog read or written holds in memory
-
-
-def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
-    """Hash of a model's state dict: ties a catalog to the exact weights that embedded it."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(state.items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:20]
 
 
 def file_fingerprint(path: Path) -> str | None:

@@ -19,10 +19,10 @@ from omegaconf import OmegaConf
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from ctl_lightning.data.store import crop_square, to_rgb
+from ctl_lightning.data.crops import crop_square, to_rgb
 from ctl_lightning.errors import CtlError
-from ctl_lightning.models.checkpoint import load_checkpoint, saved_run_config
-from ctl_lightning.retrieval.catalog import Catalog, state_fingerprint
+from ctl_lightning.models.checkpoint import load_checkpoint, saved_run_config, state_fingerprint
+from ctl_lightning.retrieval.catalog import Catalog
 
 
 class NotAnImage(CtlError):

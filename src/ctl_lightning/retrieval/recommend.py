@@ -132,7 +132,7 @@ class Recommender:
             category=spec.category,
             row_id=int(self.similar.row_ids[p]),
             key=spec.key,
-            image=spec.source,
+            image=spec.image_path,
             box=spec.box,
         )
 
@@ -170,7 +170,7 @@ class Recommender:
             "key": spec.key,
             "category": spec.category,
             "score": round(float(score), 6),
-            "image": spec.source,
+            "image": spec.image_path,
             "box": spec.box,
             "group": spec.group,
         }

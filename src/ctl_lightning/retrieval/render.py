@@ -8,13 +8,16 @@ instead, and :attr:`Thumbnails.problem` says why, so that the fallback is never 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ctl_lightning.data.store import ProductStore, crop_square, to_rgb
+from ctl_lightning.data.crops import crop_square, to_rgb
+from ctl_lightning.data.store import ProductStore
 from ctl_lightning.errors import CtlError
+from ctl_lightning.io import write_bytes_atomic
 from ctl_lightning.retrieval.recommend import Recommendation, Recommender
 
 TILE = 128
@@ -93,7 +96,7 @@ def render_recommendations(recommendations: Sequence[Recommendation], thumbnails
             draw.multiline_text((left, top + 18 + TILE), text[:40], fill=(0, 0, 0), font=small, spacing=2)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    canvas.save(tmp)
-    tmp.replace(path)
+    png = BytesIO()
+    canvas.save(png, format="PNG")
+    write_bytes_atomic(path, png.getvalue())
     return path

@@ -1,5 +1,8 @@
 """Predict -> catalogs, through Lightning's ``BasePredictionWriter``.
 
+The pipeline hands the writer the datamodule whose products it writes (its store, data root and
+``predict_rows``); the model gives the embeddings and, for a type-aware model, the pair subspaces.
+
 Each rank streams its batches to a shard on disk (row ids and both embeddings), so memory stays
 flat however large the catalog. After the last batch, rank 0 merges the shards block by block in
 row-id order into the ``similar`` and ``compatible`` catalogs, having checked that every product
@@ -18,13 +21,8 @@ import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 
-from ctl_lightning.retrieval.catalog import (
-    KINDS,
-    Shard,
-    file_fingerprint,
-    state_fingerprint,
-    write_catalog,
-)
+from ctl_lightning.models.checkpoint import state_fingerprint
+from ctl_lightning.retrieval.catalog import KINDS, Shard, file_fingerprint, write_catalog
 from ctl_lightning.retrieval.subspaces import PairSubspaces
 
 DESCRIPTIONS = {
@@ -38,8 +36,9 @@ TYPE_AWARE_DESCRIPTION = (
 
 
 class CatalogWriter(BasePredictionWriter):
-    def __init__(self, output_dir: str | Path, run_dir: str | Path | None = None):
+    def __init__(self, output_dir: str | Path, datamodule: pl.LightningDataModule, run_dir: str | Path | None = None):
         super().__init__(write_interval="batch")
+        self.datamodule = datamodule
         self.output_dir = Path(output_dir)
         self.run_dir = Path(run_dir) if run_dir else self.output_dir.parent
         self._files: dict = {}
@@ -76,7 +75,7 @@ class CatalogWriter(BasePredictionWriter):
         trainer.strategy.barrier("catalog-merged")
 
     def _merge(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        datamodule = trainer.datamodule
+        datamodule = self.datamodule
         store = datamodule.store
         shards = sorted((self.output_dir / ".shards").glob("rank*"))
         dims = json.loads((shards[0] / "dims.json").read_text())

@@ -12,8 +12,7 @@ import argparse
 import os
 import sys
 
-from ctl_lightning.cli.errors import friendly_errors
-from ctl_lightning.errors import CtlError
+from ctl_lightning.errors import CtlError, friendly_errors
 from ctl_lightning.serve.state import ServeSettings
 
 TOKEN_ENV = "CTL_SERVE_TOKEN"

@@ -1,6 +1,6 @@
 """Complete the Look (Pinterest, KDD 2020): raw product TSV, triplet TSV and FITB JSON.
 
-Formats, as in DESIGN.md section 2:
+Formats, as in docs/DESIGN.md section 2:
 
 * raw TSV: ``image_signature, bounding_x, bounding_y, bounding_width, bounding_height, label``; rows
   sharing a signature form one outfit (one collage ``<signature>.jpg``). The real file's header is

@@ -1,6 +1,6 @@
 """Polyvore Outfits (Vasileva et al., ECCV 2018): item metadata, outfit lists and question files.
 
-Layout of ``polyvore_outfits/``, as in DESIGN.md section 2:
+Layout of ``polyvore_outfits/``, as in docs/DESIGN.md section 2:
 
 * ``polyvore_item_metadata.json``: ``{item_id: {"semantic_category", ...}}``;
 * ``images/<item_id>.jpg``, one product per image;

@@ -2,7 +2,7 @@
 (``ctl-data stats``).
 
 They reproduce the paper's Table 1 (STL ``fashion-cat.json``) and Table 2 (CTL products) from the
-annotation files themselves, and Polyvore's outfit and item counts per split (DESIGN.md section 2).
+annotation files themselves, and Polyvore's outfit and item counts per split (docs/DESIGN.md section 2).
 """
 
 from __future__ import annotations

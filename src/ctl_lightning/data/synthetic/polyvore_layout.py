@@ -1,4 +1,4 @@
-"""Generated benchmark outfits written in the Polyvore Outfits layout (DESIGN.md section 2).
+"""Generated benchmark outfits written in the Polyvore Outfits layout (docs/DESIGN.md section 2).
 
 Both splits go into one ``polyvore_outfits/`` folder, sharing ``images/`` and the item metadata, as in
 the real dataset. Each split has its own outfits (disjoint test looks combine a hue and a scheme never

@@ -1,4 +1,4 @@
-"""End-of-run reporting: the metric table on the console and a picture of recommendations.
+"""End-of-run summary: the metric table on the console and a picture of recommendations.
 
 The picture is saved as ``recommendations.png`` in the run directory and sent to the loggers that
 take images (W&B, TensorBoard), so a run can be judged by eye as well as by its numbers.
@@ -17,15 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from ctl_lightning.errors import CtlError
+from ctl_lightning.evaluation.metrics import HELD_OUT_METRICS
 
 log = logging.getLogger(__name__)
-
-NAMES = {
-    "triplet_accuracy": "held-out triplet accuracy",
-    "fitb_accuracy": "FITB accuracy (4 candidates)",
-    "compatibility_auc": "compatibility AUC",
-    "similar_style_at5": "similar products: style agreement@5",
-}
 
 
 def _fmt(value: float | None) -> str:
@@ -50,7 +44,7 @@ def print_metric_table(metrics: dict, keys: Sequence[str]) -> None:
     for key in keys:
         trained, baseline = metrics.get(f"test/{key}"), metrics.get(f"baseline/{key}")
         oracle = [_fmt(metrics.get(f"oracle/{key}"))] if has_oracle else []
-        table.add_row(NAMES.get(key, key), _fmt(trained), _fmt(baseline), _gain(key, trained, baseline), *oracle)
+        table.add_row(HELD_OUT_METRICS.get(key, key), _fmt(trained), _fmt(baseline), _gain(key, trained, baseline), *oracle)
     Console().print(table)
 
 

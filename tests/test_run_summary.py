@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ctl_lightning.reporting import print_metric_table
+from ctl_lightning.run_summary import print_metric_table
 
 
 def test_equal_values_read_as_same_features_only_for_similar_products(capsys):
