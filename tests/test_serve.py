@@ -31,8 +31,7 @@ from torch import nn
 
 from ctl_lightning.cli.export import main as export_main
 from ctl_lightning.data.synthetic import SynthConfig, generate
-from ctl_lightning.models.checkpoint import RUN_CONFIG
-from ctl_lightning.retrieval.catalog import state_fingerprint
+from ctl_lightning.models.checkpoint import RUN_CONFIG, state_fingerprint
 from ctl_lightning.retrieval.embedder import ImageEmbedder
 from ctl_lightning.retrieval.onnx_embedder import exported_embedder
 from ctl_lightning.retrieval.recommend import Recommender
@@ -180,7 +179,7 @@ def test_concurrent_uploads_share_one_forward_pass(runs, recommender):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://serve") as http:
             requests = [
-                http.post("/v1/similar?k=3", files=upload(Path(s.source)), data={"box": ",".join(map(str, s.box)), "category": s.category})
+                http.post("/v1/similar?k=3", files=upload(Path(s.image_path)), data={"box": ",".join(map(str, s.box)), "category": s.category})
                 for s in specs
             ]
             return await asyncio.gather(*requests)
@@ -202,7 +201,7 @@ def test_without_the_model_products_are_served_and_images_are_503(runs, recommen
     with TestClient(create_app(runs["no model"], SETTINGS)) as client:
         assert client.get("/healthz").json()["image_queries"] is False
         still_serving(client)
-        response = client.post("/v1/similar", files=upload(Path(recommender.table.spec(0).source)))
+        response = client.post("/v1/similar", files=upload(Path(recommender.table.spec(0).image_path)))
         assert (response.status_code, error_code(response)) == (503, "no_model")
 
 
