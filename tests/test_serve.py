@@ -179,7 +179,9 @@ def test_concurrent_uploads_share_one_forward_pass(runs, recommender):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://serve") as http:
             requests = [
-                http.post("/v1/similar?k=3", files=upload(Path(s.image_path)), data={"box": ",".join(map(str, s.box)), "category": s.category})
+                http.post(
+                    "/v1/similar?k=3", files=upload(Path(s.image_path)), data={"box": ",".join(map(str, s.box)), "category": s.category}
+                )
                 for s in specs
             ]
             return await asyncio.gather(*requests)
