@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 import time
 from collections.abc import Sequence
@@ -45,6 +46,7 @@ MANIFEST = "manifest.json"
 IMAGES = "images.u8"
 TABLE = "products.tsv"
 BACKGROUND = (255, 255, 255)
+_DROP_ALIGN = 2 << 20  # read() unmaps whole 2 MiB blocks of the store's mapping
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -157,7 +159,6 @@ class ProductStore:
         self.manifest = manifest
         self.table = table
         self._images: np.memmap | None = None
-        self._fd: int | None = None  # file descriptor for read(), opened on first use in each process
 
     @property
     def size(self) -> int:
@@ -189,43 +190,35 @@ class ProductStore:
     def read(self, rows: np.ndarray) -> np.ndarray:
         """Crops of ``rows`` (any order), as a new ``[len(rows), H, W, 3]`` uint8 array.
 
-        Rows are read in ascending order, one ``preadv`` per run of consecutive rows, straight into
-        the result. Unlike slicing the memory map, reading does not leave the file's pages mapped in
-        this process, so its resident memory stays flat however many products it reads (training,
-        the feature cache, predict); the kernel's page cache still keeps them for the next read.
+        Rows are copied out of the memory map, and the pages of the rows' span are then unmapped from
+        this process (``madvise(MADV_DONTNEED)``; the kernel's page cache keeps them for the next
+        read), so resident memory stays flat however many products are read (training, the feature
+        cache, predict). A batch costs one ``madvise`` and a page fault per 64 KiB touched (the
+        kernel maps the neighbouring cached pages with each fault), where reading each row with its
+        own ``preadv`` into a fresh buffer cost a system call per row and, mostly, faulting that
+        buffer's pages in one by one inside those calls (experiments/benchmarks/NOTES.md).
         """
         rows = np.asarray(rows, dtype=np.int64)
-        order = np.argsort(rows, kind="stable")
-        ordered = rows[order]
         out = np.empty((len(rows), self.size, self.size, 3), dtype=np.uint8)
         if len(rows) == 0:
             return out
-        if ordered[0] < 0 or ordered[-1] >= len(self):
+        low, high = int(rows.min()), int(rows.max())
+        if low < 0 or high >= len(self):
             raise IndexError(f"row ids must be in 0..{len(self) - 1}")
-        _ = self.images  # checks that the store is still the one this object describes
-        row_bytes = self.size * self.size * 3
-        flat = np.empty_like(out)
-        runs = np.flatnonzero(np.diff(ordered) != 1) + 1
-        descriptor = self._descriptor()
-        for start, stop in zip(np.r_[0, runs], np.r_[runs, len(rows)]):
-            os.preadv(descriptor, [memoryview(flat[start:stop]).cast("B")], int(ordered[start]) * row_bytes)
-        out[order] = flat
+        images = self.images  # also checks that the store is still the one this object describes
+        np.take(images, rows, axis=0, out=out, mode="clip")  # rows are checked above; "raise" would buffer out
+        # Each fault maps up to 64 KiB of neighbouring pages, within one 2 MiB page-table block: drop
+        # the whole blocks the rows lie in (only mapped pages cost anything to drop).
+        row_bytes, mapping = self.size * self.size * 3, images._mmap
+        start = low * row_bytes // _DROP_ALIGN * _DROP_ALIGN
+        stop = min(len(mapping), -(-(high + 1) * row_bytes // _DROP_ALIGN) * _DROP_ALIGN)
+        mapping.madvise(mmap.MADV_DONTNEED, start, stop - start)
         return out
-
-    def _descriptor(self) -> int:
-        if self._fd is None:
-            self._fd = os.open(self.path / IMAGES, os.O_RDONLY)
-        return self._fd
-
-    def __del__(self) -> None:
-        if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
 
     def __getstate__(self) -> dict:
         # Pickling a memmap would copy the whole array into every DataLoader worker; reopen instead.
         state = self.__dict__.copy()
         state["_images"] = None
-        state["_fd"] = None
         return state
 
     @classmethod
