@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import mmap
 import os
 import time
 from collections.abc import Sequence
@@ -46,7 +45,6 @@ MANIFEST = "manifest.json"
 IMAGES = "images.u8"
 TABLE = "products.tsv"
 BACKGROUND = (255, 255, 255)
-_DROP_ALIGN = 2 << 20  # read() unmaps whole 2 MiB blocks of the store's mapping
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -159,6 +157,7 @@ class ProductStore:
         self.manifest = manifest
         self.table = table
         self._images: np.memmap | None = None
+        self._fd: int | None = None  # file descriptor for read(), opened on first use in each process
 
     @property
     def size(self) -> int:
@@ -190,35 +189,48 @@ class ProductStore:
     def read(self, rows: np.ndarray) -> np.ndarray:
         """Crops of ``rows`` (any order), as a new ``[len(rows), H, W, 3]`` uint8 array.
 
-        Rows are copied out of the memory map, and the pages of the rows' span are then unmapped from
-        this process (``madvise(MADV_DONTNEED)``; the kernel's page cache keeps them for the next
-        read), so resident memory stays flat however many products are read (training, the feature
-        cache, predict). A batch costs one ``madvise`` and a page fault per 64 KiB touched (the
-        kernel maps the neighbouring cached pages with each fault), where reading each row with its
-        own ``preadv`` into a fresh buffer cost a system call per row and, mostly, faulting that
-        buffer's pages in one by one inside those calls (experiments/benchmarks/NOTES.md).
+        Rows are read in ascending order, one ``preadv`` per run of consecutive rows. Unlike slicing
+        the memory map, reading does not leave the file's pages mapped in this process, so its
+        resident memory stays flat however many products it reads (training, the feature cache,
+        predict); the kernel's page cache still keeps them for the next read. Ascending rows (what
+        the training collates and predict ask for) are read straight into the result; others into
+        a scratch array first, then put in the order asked for. Copying rows out of the memory map
+        and unmapping them after each batch was measured too, and is slower (NOTES.md).
         """
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), self.size, self.size, 3), dtype=np.uint8)
         if len(rows) == 0:
             return out
-        low, high = int(rows.min()), int(rows.max())
-        if low < 0 or high >= len(self):
+        ascending = bool(np.all(rows[1:] >= rows[:-1]))
+        order = None if ascending else np.argsort(rows, kind="stable")
+        ordered = rows if order is None else rows[order]
+        if ordered[0] < 0 or ordered[-1] >= len(self):
             raise IndexError(f"row ids must be in 0..{len(self) - 1}")
-        images = self.images  # also checks that the store is still the one this object describes
-        np.take(images, rows, axis=0, out=out, mode="clip")  # rows are checked above; "raise" would buffer out
-        # Each fault maps up to 64 KiB of neighbouring pages, within one 2 MiB page-table block: drop
-        # the whole blocks the rows lie in (only mapped pages cost anything to drop).
-        row_bytes, mapping = self.size * self.size * 3, images._mmap
-        start = low * row_bytes // _DROP_ALIGN * _DROP_ALIGN
-        stop = min(len(mapping), -(-(high + 1) * row_bytes // _DROP_ALIGN) * _DROP_ALIGN)
-        mapping.madvise(mmap.MADV_DONTNEED, start, stop - start)
+        _ = self.images  # checks that the store is still the one this object describes
+        row_bytes = self.size * self.size * 3
+        target = out if order is None else np.empty_like(out)
+        runs = np.flatnonzero(np.diff(ordered) != 1) + 1
+        descriptor = self._descriptor()
+        for start, stop in zip(np.r_[0, runs], np.r_[runs, len(rows)]):
+            os.preadv(descriptor, [memoryview(target[start:stop]).cast("B")], int(ordered[start]) * row_bytes)
+        if order is not None:
+            out[order] = target
         return out
+
+    def _descriptor(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path / IMAGES, os.O_RDONLY)
+        return self._fd
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
 
     def __getstate__(self) -> dict:
         # Pickling a memmap would copy the whole array into every DataLoader worker; reopen instead.
         state = self.__dict__.copy()
         state["_images"] = None
+        state["_fd"] = None
         return state
 
     @classmethod
