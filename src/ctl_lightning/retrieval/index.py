@@ -8,9 +8,10 @@ a block with one matrix product, or a single query with a scan (below); the fais
 A single query against a float32 block is a matrix-vector product, bound by the memory it reads.
 torch hands it to MKL, whose ``sgemv`` takes its generic code path on non-Intel CPUs
 (``mkl_blas_def_xsgemv`` on AMD EPYC: 3 to 4 times the memory bound, experiments/benchmarks/NOTES.md).
-numpy's ``einsum`` has its own SIMD loop, chosen by CPU features rather than vendor, which reads the
-block at the memory bound on either; so up to ``SCAN_QUERIES`` queries are scored by that scan, one
-query at a time, over slices of the block in parallel threads (einsum releases the GIL).
+numpy's ``einsum`` has its own SIMD loop, chosen by the CPU's features (AVX2, AVX-512) rather than
+its vendor, which reads the block at the memory bound there; so up to ``SCAN_QUERIES`` queries are
+scored by that scan, one query at a time, over slices of the block in parallel threads (einsum
+releases the GIL).
 """
 
 from __future__ import annotations
