@@ -12,7 +12,7 @@ import pytest
 from helpers import REPO
 
 from ctl_lightning.benchmarks import fastpaths, retrieval
-from ctl_lightning.benchmarks.report import write_report
+from ctl_lightning.benchmarks.report import goals, goals_section, hosts_of, run_of, with_run, write_report
 
 
 def test_forward_pass_accounting_counts_unique_products_per_batch():
@@ -60,11 +60,16 @@ def test_quick_bench_writes_every_section(tmp_path):
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads((tmp_path / "results-quick.json").read_text())
+    recorded = json.loads((tmp_path / "results-quick.json").read_text())
+    (results,) = recorded["hosts"]
+    assert results["machine"]["vendor"] and results["machine"]["cpu"]
     assert results["loader"]["workers=0"]["ratio"] > 1
     assert results["catalog"]["throughput"]["products"] > 0 and len(results["catalog"]["peak_rss"]) == 2
+    assert results["retrieval"]["catalogs"][0]["scan_identical_top10_share"] == 1.0
     text = (tmp_path / "RESULTS-quick.md").read_text()
+    assert f"# Host: {results['machine']['cpu']} ({results['machine']['vendor']})" in text
     for heading in (
+        "## Goals on every host",
         "## Loader",
         "## Loader overhead",
         "## Frozen-backbone feature cache",
@@ -74,5 +79,36 @@ def test_quick_bench_writes_every_section(tmp_path):
         "## Image queries: onnxruntime against torch",
     ):
         assert heading in text
-    rewritten = write_report(results, tmp_path / "again.md")
-    assert rewritten.read_text() == text
+    rewritten = write_report(recorded, tmp_path / "RESULTS-again.md")
+    assert rewritten.read_text() == text.replace("results-quick.json", "results-again.json")
+
+
+def _run(cpu: str, vendor: str | None, exact_over_bound: float, cores: int = 2) -> dict:
+    machine = {"cpu": cpu, "cores": cores, "torch": "2", "torch_threads": 2, "torch_interop_threads": 2, "OMP_NUM_THREADS": None}
+    if vendor:
+        machine["vendor"] = vendor
+    catalog = {"rows": 1000, "exact_single_vs_bound": exact_over_bound, "faiss_batch_over_exact_batch": 3.0}
+    return {"machine": machine, "mode": "full", "plan": {"repeats": 3}, "total_seconds": 1.0, "retrieval": {"catalogs": [catalog]}}
+
+
+def test_results_keep_one_run_per_host_and_a_goal_is_met_only_on_every_host():
+    intel = _run("Intel(R) Xeon(R) Processor", None, 1.04)  # a record from before the vendor was kept
+    assert hosts_of(intel) == [intel]
+    amd = _run("AMD EPYC", "AuthenticAMD", 4.08)
+    recorded = with_run(with_run(intel, amd), _run("AMD EPYC", "AuthenticAMD", 1.2))  # the AMD host again
+    assert [r["machine"]["cpu"] for r in recorded["hosts"]] == ["Intel(R) Xeon(R) Processor", "AMD EPYC"]
+    assert recorded["hosts"][1]["retrieval"]["catalogs"][0]["exact_single_vs_bound"] == 1.2
+    assert (
+        run_of(recorded, amd["machine"]) is recorded["hosts"][1]
+        and run_of(recorded, _run("AMD EPYC", "AuthenticAMD", 1, 8)["machine"]) is None
+    )
+    goal = "exact single query / memory bound, 1,000 rows (<= 1.5x)"
+    assert goals(recorded["hosts"][0])[goal] == ("1.04x", True)
+    rows = {line.split(" | ")[0]: line for line in goals_section(recorded["hosts"]) if line.startswith("| ")}
+    assert rows[f"| {goal}"].endswith("| 1.04x met | 1.20x met | **met** |")
+    failing = with_run(recorded, _run("AMD EPYC", "AuthenticAMD", 4.08))
+    rows = {line.split(" | ")[0]: line for line in goals_section(failing["hosts"]) if line.startswith("| ")}
+    assert rows[f"| {goal}"].endswith("| 1.04x met | 4.08x **not met** | **not met** |")
+    partial = {"hosts": [intel, {**amd, "retrieval": {"catalogs": []}}]}
+    rows = {line.split(" | ")[0]: line for line in goals_section(partial["hosts"]) if line.startswith("| ")}
+    assert rows[f"| {goal}"].endswith("| not measured | open |")

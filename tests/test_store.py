@@ -92,6 +92,37 @@ def test_crops_are_the_boxes_of_their_collages(dataset):
     assert np.array_equal(store.read(rows), np.asarray(store.images)[rows])
 
 
+def _mapped_kib(path: Path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (0 when nothing of it is mapped in)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if line[:1].isalnum() and "-" in line.split()[0]:  # a mapping's header line
+            inside = line.endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc")
+def test_read_matches_the_memory_map_and_leaves_no_page_of_it_resident(dataset):
+    store = build(dataset)
+    images = np.fromfile(store.path / IMAGES, dtype=np.uint8).reshape(store.images.shape)  # read, not mapped
+    rng = np.random.default_rng(0)
+    for rows in (
+        rng.integers(0, len(store), 50),  # random, with repeats
+        np.arange(len(store))[::-1],  # every row, descending
+        np.array([len(store) - 1]),
+        np.array([], dtype=np.int64),
+    ):
+        got = store.read(rows)
+        assert got.shape == (len(rows), SIZE, SIZE, 3) and got.dtype == np.uint8 and got.flags.writeable
+        assert np.array_equal(got, images[rows])
+        assert _mapped_kib(store.path / IMAGES) == 0  # flat RSS: read() drops the pages it touched
+    for bad in ([-1], [len(store)]):
+        with pytest.raises(IndexError):
+            store.read(np.array(bad))
+
+
 def test_stl_store_takes_whole_product_images(dataset):
     store = StlSource(dataset / "stl").open_store(SIZE, workers=1)
     products = json.loads((dataset / "stl" / "fashion-cat.json").read_text())

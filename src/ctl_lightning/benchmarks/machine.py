@@ -1,4 +1,9 @@
-"""What machine a measurement was taken on: CPU model, cores, memory, torch and thread settings."""
+"""What machine a measurement was taken on: CPU model and vendor, cores, memory, BLAS, torch and thread settings.
+
+Speed on a CPU depends on its vendor as much as on its model: MKL, which torch uses for matrix
+products, runs generic code on non-Intel CPUs. So every run names the CPU it ran on, and the results
+keep one record per host (``host_key``).
+"""
 
 from __future__ import annotations
 
@@ -8,20 +13,60 @@ from pathlib import Path
 
 import torch
 
+SIMD_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
 
-def cpu_model() -> str:
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
+
+
+def cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_vendor(info: dict | None = None) -> str:
+    """``GenuineIntel``, ``AuthenticAMD``, ...; for records written before the vendor was kept, a guess from the model."""
+    if info is not None:
+        if info.get("vendor"):
+            return str(info["vendor"])
+        model = str(info.get("cpu", "")).lower()
+        return "GenuineIntel" if "intel" in model else "AuthenticAMD" if "amd" in model else "unknown"
+    return _cpuinfo().get("vendor_id") or "unknown"
+
+
+def host_key(info: dict) -> str:
+    """What tells hosts apart in the results: CPU vendor and model, and the core count."""
+    return f"{cpu_vendor(info)} {info.get('cpu', '?')}, {info.get('cores', '?')} cores"
+
+
+def _blas() -> dict[str, str]:
+    out = {"torch": "mkl" if torch.backends.mkl.is_available() else "other"}
+    try:
+        import numpy as np
+
+        out["numpy"] = str(np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"])
+    except (ImportError, KeyError, TypeError):
+        pass
+    return out
 
 
 def machine_info() -> dict:
+    flags = set(_cpuinfo().get("flags", "").split())
     info = {
         "cpu": cpu_model(),
+        "vendor": cpu_vendor(),
+        "simd": [flag for flag in SIMD_FLAGS if flag in flags],
+        "blas": _blas(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

@@ -1,8 +1,34 @@
-"""RESULTS.md from the raw benchmark results: one section per figure, its goal, and whether it is met."""
+"""RESULTS.md from the raw benchmark results: one part per host, one section per figure, its goal,
+and whether it is met; a goal counts as met only where it is met on every host recorded.
+
+Raw results are ``{"hosts": [run, ...]}``, one run per host (``machine.host_key``); a file written
+before hosts were kept (one run at the top level) reads as one host.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from ctl_lightning.benchmarks.machine import cpu_vendor, host_key
+
+
+def hosts_of(results: dict) -> list[dict]:
+    """The runs of a results file, one per host, in the order they were first recorded."""
+    return list(results["hosts"]) if "hosts" in results else [results]
+
+
+def with_run(results: dict | None, run: dict) -> dict:
+    """``results`` with ``run`` recorded for its host: replacing that host's earlier run, keeping the others'."""
+    hosts = hosts_of(results) if results else []
+    key = host_key(run["machine"])
+    kept = [r if host_key(r["machine"]) != key else run for r in hosts]
+    return {"hosts": kept if any(host_key(r["machine"]) == key for r in hosts) else [*hosts, run]}
+
+
+def run_of(results: dict | None, machine: dict) -> dict | None:
+    """This host's earlier run in ``results``, if any."""
+    key = host_key(machine)
+    return next((r for r in hosts_of(results) if host_key(r["machine"]) == key), None) if results else None
 
 
 def _verdict(value: float, goal: float, higher_is_better: bool = True) -> str:
@@ -150,6 +176,16 @@ def catalog_section(c: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _product_cells(c: dict) -> str:
+    """The matrix product's single query (the engine before the scan), where this run measured it."""
+    if "exact_product_single" not in c:
+        return "- (this run predates the scan: its exact engine was the matrix product) | - | - |"
+    return (
+        f"{_ms(c['exact_product_single'])} | {c['exact_product_single_vs_bound']:.2f}x | "
+        f"{c['exact_product_over_scan']:.1f}x, top-10 identical for {100 * c['scan_identical_top10_share']:.0f}% of queries |"
+    )
+
+
 def retrieval_section(r: dict) -> list[str]:
     bw = r["bandwidth"]
     lines = [
@@ -157,7 +193,8 @@ def retrieval_section(r: dict) -> list[str]:
         "",
         f"Streaming bandwidth measured in this run: **{bw['gb_per_s']:.1f} GB/s** (float32 sum over {bw['bytes'] / 2**30:.0f} GiB).",
         "The bound of a single query is the bytes of the rows it scans divided by that bandwidth; here all",
-        "rows are one partition (the worst case: a real query scans one category only).",
+        "rows are one partition (the worst case: a real query scans one category only). The exact engine",
+        "scores one query with its einsum scan; the matrix product it used before is timed beside it.",
         "",
         "| rows | bound, 1 query | exact, 1 query | faiss Flat, 1 query | exact / bound | exact, 256 queries | faiss Flat, 256 queries | faiss / exact (256) |",
         "|---|---|---|---|---|---|---|---|",
@@ -168,6 +205,14 @@ def retrieval_section(r: dict) -> list[str]:
             f"{c['exact_single_vs_bound']:.2f}x {_verdict(c['exact_single_vs_bound'], 1.5, False)} | {_ms(c['exact_batch256'])} | "
             f"{_ms(c['faiss_flat_batch256'])} | {c['faiss_batch_over_exact_batch']:.1f}x {_verdict(c['faiss_batch_over_exact_batch'], 1.0)} |"
         )
+    lines += [
+        "",
+        "The exact engine's single query before the scan (torch's matrix product, `scan_queries=0`), same run:",
+        "",
+        "| rows | matrix product, 1 query | matrix product / bound | matrix product / scan |",
+        "|---|---|---|---|",
+        *[f"| {c['rows']:,} | {_product_cells(c)}" for c in r["catalogs"]],
+    ]
     lines += [
         "",
         "float16 storage (half the bytes; scores accumulated in float32):",
@@ -221,28 +266,101 @@ def embedder_section(e: dict) -> list[str]:
     return [*lines, ""]
 
 
-def write_report(results: dict, path: Path, notes: str = "") -> Path:
-    m = results["machine"]
+def goals(run: dict) -> dict[str, tuple[str, bool]]:
+    """Every figure of a run that has a goal: its name (with the goal), the figure, and whether it is met."""
+    out: dict[str, tuple[str, bool]] = {}
+    for key, r in run.get("loader", {}).items():
+        if key.startswith("workers="):
+            out[f"loader, store / seed-style, {r['workers']} workers (>= 30x)"] = (f"{r['ratio']:.0f}x", r["ratio"] >= 30)
+    if "training_overhead" in run:
+        ratio = run["training_overhead"]["ratio"]
+        out["loader overhead in training (>= 0.95)"] = (f"{ratio:.3f}", ratio >= 0.95)
+    for name, c in run.get("feature_cache", {}).items():
+        if isinstance(c, dict):
+            out[f"feature cache, {name.split()[0]} (>= 50x)"] = (f"{c['speedup']:.0f}x", c["speedup"] >= 50)
+    if "catalog" in run:
+        ratio = run["catalog"]["throughput"]["ratio"]
+        out["catalog build / pure inference (>= 0.9)"] = (f"{ratio:.2f}", ratio >= 0.9)
+    for c in run.get("retrieval", {}).get("catalogs", []):
+        rows = f"{c['rows']:,} rows"
+        out[f"exact single query / memory bound, {rows} (<= 1.5x)"] = (
+            f"{c['exact_single_vs_bound']:.2f}x",
+            c["exact_single_vs_bound"] <= 1.5,
+        )
+        ratio = c["faiss_batch_over_exact_batch"]
+        out[f"faiss / exact, 256 queries, {rows} (>= 1x)"] = (f"{ratio:.1f}x", ratio >= 1.0)
+    return out
+
+
+def _host_name(run: dict) -> str:
+    m = run["machine"]
+    return f"{m['cpu']} ({cpu_vendor(m)})"
+
+
+def goals_section(runs: list[dict]) -> list[str]:
+    per_host = [goals(r) for r in runs]
+    names = list(dict.fromkeys(name for g in per_host for name in g))
+    lines = [
+        "## Goals on every host",
+        "",
+        "A goal counts as met only where it is met on every host recorded; a figure a host has not",
+        "measured leaves the goal open.",
+        "",
+        f"| goal | {' | '.join(_host_name(r) for r in runs)} | on every host |",
+        f"|---|{'---|' * len(runs)}---|",
+    ]
+    for name in names:
+        cells = [f"{g[name][0]} {'met' if g[name][1] else '**not met**'}" if name in g else "not measured" for g in per_host]
+        results = [g[name][1] for g in per_host if name in g]
+        verdict = "**not met**" if not all(results) else "**met**" if len(results) == len(runs) else "open"
+        lines.append(f"| {name} | {' | '.join(cells)} | {verdict} |")
+    return [*lines, ""]
+
+
+def host_section(run: dict) -> list[str]:
+    m = run["machine"]
+    simd = ", ".join(m["simd"]) if m.get("simd") else "not recorded"
+    blas = ", ".join(f"{k}: {v}" for k, v in m["blas"].items()) if m.get("blas") else "not recorded"
+    lines = [
+        f"# Host: {_host_name(run)}",
+        "",
+        f"Written by `make {'bench-quick' if run['mode'] == 'quick' else 'bench'}` "
+        f"(`python -m ctl_lightning.benchmarks{' --quick' if run['mode'] == 'quick' else ''}`) in {run['total_seconds']:.0f} s, "
+        f"code at commit {run.get('commit') or 'not recorded (before hosts were kept)'}. "
+        f"Every figure is the median of {run['plan']['repeats']} or more runs, measured against its reference in the same run.",
+        "",
+        f"Machine: {m['cpu']}, vendor {cpu_vendor(m)}, {m['cores']} cores, {m.get('memory_gib', '?')} GiB; SIMD: {simd}; "
+        f"BLAS: {blas}; torch {m['torch']} with {m['torch_threads']} intra-op / {m['torch_interop_threads']} inter-op threads; "
+        f"OMP_NUM_THREADS={m['OMP_NUM_THREADS']}.",
+        "",
+    ]
+    sections = (
+        ("loader", lambda: loader_section(run["loader"])),
+        ("training_overhead", lambda: overhead_section(run["training_overhead"])),
+        ("feature_cache", lambda: cache_section(run["feature_cache"])),
+        ("dedup", lambda: dedup_section(run["dedup"], run.get("grouped_batches"))),
+        ("catalog", lambda: catalog_section(run["catalog"])),
+        ("retrieval", lambda: retrieval_section(run["retrieval"])),
+        ("image_embedder", lambda: embedder_section(run["image_embedder"])),
+    )
+    for step, section in sections:
+        lines += section() if step in run else [f"(`{step}` not measured on this host.)", ""]
+    return lines
+
+
+def write_report(results: dict, path: Path) -> Path:
+    runs = hosts_of(results)
+    json_name = path.with_suffix(".json").name.replace("RESULTS", "results")
     lines = [
         "# Benchmarks",
         "",
-        f"Written by `make {'bench-quick' if results['mode'] == 'quick' else 'bench'}` "
-        f"(`python -m ctl_lightning.benchmarks{' --quick' if results['mode'] == 'quick' else ''}`) in {results['total_seconds']:.0f} s; "
-        f"raw numbers in `{'results-quick' if results['mode'] == 'quick' else 'results'}.json`. Every figure is the median of "
-        f"{results['plan']['repeats']} or more runs, measured against its reference in the same run.",
+        f"Written by `make bench` (`python -m ctl_lightning.benchmarks`), one part per host it has run on; raw numbers in "
+        f"`{json_name}`. Hosts: {'; '.join(_host_name(r) for r in runs)}.",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m.get('memory_gib', '?')} GiB; torch {m['torch']} with "
-        f"{m['torch_threads']} intra-op / {m['torch_interop_threads']} inter-op threads; OMP_NUM_THREADS={m['OMP_NUM_THREADS']}.",
-        "",
+        *goals_section(runs),
     ]
-    lines += loader_section(results["loader"]) + overhead_section(results["training_overhead"]) + cache_section(results["feature_cache"])
-    lines += (
-        dedup_section(results["dedup"], results.get("grouped_batches"))
-        + catalog_section(results["catalog"])
-        + retrieval_section(results["retrieval"])
-    )
-    if "image_embedder" in results:
-        lines += embedder_section(results["image_embedder"])
+    for run in runs:
+        lines += host_section(run)
     notes_file = path.with_name("NOTES.md")
     if notes_file.is_file():
         lines += [notes_file.read_text()]

@@ -150,27 +150,32 @@ class ProductStore:
     def read(self, rows: np.ndarray) -> np.ndarray:
         """Crops of ``rows`` (any order), as a new ``[len(rows), H, W, 3]`` uint8 array.
 
-        Rows are read in ascending order, one ``preadv`` per run of consecutive rows, straight into
-        the result. Unlike slicing the memory map, reading does not leave the file's pages mapped in
-        this process, so its resident memory stays flat however many products it reads (training,
-        the feature cache, predict); the kernel's page cache still keeps them for the next read.
+        Rows are read in ascending order, one ``preadv`` per run of consecutive rows. Unlike slicing
+        the memory map, reading does not leave the file's pages mapped in this process, so its
+        resident memory stays flat however many products it reads (training, the feature cache,
+        predict); the kernel's page cache still keeps them for the next read. Ascending rows (what
+        the training collates and predict ask for) are read straight into the result; others into
+        a scratch array first, then put in the order asked for. Copying rows out of the memory map
+        and unmapping them after each batch was measured too, and is slower (NOTES.md).
         """
         rows = np.asarray(rows, dtype=np.int64)
-        order = np.argsort(rows, kind="stable")
-        ordered = rows[order]
         out = np.empty((len(rows), self.size, self.size, 3), dtype=np.uint8)
         if len(rows) == 0:
             return out
+        ascending = bool(np.all(rows[1:] >= rows[:-1]))
+        order = None if ascending else np.argsort(rows, kind="stable")
+        ordered = rows if order is None else rows[order]
         if ordered[0] < 0 or ordered[-1] >= len(self):
             raise IndexError(f"row ids must be in 0..{len(self) - 1}")
         _ = self.images  # checks that the store is still the one this object describes
         row_bytes = self.size * self.size * 3
-        flat = np.empty_like(out)
+        target = out if order is None else np.empty_like(out)
         runs = np.flatnonzero(np.diff(ordered) != 1) + 1
         descriptor = self._descriptor()
         for start, stop in zip(np.r_[0, runs], np.r_[runs, len(rows)]):
-            os.preadv(descriptor, [memoryview(flat[start:stop]).cast("B")], int(ordered[start]) * row_bytes)
-        out[order] = flat
+            os.preadv(descriptor, [memoryview(target[start:stop]).cast("B")], int(ordered[start]) * row_bytes)
+        if order is not None:
+            out[order] = target
         return out
 
     def _descriptor(self) -> int:

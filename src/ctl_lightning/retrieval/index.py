@@ -2,11 +2,23 @@
 
 Recommendations always search within categories (similar: the query's own; complementary: each of
 the others), so the catalog is split once into contiguous per-category blocks. The exact engine scores
-a block with one matrix product; the faiss engine (``faiss-cpu``, optional) holds one flat
-inner-product index per block and returns the same top-k.
+a block with one matrix product, or a single query with a scan (below); the faiss engine
+(``faiss-cpu``, optional) holds one flat inner-product index per block and returns the same top-k.
+
+A single query against a float32 block is a matrix-vector product, bound by the memory it reads.
+torch hands it to MKL, whose ``sgemv`` takes its generic code path on non-Intel CPUs
+(``mkl_blas_def_xsgemv`` on AMD EPYC: 3 to 4 times the memory bound, experiments/benchmarks/NOTES.md).
+numpy's ``einsum`` has its own SIMD loop, chosen by the CPU's features (AVX2, AVX-512) rather than
+its vendor, which reads the block at the memory bound there; so up to ``SCAN_QUERIES`` queries are
+scored by that scan, one query at a time, over slices of the block in parallel threads (einsum
+releases the GIL).
 """
 
 from __future__ import annotations
+
+import itertools
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -14,18 +26,48 @@ import torch
 from ctl_lightning.errors import CtlError
 
 ENGINES = ("exact", "faiss")
+# Query counts scored by the scan. Each query reads the block once, where a matrix product reads it
+# once for all of them, so the scan is sure to win for one query only.
+SCAN_QUERIES = 1
+_SLICE_ROWS = 1 << 16  # blocks smaller than two slices are scanned in the calling thread
+_pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): a forked child starts its own
+
+
+def _threads() -> int:
+    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
+
+
+def scan_scores(queries: np.ndarray, block: np.ndarray) -> np.ndarray:
+    """``queries @ block.T`` for float32 arrays, by einsum, one query at a time: ``[Q, N]`` float32."""
+    global _pool
+    out = np.empty((len(queries), len(block)), dtype=np.float32)
+    slices = min(_threads(), len(block) // _SLICE_ROWS)
+    bounds = np.linspace(0, len(block), max(1, slices) + 1).astype(int)
+    for query, row in zip(queries, out):
+        parts = [(block[a:b], row[a:b]) for a, b in itertools.pairwise(bounds)]
+        if len(parts) == 1:
+            np.einsum("ij,j->i", block, query, out=row)
+            continue
+        if _pool is None or _pool[0] != os.getpid() or _pool[1]._max_workers < len(parts):
+            _pool = (os.getpid(), ThreadPoolExecutor(len(parts), thread_name_prefix="ctl-scan"))
+        for future in [_pool[1].submit(np.einsum, "ij,j->i", part, query, out=target) for part, target in parts]:
+            future.result()
+    return out
 
 
 class ExactIndex:
     """Exact inner-product top-k by batched matrix products over per-category blocks.
 
     ``dtype=float16`` halves the memory (and the bytes a query reads) at a small cost in recall.
+    ``scan_queries``: up to this many queries against a float32 block are scored by the einsum scan
+    (0: always the matrix product, the engine before the scan).
     """
 
-    def __init__(self, embeddings: np.ndarray, categories: np.ndarray, dtype: str = "float32"):
+    def __init__(self, embeddings: np.ndarray, categories: np.ndarray, dtype: str = "float32", scan_queries: int = SCAN_QUERIES):
         if dtype not in ("float32", "float16"):
             raise CtlError(f"index dtype must be float32 or float16, got {dtype!r}")
         self.dtype = np.dtype(dtype)
+        self.scan_queries = scan_queries
         self.categories = np.asarray(categories)
         self._positions = {str(c): np.flatnonzero(self.categories == c) for c in np.unique(self.categories)}
         self._embeddings = embeddings
@@ -55,6 +97,8 @@ class ExactIndex:
         return self._blocks[category]
 
     def _scores(self, queries: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+        if block.dtype == torch.float32 and len(queries) <= self.scan_queries:
+            return torch.from_numpy(scan_scores(queries.numpy(), block.numpy()))
         # float16 blocks are multiplied natively (the CPU's half-precision GEMM accumulates in float32);
         # widening the block to float32 first would cost more than the bytes it saves.
         return (queries.to(block.dtype) @ block.T).float()
@@ -74,12 +118,12 @@ class ExactIndex:
 class FaissIndex(ExactIndex):
     """The same search through one faiss ``IndexFlatIP`` per category (exact, like the engine above)."""
 
-    def __init__(self, embeddings: np.ndarray, categories: np.ndarray, dtype: str = "float32"):
+    def __init__(self, embeddings: np.ndarray, categories: np.ndarray):
         try:
             import faiss
         except ImportError as error:
             raise CtlError("the faiss engine needs faiss-cpu: `pip install faiss-cpu`, or use the exact engine") from error
-        super().__init__(embeddings, categories, "float32")
+        super().__init__(embeddings, categories)
         self._faiss = faiss
         self._indexes: dict[str, object] = {}
 
@@ -99,5 +143,7 @@ def make_index(engine: str, embeddings: np.ndarray, categories: np.ndarray, dtyp
     if engine == "exact":
         return ExactIndex(embeddings, categories, dtype)
     if engine == "faiss":
-        return FaissIndex(embeddings, categories, dtype)
+        if dtype != "float32":  # IndexFlatIP holds float32 only: say so rather than ignore the request
+            raise CtlError(f"the faiss engine stores float32 only, got dtype {dtype!r}; use the exact engine for {dtype}")
+        return FaissIndex(embeddings, categories)
     raise CtlError(f"unknown search engine {engine!r}; choose one of {', '.join(ENGINES)}")

@@ -1,0 +1,140 @@
+"""Loops to profile the two CPU paths of issue 15 with perf (NOTES.md), and their same-run timings.
+
+    python experiments/benchmarks/profile_cpu.py search [--product] [--float16] [--seconds 8]
+    python experiments/benchmarks/profile_cpu.py read STORE_DIR [--old] [--batches 1000]
+    python experiments/benchmarks/profile_cpu.py compare-read STORE_DIR
+
+``search`` runs single-query exact searches over 1M x 128 rows (``--product``: the matrix product the
+engine used before its scan) and touches ``READY_FILE`` once set up, so that
+``perf record -g -p PID -- sleep 5`` sees the searches only. ``read`` reads random 192-row batches
+(``--old``: one ``preadv`` per run of rows into a fresh buffer, as before issue 15); run it under ``perf stat -e
+page-faults,raw_syscalls:sys_enter,task-clock``. ``compare-read`` times the old read, the current
+one and the memory-map read that was tried, in one run, alone and followed by the loader's float
+normalization, and prints the resident file pages during a full pass of the current read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import mmap
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ctl_lightning.benchmarks.retrieval import _catalog
+from ctl_lightning.data.store import ProductStore
+from ctl_lightning.retrieval.index import ExactIndex
+
+READY_FILE = Path("/tmp/profile_cpu.ready")
+
+
+def search(product: bool, float16: bool, seconds: float) -> None:
+    vectors, categories = _catalog(1_000_000)
+    query = np.random.default_rng(1).standard_normal((1, 128), dtype=np.float32)
+    index = ExactIndex(vectors, categories, dtype="float16" if float16 else "float32", scan_queries=0 if product else 1)
+    index.search(query, 10, "0")
+    READY_FILE.touch()
+    start, count = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        index.search(query, 10, "0")
+        count += 1
+    print(f"{count} searches, {(time.perf_counter() - start) / count * 1e3:.1f} ms each")
+
+
+def old_read(store: ProductStore, descriptor: int, rows: np.ndarray) -> np.ndarray:
+    """ProductStore.read before issue 15: one preadv per run of consecutive rows into a fresh buffer."""
+    order = np.argsort(rows, kind="stable")
+    ordered, row_bytes = rows[order], store.size * store.size * 3
+    out = np.empty((len(rows), store.size, store.size, 3), dtype=np.uint8)
+    flat = np.empty_like(out)
+    runs = np.flatnonzero(np.diff(ordered) != 1) + 1
+    for a, b in zip(np.r_[0, runs], np.r_[runs, len(rows)]):
+        os.preadv(descriptor, [memoryview(flat[a:b]).cast("B")], int(ordered[a]) * row_bytes)
+    out[order] = flat
+    return out
+
+
+def _batches(store: ProductStore, count: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, len(store), 192) for _ in range(count)]
+
+
+def _rss_file_mib() -> float:
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return int(fields["RssFile"].split()[0]) / 1024
+
+
+def read(store: ProductStore, old: bool, batches: int) -> None:
+    descriptor = os.open(store.path / "images.u8", os.O_RDONLY)
+    for rows in _batches(store, batches):
+        old_read(store, descriptor, rows) if old else store.read(rows)
+
+
+def mapping_read(store: ProductStore, rows: np.ndarray) -> np.ndarray:
+    """The read tried and dropped in issue 15: copy rows out of the memory map, then unmap their pages."""
+    images = store.images
+    out = np.take(images, rows, axis=0, mode="clip")
+    row_bytes, block = store.size * store.size * 3, 2 << 20
+    start = int(rows.min()) * row_bytes // block * block
+    stop = min(len(images._mmap), -(-(int(rows.max()) + 1) * row_bytes // block) * block)
+    images._mmap.madvise(mmap.MADV_DONTNEED, start, stop - start)
+    return out
+
+
+def compare_read(store: ProductStore) -> None:
+    """The three reads on the same ascending row sets, alone and followed by the loader's float normalization."""
+    from ctl_lightning.benchmarks.loading import BIAS, SCALE
+    from ctl_lightning.models.module import normalize_images
+
+    descriptor = os.open(store.path / "images.u8", os.O_RDONLY)
+    batches = [np.unique(rows) for rows in _batches(store, 100)]  # the collates pass unique, ascending rows
+    reads = {
+        "old (preadv, fresh scratch)": lambda r: old_read(store, descriptor, r),
+        "current (preadv into the result)": store.read,
+        "mapping + madvise": lambda r: mapping_read(store, r),
+    }
+    for rows in batches[:5]:
+        assert all(np.array_equal(fn(rows), store.read(rows)) for fn in reads.values())
+    loops = {"read alone": lambda fn, r: fn(r), "read + normalize": lambda fn, r: normalize_images(torch.from_numpy(fn(r)), SCALE, BIAS)}
+    times: dict[tuple[str, str], list[float]] = {(loop, name): [] for loop in loops for name in reads}
+    for _ in range(7):
+        for loop, body in loops.items():
+            for name, fn in reads.items():
+                start = time.perf_counter()
+                for rows in batches:
+                    body(fn, rows)
+                times[loop, name].append((time.perf_counter() - start) / len(batches) * 1e3)
+    for (loop, name), runs in times.items():
+        print(f"{loop}, {name}: {statistics.median(runs):.2f} ms a batch of ~190 rows (fastest {min(runs):.2f})")
+    before, peak = _rss_file_mib(), 0.0
+    for start in range(0, len(store), 256):
+        store.read(np.arange(start, min(len(store), start + 256)))
+        peak = max(peak, _rss_file_mib())
+    row_mib = store.size * store.size * 3 / 2**20
+    print(f"RssFile over a full pass of {len(store) * row_mib:.0f} MiB with read(): {before:.1f} MiB before, {peak:.1f} MiB peak")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=("search", "read", "compare-read"))
+    parser.add_argument("store", nargs="?", help="a product store folder (read, compare-read)")
+    parser.add_argument("--product", action="store_true")
+    parser.add_argument("--float16", action="store_true")
+    parser.add_argument("--old", action="store_true")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--batches", type=int, default=1000)
+    args = parser.parse_args()
+    if args.mode == "search":
+        search(args.product, args.float16, args.seconds)
+    elif args.mode == "read":
+        read(ProductStore.open(args.store), args.old, args.batches)
+    else:
+        compare_read(ProductStore.open(args.store))
+
+
+if __name__ == "__main__":
+    main()

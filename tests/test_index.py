@@ -1,0 +1,62 @@
+"""The exact engine's single-query scan returns what its matrix product returns (issue 15).
+
+The matrix product (``scan_queries=0``) is the engine as it was before the scan; the scan must give
+the same top-k rows in the same order, and the same scores up to float rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ctl_lightning.errors import CtlError
+from ctl_lightning.retrieval import index as index_module
+from ctl_lightning.retrieval.index import ExactIndex, make_index, scan_scores
+
+
+def _catalog(rows: int, dim: int, seed: int, categories=("a", "b", "c")):
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(rows, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors, rng.choice(list(categories), size=rows), rng
+
+
+@pytest.mark.parametrize("dim", [64, 128, 1280])
+def test_single_query_scan_returns_the_matrix_products_top_k(dim):
+    vectors, categories, rng = _catalog(20_000, dim, seed=dim)
+    scan, product = ExactIndex(vectors, categories), ExactIndex(vectors, categories, scan_queries=0)
+    # Queries from the catalog (near duplicates, the app's case) and random directions.
+    queries = np.concatenate([vectors[:20] + 0.05 * rng.normal(size=(20, dim)).astype(np.float32), rng.normal(size=(20, dim))])
+    for category in ("a", "b", "c"):
+        for query in queries.astype(np.float32):
+            scan_scores_, scan_rows = scan.search(query, 10, category)
+            product_scores, product_rows = product.search(query, 10, category)
+            assert np.array_equal(scan_rows, product_rows)
+            np.testing.assert_allclose(scan_scores_, product_scores, rtol=0, atol=1e-5)
+
+
+def test_the_scan_splits_large_blocks_across_threads_without_changing_the_result(monkeypatch):
+    monkeypatch.setattr(index_module, "_SLICE_ROWS", 1_000)
+    monkeypatch.setattr(index_module, "_threads", lambda: 3)
+    vectors, _, rng = _catalog(10_001, 32, seed=5)
+    queries = rng.normal(size=(2, 32)).astype(np.float32)
+    np.testing.assert_allclose(scan_scores(queries, vectors), queries @ vectors.T, rtol=0, atol=1e-5)
+    one = np.ones((1, 32), dtype=np.float32)
+    assert scan_scores(one, vectors[:3]).shape == (1, 3)
+
+
+def test_more_queries_than_the_scan_takes_use_the_matrix_product(monkeypatch):
+    vectors, categories, rng = _catalog(3_000, 16, seed=7)
+    calls = []
+    monkeypatch.setattr(index_module, "scan_scores", lambda q, b: calls.append(len(q)) or q @ b.T)
+    index = ExactIndex(vectors, categories)
+    index.search(rng.normal(size=(1, 16)).astype(np.float32), 5, "a")
+    index.search(rng.normal(size=(4, 16)).astype(np.float32), 5, "a")
+    ExactIndex(vectors, categories, dtype="float16").search(rng.normal(size=(1, 16)).astype(np.float32), 5, "a")
+    assert calls == [1]  # the batch of 4 and the float16 block went through the matrix product
+
+
+def test_faiss_refuses_a_dtype_it_would_ignore():
+    vectors, categories, _ = _catalog(100, 8, seed=0)
+    with pytest.raises(CtlError, match="float32 only"):
+        make_index("faiss", vectors, categories, "float16")
