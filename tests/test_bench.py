@@ -66,6 +66,7 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert results["loader"]["workers=0"]["ratio"] > 1
     assert results["catalog"]["throughput"]["products"] > 0 and len(results["catalog"]["peak_rss"]) == 2
     assert results["retrieval"]["catalogs"][0]["scan_identical_top10_share"] == 1.0
+    assert [size["rows"] for size in results["catalog_merge"]["sizes"]] == [10_000, 40_000]
     text = (tmp_path / "RESULTS-quick.md").read_text()
     assert f"# Host: {results['machine']['cpu']} ({results['machine']['vendor']})" in text
     for heading in (
@@ -77,6 +78,7 @@ def test_quick_bench_writes_every_section(tmp_path):
         "## Catalog build",
         "## Retrieval",
         "## Image queries: onnxruntime against torch",
+        "## Catalog merge at scale",
     ):
         assert heading in text
     rewritten = write_report(recorded, tmp_path / "RESULTS-again.md")

@@ -680,6 +680,67 @@ def test_train_killed_while_building_fitting_and_predicting_recovers_each_time(t
     assert leftovers(run / "catalogs") == [] and not (run / "catalogs" / ".shards").exists()
 
 
+# --- predict on several ranks: a rank that died leaves no catalog -------------------------------------
+
+
+class _Embedder(torch.nn.Module):
+    """Stands in for the model at predict: fixed random embeddings by row id."""
+
+    def pair_subspaces(self):
+        return None
+
+
+def _predict_as_rank(writer, rank: int, world_size: int, rows: np.ndarray, finish: bool = True):
+    """Run the writer's hooks as rank ``rank`` of ``world_size`` would for its share of ``rows``."""
+    from types import SimpleNamespace
+
+    trainer = SimpleNamespace(global_rank=rank, world_size=world_size, is_global_zero=rank == 0, ckpt_path=None)
+    trainer.strategy = SimpleNamespace(barrier=lambda name: None)
+    writer.on_predict_start(trainer, _Embedder())
+    mine = rows[rank::world_size]
+    for start in range(0, len(mine), 16):
+        ids = torch.from_numpy(mine[start : start + 16])
+        prediction = {"row_ids": ids, **{kind: torch.randn(len(ids), dim) for kind, dim in (("similar", 12), ("compatible", 4))}}
+        writer.write_on_batch_end(trainer, None, prediction, None, None, start, 0)
+    if finish:
+        writer.on_predict_epoch_end(trainer, _Embedder())
+    else:  # killed: its files stay open and unflushed, no completion record
+        for handle in writer._files.values():
+            handle.close()
+
+
+def test_a_rank_that_died_mid_predict_leaves_no_catalog_and_a_complete_predict_ignores_stale_ranks(toy, tmp_path):
+    from types import SimpleNamespace
+
+    from ctl_lightning.retrieval.writer import CatalogWriter
+
+    store = small_store(toy, tmp_path / "stores")
+    datamodule = SimpleNamespace(store=store, predict_rows=store.table.positions, source=SimpleNamespace(root=toy))
+    out = tmp_path / "run" / "catalogs"
+    (out / ".shards" / "rank2").mkdir(parents=True)  # a stale rank of an older, wider predict
+    (out / ".shards" / "rank2" / "done.json").write_text('{"rows": 0, "dims": {}}')
+
+    writer = CatalogWriter(out, datamodule, run_dir=tmp_path / "run")
+    _predict_as_rank(writer, 1, 2, datamodule.predict_rows, finish=False)  # rank 1 dies mid-predict
+    with pytest.raises(CtlError, match=r"rank1: rank 1 did not finish predict"):
+        _predict_as_rank(writer, 0, 2, datamodule.predict_rows)
+    assert not (out / "similar").exists() and not (out / "compatible").exists()
+
+    _predict_as_rank(writer, 1, 2, datamodule.predict_rows)
+    with (out / ".shards" / "rank1" / "compatible.bin").open("r+b") as handle:  # a shard cut short on disk
+        handle.truncate(8)
+    with pytest.raises(CtlError, match=r"compatible.bin: rank 1's shard is incomplete \(8 bytes"):
+        _predict_as_rank(writer, 0, 2, datamodule.predict_rows)
+    assert not (out / "similar").exists() and not (out / "compatible").exists()
+
+    _predict_as_rank(writer, 1, 2, datamodule.predict_rows)
+    _predict_as_rank(writer, 0, 2, datamodule.predict_rows)
+    for kind in KINDS:
+        catalog = Catalog.load(out / kind)
+        assert np.array_equal(np.sort(catalog.row_ids), datamodule.predict_rows)
+    assert not (out / ".shards").exists()
+
+
 # --- any bytes to the annotation readers ---------------------------------------------------------
 
 READERS = {

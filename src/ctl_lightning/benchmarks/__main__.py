@@ -35,10 +35,11 @@ class Plan:
     rss_outfits: tuple[int, int]
     retrieval_rows: tuple[int, ...]
     embedded_images: int = 64  # image queries per timed run of the onnxruntime / torch comparison
+    merge_rows: tuple[int, ...] = (100_000, 1_000_000)  # catalog sizes of the shard-merge timing
 
 
 FULL = Plan(2000, 12, 120, (0, 2), 20, 20, 3, (2000, 8000), (100_000, 1_000_000))
-QUICK = Plan(300, 3, 30, (0,), 5, 5, 1, (150, 600), (100_000,), embedded_images=16)
+QUICK = Plan(300, 3, 30, (0,), 5, 5, 1, (150, 600), (100_000,), embedded_images=16, merge_rows=(10_000, 40_000))
 
 
 def _real_table():
@@ -67,7 +68,17 @@ def _commit() -> str | None:
     return head + ("+changes" if dirty.strip() else "")
 
 
-STEPS = ("loader", "training_overhead", "feature_cache", "dedup", "grouped_batches", "catalog", "retrieval", "image_embedder")
+STEPS = (
+    "loader",
+    "training_overhead",
+    "feature_cache",
+    "dedup",
+    "grouped_batches",
+    "catalog",
+    "retrieval",
+    "image_embedder",
+    "catalog_merge",
+)
 
 
 def run(plan: Plan, data_root: Path, only: tuple[str, ...] = STEPS) -> dict:
@@ -127,6 +138,7 @@ def run(plan: Plan, data_root: Path, only: tuple[str, ...] = STEPS) -> dict:
     )
     step("retrieval", lambda: retrieval.run(plan.retrieval_rows, repeats=max(3, plan.repeats + 2)))
     step("image_embedder", lambda: embedder.run(dm, data_root / "onnx-export", plan.embedded_images, plan.repeats))
+    step("catalog_merge", lambda: catalog.merge_scaling(plan.merge_rows, data_root))
     results["total_seconds"] = time.perf_counter() - started
     return results
 

@@ -1,7 +1,9 @@
 """Catalog build: predict (store -> model -> sharded writer -> merged catalogs) against pure inference.
 
 Pure inference is the model alone on normalized tensors already in memory, at the same batch size:
-the ceiling for predict. Peak memory is measured in a fresh process per catalog size.
+the ceiling for predict. Peak memory is measured in a fresh process per catalog size. The merge of
+per-rank shards into catalogs, what rank 0 does after a multi-node predict, is timed alone on
+synthetic shards of up to 1M rows, to show that its time grows linearly with the products.
 
     python -m ctl_lightning.benchmarks.catalog ROOT OUTFITS SIZE   # one build, prints its peak RSS
 """
@@ -13,14 +15,20 @@ import resource
 import subprocess
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 
 from ctl_lightning.benchmarks import setup
 from ctl_lightning.benchmarks.timing import measure, rate
+from ctl_lightning.data.products import ProductSpec, ProductTable
+from ctl_lightning.retrieval.catalog import Shard, write_catalog
 from ctl_lightning.retrieval.writer import CatalogWriter
+
+MERGE_DIMS = {"similar": 512, "compatible": 128}  # a ResNet18's features and the head's embedding
 
 
 def _predict(model, dm, out: Path) -> None:
@@ -52,6 +60,38 @@ def throughput(dm, repeats: int) -> dict:
         "predict": predict,
         "pure_inference": inference,
         "ratio": predict["per_s"] / inference["per_s"],
+    }
+
+
+def merge_scaling(sizes: tuple[int, ...], root: Path, ranks: int = 2) -> dict:
+    """Seconds to merge ``ranks`` interleaved shards (as DistributedSampler deals rows) into both catalogs."""
+    rng = np.random.default_rng(0)
+    results = []
+    for rows in sizes:
+        table = ProductTable([ProductSpec(f"p{i}", f"o{i // 4}", f"c{i % 13}", "catalog", "", None) for i in range(rows)])
+        with tempfile.TemporaryDirectory(dir=root) as tmp:
+            shards: dict[str, list[Shard]] = {kind: [] for kind in MERGE_DIMS}
+            for rank in range(ranks):
+                ids = np.arange(rank, rows, ranks, dtype=np.int64)
+                for kind, dim in MERGE_DIMS.items():
+                    path = Path(tmp) / f"rank{rank}-{kind}.bin"
+                    with path.open("wb") as handle:
+                        for start in range(0, len(ids), 65536):
+                            count = min(65536, len(ids) - start)
+                            handle.write(rng.standard_normal((count, dim), dtype=np.float32).tobytes())
+                    shards[kind].append(Shard(ids, path, dim))
+            seconds = {}
+            for kind in MERGE_DIMS:
+                merge = partial(write_catalog, Path(tmp) / kind, table.positions, shards[kind], table, {})
+                timing = measure(merge, repeats=2, warmup=0)
+                seconds[kind] = timing["median_s"]
+        total = sum(seconds.values())
+        results.append({"rows": rows, "seconds": seconds, "total_s": total, "us_per_row": 1e6 * total / rows})
+    return {
+        "ranks": ranks,
+        "dims": MERGE_DIMS,
+        "sizes": results,
+        "per_row_growth": results[-1]["us_per_row"] / results[0]["us_per_row"],
     }
 
 

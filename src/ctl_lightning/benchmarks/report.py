@@ -176,6 +176,27 @@ def catalog_section(c: dict) -> list[str]:
     return [*lines, ""]
 
 
+def merge_section(m: dict) -> list[str]:
+    dims = ", ".join(f"`{kind}` {dim}-d" for kind, dim in m["dims"].items())
+    lines = [
+        "## Catalog merge at scale",
+        "",
+        f"What rank 0 does after a predict on several ranks or nodes: {m['ranks']} interleaved shards (rows dealt",
+        f"as DistributedSampler deals them) merged into both catalogs ({dims}, float32), checked and published,",
+        "on synthetic shards. Median of 2 runs per size.",
+        "",
+        "| rows | similar | compatible | total | per row |",
+        "|---|---|---|---|---|",
+    ]
+    for r in m["sizes"]:
+        lines.append(
+            f"| {r['rows']:,} | {r['seconds']['similar']:.2f} s | {r['seconds']['compatible']:.2f} s | {r['total_s']:.2f} s | "
+            f"{r['us_per_row']:.2f} µs |"
+        )
+    growth = m["per_row_growth"]
+    return [*lines, "", f"Time per row at the largest size against the smallest: **{growth:.2f}x** (goal <= 1.5x: linear).", ""]
+
+
 def _product_cells(c: dict) -> str:
     """The matrix product's single query (the engine before the scan), where this run measured it."""
     if "exact_product_single" not in c:
@@ -281,6 +302,10 @@ def goals(run: dict) -> dict[str, tuple[str, bool]]:
     if "catalog" in run:
         ratio = run["catalog"]["throughput"]["ratio"]
         out["catalog build / pure inference (>= 0.9)"] = (f"{ratio:.2f}", ratio >= 0.9)
+    if "catalog_merge" in run:
+        growth = run["catalog_merge"]["per_row_growth"]
+        largest = run["catalog_merge"]["sizes"][-1]["rows"]
+        out[f"catalog merge, time per row at {largest:,} rows / smallest size (<= 1.5x)"] = (f"{growth:.2f}x", growth <= 1.5)
     for c in run.get("retrieval", {}).get("catalogs", []):
         rows = f"{c['rows']:,} rows"
         out[f"exact single query / memory bound, {rows} (<= 1.5x)"] = (
@@ -342,6 +367,7 @@ def host_section(run: dict) -> list[str]:
         ("catalog", lambda: catalog_section(run["catalog"])),
         ("retrieval", lambda: retrieval_section(run["retrieval"])),
         ("image_embedder", lambda: embedder_section(run["image_embedder"])),
+        ("catalog_merge", lambda: merge_section(run["catalog_merge"])),
     )
     for step, section in sections:
         lines += section() if step in run else [f"(`{step}` not measured on this host.)", ""]

@@ -4,9 +4,13 @@ The pipeline hands the writer the datamodule whose products it writes (its store
 ``predict_rows``); the model gives the embeddings and, for a type-aware model, the pair subspaces.
 
 Each rank streams its batches to a shard on disk (row ids and both embeddings), so memory stays
-flat however large the catalog. After the last batch, rank 0 merges the shards block by block in
-row-id order into the ``similar`` and ``compatible`` catalogs, having checked that every product
-appears exactly once.
+flat however large the catalog, and when its last batch is written it publishes a completion record
+(``done.json``: its row count and dims) atomically. Once every rank has passed the barrier, rank 0
+alone merges the shards, block by block in row-id order (time linear in the products), into the
+``similar`` and ``compatible`` catalogs, having checked that each of the ``world_size`` shards is
+complete (its record present, its files of the recorded sizes: on a shared filesystem a node that
+died mid-predict leaves neither) and that every product appears exactly once. A catalog is published
+by one rename, so a failed predict leaves no catalog that looks complete.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 
+from ctl_lightning.errors import CtlError
+from ctl_lightning.io import write_json
 from ctl_lightning.models.checkpoint import state_fingerprint
 from ctl_lightning.retrieval.catalog import KINDS, Shard, file_fingerprint, write_catalog
 from ctl_lightning.retrieval.subspaces import PairSubspaces
@@ -55,9 +61,11 @@ class CatalogWriter(BasePredictionWriter):
         # Held open across predict batches and closed when predict ends, so no `with` block fits.
         self._files = {name: open(shard / f"{name}.bin", "wb") for name in ("row_ids", *KINDS)}  # noqa: SIM115
         self._dims: dict[str, int] = {}
+        self._rows = 0
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
         self._files["row_ids"].write(prediction["row_ids"].cpu().numpy().astype(np.int64).tobytes())
+        self._rows += len(prediction["row_ids"])
         for kind in KINDS:
             vectors = prediction[kind].float().cpu().numpy()
             self._dims[kind] = vectors.shape[1]
@@ -65,8 +73,10 @@ class CatalogWriter(BasePredictionWriter):
 
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for handle in self._files.values():
+            handle.flush()
+            os.fsync(handle.fileno())  # on a shared filesystem, rank 0 reads these from another node
             handle.close()
-        (self._shard_dir(trainer.global_rank) / "dims.json").write_text(json.dumps(self._dims))
+        write_json(self._shard_dir(trainer.global_rank) / DONE, {"rows": self._rows, "dims": self._dims})
         trainer.strategy.barrier("catalog-shards-written")
         if trainer.is_global_zero:
             start = time.perf_counter()
@@ -77,8 +87,8 @@ class CatalogWriter(BasePredictionWriter):
     def _merge(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         datamodule = self.datamodule
         store = datamodule.store
-        shards = sorted((self.output_dir / ".shards").glob("rank*"))
-        dims = json.loads((shards[0] / "dims.json").read_text())
+        shards = [self._shard_dir(rank) for rank in range(trainer.world_size)]  # not a glob: no stale rank of an older run
+        dims = complete_shards(shards)
         config_file = self.run_dir / ".hydra" / "config.yaml"
         manifest = {
             "model": {
@@ -117,6 +127,32 @@ class CatalogWriter(BasePredictionWriter):
                 subspaces=subspaces if kind == "compatible" else None,
             )
         shutil.rmtree(self.output_dir / ".shards", ignore_errors=True)
+
+
+DONE = "done.json"
+
+
+def complete_shards(shards: list[Path]) -> dict[str, int]:
+    """The embedding dims of these ranks' shards, each checked complete against its ``done.json``."""
+    records = []
+    for rank, shard in enumerate(shards):
+        try:
+            record = json.loads((shard / DONE).read_text())
+        except (OSError, ValueError):
+            raise CtlError(f"{shard}: rank {rank} did not finish predict (no readable {DONE}); catalogs not written") from None
+        expected = {
+            "row_ids.bin": record["rows"] * 8,
+            **{f"{kind}.bin": record["rows"] * record["dims"].get(kind, 0) * 4 for kind in KINDS},
+        }
+        for name, size in expected.items():
+            actual = (shard / name).stat().st_size if (shard / name).is_file() else None
+            if actual != size:
+                raise CtlError(f"{shard / name}: rank {rank}'s shard is incomplete ({actual} bytes, expected {size}); catalogs not written")
+        records.append(record)
+    dims = [r["dims"] for r in records if r["rows"]]
+    if not dims or any(d != dims[0] for d in dims):
+        raise CtlError(f"{shards[0].parent}: the ranks' shards disagree on embedding sizes ({[r['dims'] for r in records]})")
+    return dims[0]
 
 
 def catalog_subspaces(pl_module: pl.LightningModule) -> PairSubspaces | None:
