@@ -228,6 +228,14 @@ def test_in_a_slurm_job_lightning_joins_slurms_tasks_and_starts_none(monkeypatch
     task |= {"SLURM_PROCID": "11", "SLURM_LOCALID": "3", "SLURM_NODEID": "1", "SLURM_NODELIST": "gpu[01-02]"}
     for name, value in task.items():
         monkeypatch.setenv(name, value)
+    # The trainer below sets the process-wide rank of rank_zero_only to 11; put it back afterwards, or
+    # every later test in this process would log nothing (loggers write on rank 0 only).
+    from lightning_fabric.utilities import rank_zero as fabric_rank_zero
+    from lightning_utilities.core import rank_zero as utilities_rank_zero
+    from pytorch_lightning.utilities import rank_zero
+
+    for decorator in (rank_zero.rank_zero_only, fabric_rank_zero.rank_zero_only, utilities_rank_zero.rank_zero_only):
+        monkeypatch.setattr(decorator, "rank", decorator.rank)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=["trainer=ddp_cpu", "trainer.devices=8", "trainer.num_nodes=2"])
