@@ -297,7 +297,14 @@ def is_complete(out: Path, config: SynthConfig | None = None) -> bool:
         return False
     if config is None:
         return True
-    wanted = dict(
+    # Datasets written before the Polyvore layout existed have no layout in their manifest: CTL's.
+    recorded = {"layout": "ctl", **manifest}
+    return all(recorded.get(k) == v for k, v in _settings(config).items())
+
+
+def _settings(config: SynthConfig) -> dict:
+    """What makes one generated dataset differ from another: recorded in its manifest, checked on reuse."""
+    return dict(
         seed=config.seed,
         outfits=config.outfits,
         styles=config.styles,
@@ -305,10 +312,9 @@ def is_complete(out: Path, config: SynthConfig | None = None) -> bool:
         scenes=config.scenes,
         world=config.world,
         split=config.split,
+        layout=config.layout,
         rendered=config.render,
     )
-    # Datasets written before the Polyvore layout existed have no layout in their manifest: CTL's.
-    return all(manifest.get(k) == v for k, v in wanted.items()) and manifest.get("layout", "ctl") == config.layout
 
 
 def generate(config: SynthConfig) -> Path:
@@ -333,20 +339,7 @@ def generate(config: SynthConfig) -> Path:
             _generate_polyvore(config, tmp / "polyvore_outfits", n_test, workers)
         else:
             _generate_ctl_stl(config, tmp, n_test, workers)
-        manifest = dict(
-            generator_version=GENERATOR_VERSION,
-            seed=config.seed,
-            outfits=config.outfits,
-            test_outfits=n_test,
-            styles=config.styles,
-            canvas=config.canvas,
-            scenes=config.scenes,
-            world=config.world,
-            split=config.split,
-            layout=config.layout,
-            rendered=config.render,
-            fields=list(RAW_FIELDS),
-        )
+        manifest = dict(generator_version=GENERATOR_VERSION, **_settings(config), test_outfits=n_test, fields=list(RAW_FIELDS))
         write_json(tmp / MANIFEST, manifest)
         replace_dir(tmp, out)
     return out
