@@ -30,6 +30,7 @@ import sys
 import time
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -62,6 +63,7 @@ from ctl_lightning.retrieval.catalog import KINDS, Catalog, Shard, write_catalog
 from ctl_lightning.retrieval.embedder import open_image
 from ctl_lightning.retrieval.recommend import Recommender
 from ctl_lightning.retrieval.render import Thumbnails
+from ctl_lightning.retrieval.writer import CatalogWriter
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
 TESTS_ENV = {**ENV, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}  # for fault_injection
@@ -692,8 +694,6 @@ class _Embedder(torch.nn.Module):
 
 def _predict_as_rank(writer, rank: int, world_size: int, rows: np.ndarray, finish: bool = True):
     """Run the writer's hooks as rank ``rank`` of ``world_size`` would for its share of ``rows``."""
-    from types import SimpleNamespace
-
     trainer = SimpleNamespace(global_rank=rank, world_size=world_size, is_global_zero=rank == 0, ckpt_path=None)
     trainer.strategy = SimpleNamespace(barrier=lambda name: None)
     writer.on_predict_start(trainer, _Embedder())
@@ -710,10 +710,6 @@ def _predict_as_rank(writer, rank: int, world_size: int, rows: np.ndarray, finis
 
 
 def test_a_rank_that_died_mid_predict_leaves_no_catalog_and_a_complete_predict_ignores_stale_ranks(toy, tmp_path):
-    from types import SimpleNamespace
-
-    from ctl_lightning.retrieval.writer import CatalogWriter
-
     store = small_store(toy, tmp_path / "stores")
     datamodule = SimpleNamespace(store=store, predict_rows=store.table.positions, source=SimpleNamespace(root=toy))
     out = tmp_path / "run" / "catalogs"
