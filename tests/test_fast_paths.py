@@ -21,13 +21,18 @@ class LossRecorder(pl.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
-def _training_losses(data_dir, tmp_path, *overrides: str) -> tuple[list[float], object]:
+def _fit(data_dir, tmp_path, *overrides: str) -> tuple[list[float], object, object, pl.Trainer]:
     cfg = compose_config("train", tmp_path, data_dir, [*TINY, "trainer.max_epochs=2", "trainer.deterministic=true", *overrides])
     datamodule, model, trainer = build(cfg)
     recorder = LossRecorder()
     trainer.callbacks.append(recorder)
     trainer.fit(model, datamodule=datamodule)
-    return recorder.losses, model
+    return recorder.losses, model, datamodule, trainer
+
+
+def _training_losses(data_dir, tmp_path, *overrides: str) -> tuple[list[float], object]:
+    losses, model, _, _ = _fit(data_dir, tmp_path, *overrides)
+    return losses, model
 
 
 @pytest.mark.parametrize("stages", [0, 1])
@@ -98,7 +103,7 @@ def test_feature_cache_is_recomputed_for_another_store_or_other_frozen_weights()
     model = CompatibilityModule(loss=TripletLoss(), optimizer=torch.optim.Adam, backbone="resnet18", pretrained=False, input_size=32)
     pixels = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     store = SimpleNamespace(fingerprint="store-a", table=SimpleNamespace(positions=np.arange(3)), read=lambda rows: pixels[rows])
-    datamodule = SimpleNamespace(store=store, load_images=True)
+    datamodule = SimpleNamespace(store=store, pixels=store, load_images=True)
     cache = FeatureCache(datamodule)
     cache.on_fit_start(None, model)
     first = model.cached_features
@@ -113,3 +118,41 @@ def test_feature_cache_is_recomputed_for_another_store_or_other_frozen_weights()
     store.fingerprint = "store-b"
     cache.on_predict_start(None, model)
     assert model.cached_features is not second
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [["model=resnet18", "model.pretrained=false", "model.freeze_backbone=false"], ["model.feature_cache=true"]],
+    ids=["fine-tuning", "frozen + feature cache"],
+)
+def test_device_store_trains_and_predicts_exactly_like_the_loader_path(data_dir, tmp_path, recipe):
+    """``data.device_store=true`` on the CPU runs the GPU path (pixels gathered by row id after the
+    transfer, triplets deduplicated there): the same losses step by step, and the same embeddings."""
+    recipe = [*recipe, "+trainer.limit_train_batches=8", "+trainer.limit_val_batches=2"]
+    resident, _, resident_data, resident_trainer = _fit(data_dir, tmp_path / "resident", "data.device_store=true", *recipe)
+    loader, _, loader_data, loader_trainer = _fit(data_dir, tmp_path / "loader", "data.device_store=false", *recipe)
+    assert resident_data.resident is not None and loader_data.resident is None
+    assert len(resident) == len(loader) > 10
+    np.testing.assert_allclose(resident, loader, atol=1e-6, rtol=0)
+    embedded = [
+        torch.cat([out["compatible"] for out in trainer.predict(datamodule=data, ckpt_path="last")])
+        for trainer, data in ((resident_trainer, resident_data), (loader_trainer, loader_data))
+    ]
+    torch.testing.assert_close(embedded[0], embedded[1], atol=1e-6, rtol=0)
+
+
+def test_device_deduplication_gives_the_host_collates_batch(data_dir, tmp_path):
+    from ctl_lightning.data.batches import category_codes
+    from ctl_lightning.data.device_store import deduplicate
+
+    datamodule, _, _ = build(compose_config("train", tmp_path, data_dir, TINY))
+    datamodule.setup("fit")
+    store, labels, categories = datamodule.store, datamodule.labels, datamodule.categories
+    tables = torch.from_numpy(labels), torch.from_numpy(category_codes(store, categories))
+    for dedup in (True, False):
+        samples = datamodule.train_triplets[:64]
+        host = TripletCollate(store, labels, categories, load_images=False, dedup=dedup)(samples)
+        device = deduplicate(torch.from_numpy(samples), *tables, unique=dedup)
+        assert host.keys() == device.keys()
+        for key in host:
+            torch.testing.assert_close(device[key], host[key], rtol=0, atol=0, msg=key)

@@ -29,6 +29,17 @@ class RowsDataset(Dataset):
     def __getitem__(self, index: int) -> np.ndarray:
         return self.rows[index]
 
+    def __getitems__(self, indices: list[int]) -> np.ndarray:
+        """A whole batch in one fancy index (the DataLoader asks for it so): the per-item calls cost
+        more than the step itself when a batch is ids only (``data.device_store``)."""
+        return self.rows[indices]
+
+
+def category_codes(store: ProductStore, categories: list[str]) -> np.ndarray:
+    """Each store row's category as its index in ``categories`` (the dataset's sorted categories)."""
+    code = {name: i for i, name in enumerate(categories)}
+    return np.array([code[name] for name in store.table.categories.tolist()], dtype=np.int64)
+
 
 class _TrainingCollate:
     """What training batches share: the distinct products' row ids, outfit classes, category codes
@@ -42,8 +53,7 @@ class _TrainingCollate:
     def __init__(self, store: ProductStore, labels: np.ndarray, categories: list[str], load_images: bool = True):
         self.store = store
         self.labels = labels
-        code = {name: i for i, name in enumerate(categories)}
-        self.categories = np.array([code[name] for name in store.table.categories.tolist()], dtype=np.int64)
+        self.categories = category_codes(store, categories)
         self.load_images = load_images
 
     def _batch(self, rows: np.ndarray, triplets: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -71,12 +81,18 @@ class TripletCollate(_TrainingCollate):
         self.dedup = dedup
 
     def __call__(self, samples: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        triplets = np.stack(samples)
+        triplets = np.asarray(samples)
         if self.dedup:
             rows, inverse = np.unique(triplets, return_inverse=True)
         else:
             rows, inverse = triplets.reshape(-1), np.arange(triplets.size)
         return self._batch(rows, torch.from_numpy(inverse.reshape(-1, 3)))
+
+
+def triplet_rows(samples: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    """``[B, 3]`` triplets -> ``{triplet_rows [B, 3]}``: with the store on the device, the batch is
+    deduplicated, labelled and given its pixels there (:func:`~ctl_lightning.data.device_store.deduplicate`)."""
+    return {"triplet_rows": torch.from_numpy(np.asarray(samples, dtype=np.int64))}
 
 
 class OutfitCollate(_TrainingCollate):
@@ -85,7 +101,7 @@ class OutfitCollate(_TrainingCollate):
     (:func:`~ctl_lightning.losses.mining.outfit_triplets`): what ``loss.miner=none`` trains on."""
 
     def __call__(self, samples: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        groups = np.stack(samples)
+        groups = np.asarray(samples)
         rows = np.unique(groups[groups >= 0])
         triplets = outfit_triplets(torch.from_numpy(self.labels[rows]), torch.from_numpy(self.categories[rows]))
         return self._batch(rows, triplets)

@@ -22,7 +22,10 @@ from ctl_lightning.data.batches import (
     ProductCollate,
     RowsDataset,
     TripletCollate,
+    category_codes,
+    triplet_rows,
 )
+from ctl_lightning.data.device_store import ResidentPixels, check_setting, deduplicate
 from ctl_lightning.data.products import ProductTable
 from ctl_lightning.data.sources import CtlSource
 from ctl_lightning.data.store import ProductStore
@@ -96,7 +99,12 @@ def held_out_sets(table: ProductTable, source: CtlSource, seed: int) -> Evaluati
 
 
 class _StoreDataModule(pl.LightningDataModule):
-    """Shared by both DataModules: store resolution and loader construction."""
+    """Shared by both DataModules: store resolution, loader construction and the device store.
+
+    With the store's pixels on the device (``device_store``, :mod:`ctl_lightning.data.device_store`)
+    batches leave the loader as row ids only, from the main process (workers would only add a hop),
+    and :meth:`on_after_batch_transfer` deduplicates them and gathers their pixels on the device.
+    """
 
     def __init__(
         self,
@@ -107,8 +115,11 @@ class _StoreDataModule(pl.LightningDataModule):
         num_workers: int,
         seed: int,
         pin_memory: bool = False,
+        device_store: str | bool = "auto",
+        device_store_share: float = 0.5,
     ):
         super().__init__()
+        check_setting(device_store, device_store_share)
         if batch_size < 1 or eval_batch_size < 1:
             raise CtlError(f"batch sizes must be positive, got batch_size={batch_size}, eval_batch_size={eval_batch_size}")
         self.source = source
@@ -120,6 +131,10 @@ class _StoreDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory  # page-locked batches: asynchronous copies to a GPU
         self.load_images = True  # the feature cache turns this off when the model embeds from it
         self.store: ProductStore | None = None
+        self.device_store = device_store
+        self.device_store_share = device_store_share
+        self.resident: ResidentPixels | None = None  # the store's pixels where the model runs
+        self._device_tables: tuple[torch.Tensor, torch.Tensor] | None = None  # labels, category codes
 
     @property
     def resolved_image_size(self) -> int:
@@ -143,16 +158,39 @@ class _StoreDataModule(pl.LightningDataModule):
             self.store = self.source.open_store(self.resolved_image_size)
         return self.store
 
+    @property
+    def pixels(self) -> ProductStore | ResidentPixels:
+        """Where crops are read from by row id (``read(rows)``): the device store when it is in use."""
+        return self.resident if self.resident is not None else self._open()
+
+    def place_pixels(self) -> None:
+        """Load the device store for the attached trainer's device when ``device_store`` applies there;
+        idempotent, called from every ``setup``."""
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        if device is None or not (self.device_store is True or (self.device_store == "auto" and device.type == "cuda")):
+            self.resident = None
+            return
+        store = self._open()
+        if self.resident is None or self.resident.device != device or self.resident.fingerprint != store.fingerprint:
+            self.resident = ResidentPixels.load(store, device, self.device_store_share)
+            self._device_tables = None
+
+    def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
+        if self.resident is not None and self.load_images and "images" not in batch:
+            batch["images"] = self.resident.gather(batch["row_ids"])
+        return batch
+
     def _loader(self, rows: np.ndarray, collate, batch_size: int, shuffle: bool) -> DataLoader:
         dataset = RowsDataset(rows)
+        workers = 0 if self.resident is not None else self.num_workers
         return DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=EpochShuffle(dataset, self.seed) if shuffle else None,
             collate_fn=collate,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=self.pin_memory,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=self.pin_memory and self.resident is None,
             # Worker seeds come from this generator, not the global one, so loading never
             # shifts the global random state that dropout and resumed runs depend on.
             generator=torch.Generator().manual_seed(self.seed),
@@ -160,7 +198,13 @@ class _StoreDataModule(pl.LightningDataModule):
 
     def products_loader(self, rows: np.ndarray) -> DataLoader:
         """Unshuffled batches of the given products, for embedding them."""
-        return self._loader(rows, ProductCollate(self._open(), self.load_images), self.eval_batch_size, shuffle=False)
+        return self._loader(rows, ProductCollate(self._open(), self._host_images), self.eval_batch_size, shuffle=False)
+
+    @property
+    def _host_images(self) -> bool:
+        """Whether the loader reads pixels from the store: not when the model embeds cached features,
+        nor when the device store gives them after the transfer."""
+        return self.load_images and self.resident is None
 
 
 class TripletsDataModule(_StoreDataModule):
@@ -189,8 +233,10 @@ class TripletsDataModule(_StoreDataModule):
         batching: str = "triplets",
         outfits_per_batch: int = 32,
         items_per_outfit: int = 4,
+        device_store: str | bool = "auto",
+        device_store_share: float = 0.5,
     ):
-        super().__init__(source, image_size, batch_size, eval_batch_size, num_workers, seed, pin_memory)
+        super().__init__(source, image_size, batch_size, eval_batch_size, num_workers, seed, pin_memory, device_store, device_store_share)
         if triplets_per_outfit < 1:
             raise CtlError(f"triplets_per_outfit must be at least 1, got {triplets_per_outfit}")
         if batching not in BATCHINGS:
@@ -240,6 +286,7 @@ class TripletsDataModule(_StoreDataModule):
         return {group: i for i, group in enumerate(g for g in self._training_split_outfits() if g not in held)}
 
     def setup(self, stage: str | None = None) -> None:
+        self.place_pixels()
         if self.labels is not None:
             return
         store = self._open()
@@ -281,12 +328,26 @@ class TripletsDataModule(_StoreDataModule):
         return OutfitIndex(table, "train", held, "the validation outfits") if held else None
 
     def _triplet_loader(self, triplets: np.ndarray, shuffle: bool) -> DataLoader:
+        if self.resident is not None:
+            return self._loader(triplets, triplet_rows, self.batch_size, shuffle)
         collate = TripletCollate(self._open(), self.labels, self.categories, self.load_images, self.dedup)
         return self._loader(triplets, collate, self.batch_size, shuffle)
 
+    def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
+        if "triplet_rows" in batch:  # device store: deduplicated here, on the device
+            batch = deduplicate(batch["triplet_rows"], *self._tables(batch["triplet_rows"].device), unique=self.dedup)
+        return super().on_after_batch_transfer(batch, dataloader_idx)
+
+    def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training labels and category codes of every store row, on the device, for :func:`deduplicate`."""
+        if self._device_tables is None:
+            codes = category_codes(self._open(), self.categories)
+            self._device_tables = (torch.from_numpy(self.labels).to(device), torch.from_numpy(codes).to(device))
+        return self._device_tables
+
     def train_dataloader(self) -> DataLoader:
         if self.batching == "outfits":
-            collate = OutfitCollate(self._open(), self.labels, self.categories, self.load_images)
+            collate = OutfitCollate(self._open(), self.labels, self.categories, self._host_images)
             return self._loader(self.train_groups, collate, self.outfits_per_batch, shuffle=True)
         return self._triplet_loader(self.train_triplets, shuffle=True)
 
@@ -325,11 +386,16 @@ class ProductsDataModule(_StoreDataModule):
         num_workers: int = 0,
         seed: int = 0,
         pin_memory: bool = False,
+        device_store: str | bool = "auto",
+        device_store_share: float = 0.5,
     ):
-        super().__init__(source, image_size, eval_batch_size, eval_batch_size, num_workers, seed, pin_memory)
+        super().__init__(
+            source, image_size, eval_batch_size, eval_batch_size, num_workers, seed, pin_memory, device_store, device_store_share
+        )
         self.split = split
 
     def setup(self, stage: str | None = None) -> None:
+        self.place_pixels()
         table = self._open().table
         self.rows = table.positions if self.split is None else table.rows_in_split(self.split)
         if len(self.rows) == 0:

@@ -31,7 +31,7 @@ class HeldOutMetrics(pl.Callback):
         if sets is None or self.baseline:
             return  # no held-out sets to measure a baseline on, or measured already
         rows = np.sort(sets.rows)
-        features = pl_module.store_features(self.datamodule.store, rows, "baseline features")
+        features = pl_module.store_features(self.datamodule.pixels, rows, "baseline features")
         self.baseline = score_held_out(features, features, torch.from_numpy(rows), sets)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:

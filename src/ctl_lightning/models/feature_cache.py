@@ -15,6 +15,7 @@ with, computes it again.
 from __future__ import annotations
 
 import logging
+import time
 
 import pytorch_lightning as pl
 
@@ -27,6 +28,7 @@ class FeatureCache(pl.Callback):
     def __init__(self, datamodule: pl.LightningDataModule):
         self.datamodule = datamodule
         self.key: tuple[str, str] | None = None  # (store fingerprint, frozen weights fingerprint) of the cache
+        self.seconds = 0.0  # how long computing it took, the last time
 
     def _refresh(self, pl_module: pl.LightningModule) -> None:
         store = self.datamodule.store
@@ -34,8 +36,12 @@ class FeatureCache(pl.Callback):
             return
         key = (store.fingerprint, state_fingerprint(pl_module.frozen_state()))
         if key != self.key:
-            pl_module.cached_features = pl_module.embed_store(store, store.table.positions, "feature cache", frozen_only=True)
+            start = time.perf_counter()
+            pl_module.cached_features = pl_module.embed_store(
+                self.datamodule.pixels, store.table.positions, "feature cache", frozen_only=True
+            )
             self.key = key
+            self.seconds = time.perf_counter() - start
             log.info(f"feature cache: {tuple(pl_module.cached_features.shape)} backbone features, computed once")
         self.datamodule.load_images = False
 

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ctl_lightning.errors import CtlError
 from ctl_lightning.evaluation.metrics import triplet_wins
 from ctl_lightning.models.backbones import check_split, create_backbone, run_modules, split_after_stages
+from ctl_lightning.models.epoch_means import EpochMeans
 from ctl_lightning.models.heads import EmbeddingHead
 from ctl_lightning.models.subspaces import CategorySubspaces
 
@@ -105,6 +106,13 @@ class CompatibilityModule(pl.LightningModule):
         # What the frozen part of the backbone gives for every store row (see frozen_features), set
         # by the feature cache; None: every batch carries its images.
         self.cached_features: torch.Tensor | None = None
+        self.train_means = EpochMeans()  # training-step values, logged once an epoch
+
+    def setup(self, stage: str) -> None:
+        if self.trainer.strategy.root_device.type == "cuda":
+            # The layout normalize_images gives: convolutions then run without a transpose each
+            # (cuDNN's NHWC kernels for bf16). The CPU path stays as it is.
+            self.backbone.to(memory_format=torch.channels_last)
 
     # ----------------------------------------------------------------------------------- embedding
     def train(self, mode: bool = True) -> CompatibilityModule:
@@ -155,15 +163,16 @@ class CompatibilityModule(pl.LightningModule):
         return self.backbone_features(batch["images"])
 
     @torch.no_grad()
-    def embed_store(self, store, rows: np.ndarray, description: str, frozen_only: bool = False) -> torch.Tensor:
-        """Backbone features of ``rows`` of a product store in eval mode, in chunks, with a progress bar;
+    def embed_store(self, pixels, rows: np.ndarray, description: str, frozen_only: bool = False) -> torch.Tensor:
+        """Backbone features of ``rows`` in eval mode, in chunks, with a progress bar; ``pixels`` reads
+        crops by row id (the product store, or its copy on the device: ``datamodule.pixels``);
         ``frozen_only``: what the feature cache holds (see :meth:`frozen_features`)."""
         was_training = self.training
         self.eval()
         chunks = []
         for start in tqdm(range(0, len(rows), self.embed_batch_size), desc=description, unit="batch", leave=False):
-            part = rows[start : start + self.embed_batch_size]  # store.read returns them in this order
-            x = self.preprocess(torch.from_numpy(store.read(part)))
+            part = rows[start : start + self.embed_batch_size]  # read returns them in this order
+            x = self.preprocess(torch.as_tensor(pixels.read(part)))
             chunks.append((self.frozen_features(x) if frozen_only else self.backbone_forward(x)).float())
         self.train(was_training)
         return torch.cat(chunks)
@@ -175,11 +184,11 @@ class CompatibilityModule(pl.LightningModule):
         return {name: value for name, value in self.backbone.state_dict().items() if not name.startswith(tail)}
 
     @torch.no_grad()
-    def store_features(self, store, rows: np.ndarray, description: str) -> torch.Tensor:
-        """Backbone features of ``rows`` of a product store in eval mode: from the feature cache
-        through the trainable tail when there is one, else from the images."""
+    def store_features(self, pixels, rows: np.ndarray, description: str) -> torch.Tensor:
+        """Backbone features of ``rows`` in eval mode: from the feature cache through the trainable
+        tail when there is one, else from the crops ``pixels`` reads (see :meth:`embed_store`)."""
         if self.cached_features is None:
-            return self.embed_store(store, rows, description)
+            return self.embed_store(pixels, rows, description)
         return self.through_tail(self.cached_features[torch.from_numpy(rows)])
 
     @torch.no_grad()
@@ -201,16 +210,27 @@ class CompatibilityModule(pl.LightningModule):
     # ---------------------------------------------------------------------------------------- fit
     def _triplet_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor | None:
         embeddings = self.head(self.features(batch))
-        n, on_step, sync = len(batch["triplets"]), stage == "train", stage != "train"
+        n = len(batch["triplets"])
         loss = None
         # Validation outfits have no class (label -1): a class loss such as SoftTriple has no value on them.
         if stage == "train" or not self.loss.uses_classes:
             loss = self.loss_value(embeddings, batch, self._loss_triplets(batch, embeddings, stage))
-            self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=sync)
         with torch.no_grad():  # on the device: no host synchronization per step
             accuracy = self.batch_triplet_wins(embeddings.detach(), batch).float().mean()
-        self.log(f"{stage}/triplet_accuracy", accuracy, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=n, sync_dist=sync)
+        if stage == "train":
+            self.train_means.add("train/loss_epoch", loss, n)
+            self.train_means.add("train/triplet_accuracy", accuracy, n)
+            if self.trainer._logger_connector.should_update_logs:  # the steps whose values reach the logger
+                self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
+            return loss
+        if loss is not None:
+            self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log(f"{stage}/triplet_accuracy", accuracy, on_epoch=True, prog_bar=stage == "val", batch_size=n, sync_dist=True)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        for name, mean in self.train_means.pop().items():
+            self.log(name, mean, on_step=False, on_epoch=True, prog_bar=name == "train/loss_epoch")
 
     def _loss_triplets(self, batch: dict[str, torch.Tensor], embeddings: torch.Tensor, stage: str) -> torch.Tensor:
         """The batch's own triplets, or on training batches those the loss's miner picks. Validation
@@ -218,7 +238,7 @@ class CompatibilityModule(pl.LightningModule):
         if stage != "train" or self.loss.miner is None:
             return batch["triplets"]
         mined = self.loss.miner(embeddings, batch["labels"], batch["categories"])
-        self.log("train/mined_triplets", float(len(mined)), on_step=False, on_epoch=True, batch_size=1)
+        self.train_means.add("train/mined_triplets", float(len(mined)), 1)
         return mined
 
     def loss_value(self, embeddings: torch.Tensor, batch: dict[str, torch.Tensor], triplets: torch.Tensor) -> torch.Tensor:
