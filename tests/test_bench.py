@@ -44,10 +44,20 @@ def test_gpu_script_smoke_runs_on_the_cpu(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "gpu-results.json").read_text())
-    fine_tune, frozen = results["epochs"]
-    assert fine_tune["triplets"] == frozen["triplets"] == 256 and not fine_tune["feature_cache"] and frozen["feature_cache"]
-    assert results["catalog"]["products"] == results["data"]["products"] > 0
-    assert "| fine-tuning | 256 |" in (tmp_path / "out" / "GPU-table.md").read_text()
+    runs = {(e["recipe"], e["path"]): e for e in results["epochs"]}
+    assert set(runs) == {(recipe, path) for recipe in ("fine-tuning", "frozen + feature cache") for path in ("loader", "device store")}
+    assert {e["triplets"] for e in runs.values()} == {128}
+    assert [e["feature_cache_s"] is not None for e in runs.values()] == [False, False, True, True]
+    assert [e["device_store_load_s"] is not None for e in runs.values()] == [False, True, False, True]
+    assert results["errors"] == []
+    for recipe in ("fine-tuning", "frozen"):
+        profile = results[f"profile {recipe}"]
+        assert profile["wall_ms_per_step"] > 0 and (tmp_path / "out" / profile["file"]).stat().st_size > 0
+    assert [c["products"] for c in results["catalog"]] == [results["data"]["products"]] * 2
+    release = results["release"]
+    assert release["products"] == 5 * results["data"]["products"] and release["catalog"]["products"] == release["products"]
+    table = (tmp_path / "out" / "GPU-table.md").read_text()
+    assert "| fine-tuning | device store |" in table and "Release scale: 750 outfits, 3,600 products" in table
 
 
 @pytest.mark.slow

@@ -1,14 +1,23 @@
-"""The seed-scale epoch on one GPU: `bench/gpu.sh` (CPU with --smoke).
+"""The seed-scale epoch and the release scale on one GPU: `bench/gpu.sh` (CPU with --smoke).
 
 The seed trained one epoch of 77,494 CTL triplets (ResNet18, 64 px, batch 64) in 7 hours on a GPU.
-This runs the same epoch on synthetic data of that size, twice:
+This runs the same epoch on synthetic data of that size, for both recipes:
 
 * fine-tuning: the whole ResNet18 trains, every batch embeds its unique products;
 * the seed's frozen recipe: backbone features of every product computed once (the feature cache),
   then the head trains on them;
 
-and measures catalog-build throughput (predict of every product, catalogs written) against pure
-inference. Writes gpu-results.json and GPU-table.md into --out.
+each through both data paths, in the same run, so that every speed-up is a ratio measured here:
+
+* ``loader``: loader workers read the product store and hand pinned batches over (the path before
+  the device store, and the CPU default);
+* ``device store``: the store's pixels live in GPU memory and a batch is a gather by row id
+  (``data.device_store``).
+
+It measures the catalog build (predict of every product, both catalogs written) against pure
+inference, records a profiler trace of each recipe's steps, and repeats the frozen recipe and the
+catalog build at the real CTL release's scale (:mod:`ctl_lightning.benchmarks.release_scale`).
+Results are written after each part into --out: gpu-results.json, GPU-table.md, profile-*.txt.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -25,19 +35,24 @@ import pytorch_lightning as pl
 import torch
 
 from ctl_lightning.benchmarks import setup
+from ctl_lightning.benchmarks.gpu_report import table
 from ctl_lightning.benchmarks.machine import machine_info
+from ctl_lightning.benchmarks.release_scale import replicate_ctl
 from ctl_lightning.data.datamodules import TripletsDataModule
-from ctl_lightning.data.sources import SyntheticCtl
+from ctl_lightning.data.sources import CtlSource, SyntheticCtl
 from ctl_lightning.retrieval.writer import CatalogWriter
 
 SEED_TRIPLETS = 77_494
+PATHS = {"loader": False, "device store": True}  # data.device_store of each data path
+RELEASE_COPIES = 5  # 20,000 seed-scale outfits listed 5 times: about the release's 107,000 outfits
 
 
-def _datamodule(root: Path, outfits: int, triplets: int, image_size: int, batch_size: int, workers: int, gpu: bool) -> TripletsDataModule:
-    train_outfits = int(outfits * 0.8)
-    per_outfit = int(np.ceil(triplets / (0.97 * train_outfits)))
+def _datamodule(source, triplets: int | None, image_size: int, batch_size: int, workers: int, gpu: bool) -> TripletsDataModule:
+    """The datamodule of ``source``; ``triplets``: keep that many training triplets (the seed's epoch)."""
+    outfits = len({spec.group for spec in source.product_specs()[0] if spec.split == "train"})
+    per_outfit = int(np.ceil(triplets / (0.97 * outfits))) if triplets else 4
     dm = TripletsDataModule(
-        SyntheticCtl(root, seed=0, outfits=outfits),
+        source,
         image_size=image_size,
         batch_size=batch_size,
         eval_batch_size=1024 if gpu else 128,
@@ -46,12 +61,14 @@ def _datamodule(root: Path, outfits: int, triplets: int, image_size: int, batch_
         val_fraction=0.02,
         seed=42,
         pin_memory=gpu,
+        device_store=False,
     )
     dm.prepare_data()
     dm.setup("fit")
-    if len(dm.train_triplets) < triplets:
-        raise SystemExit(f"only {len(dm.train_triplets)} training triplets were sampled, need {triplets}")
-    dm.train_triplets = dm.train_triplets[:triplets]
+    if triplets:
+        if len(dm.train_triplets) < triplets:
+            raise SystemExit(f"only {len(dm.train_triplets)} training triplets were sampled, need {triplets}")
+        dm.train_triplets = dm.train_triplets[:triplets]
     return dm
 
 
@@ -70,124 +87,176 @@ def _trainer(gpu: bool, **kwargs) -> pl.Trainer:
     )
 
 
-def _sync(gpu: bool) -> None:
-    if gpu:
+def _sync() -> None:
+    if torch.cuda.is_available():
         torch.cuda.synchronize()
 
 
+def _memory() -> dict:
+    """Peak GPU memory since the last call, and the process's peak resident host memory so far."""
+    peak = {"peak_host_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    if torch.cuda.is_available():
+        peak["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        torch.cuda.reset_peak_memory_stats()
+    return peak
+
+
 class _EpochClock(pl.Callback):
-    """Wall time of the training epoch itself, apart from fit start (where the feature cache is built)."""
+    """Wall time of the training epoch itself, apart from fit start (device store, feature cache, baseline)."""
 
     def on_train_epoch_start(self, trainer, pl_module):
-        _sync(trainer.accelerator.__class__.__name__ == "CUDAAccelerator")
+        _sync()
         self.start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module):
-        _sync(trainer.accelerator.__class__.__name__ == "CUDAAccelerator")
+        _sync()
         self.seconds = time.perf_counter() - self.start
 
 
-def epoch(dm: TripletsDataModule, gpu: bool, freeze: bool) -> dict:
-    dm.load_images = True
+class _Profile(pl.Callback):
+    """A torch.profiler trace of ``active`` training steps after ``skip`` steps; a summary table is written to ``path``."""
+
+    def __init__(self, path: Path, skip: int, active: int):
+        self.path, self.skip, self.active = path, skip, active
+        activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        schedule = torch.profiler.schedule(wait=skip - 1, warmup=1, active=active, repeat=1)
+        self.profiler = torch.profiler.profile(activities=activities, schedule=schedule, on_trace_ready=self._write)
+        self.summary: dict = {}
+
+    def on_train_start(self, trainer, pl_module):
+        self.profiler.start()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.skip:
+            _sync()
+            self.start = time.perf_counter()
+        if batch_idx == self.skip + self.active:
+            _sync()
+            self.summary["wall_ms_per_step"] = 1000 * (time.perf_counter() - self.start) / self.active
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.profiler.step()
+
+    def on_train_end(self, trainer, pl_module):
+        self.profiler.stop()
+
+    def _write(self, profiler) -> None:
+        events = profiler.key_averages()
+        device_us = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+        kernels = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+        self.summary.update({"gpu_busy_ms_per_step": device_us / 1000 / self.active, "kernels_per_step": kernels / self.active})
+        sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+        text = events.table(sort_by=sort, row_limit=30) + "\n\n" + events.table(sort_by="cpu_time_total", row_limit=30)
+        self.path.write_text(text)
+
+
+def epoch(dm: TripletsDataModule, gpu: bool, freeze: bool, device_store: bool) -> dict:
+    """One measured training epoch of a recipe through a data path."""
+    dm.load_images, dm.device_store = True, device_store
     model = setup.model("resnet18", pretrained=False, freeze_backbone=freeze, feature_cache="auto", embed_batch_size=dm.eval_batch_size)
     clock = _EpochClock()
-    trainer = _trainer(gpu, max_epochs=1, callbacks=[*setup.fit_callbacks(dm), clock])
+    callbacks = [*setup.fit_callbacks(dm), clock]
+    steps = int(np.ceil(len(dm.train_triplets) / dm.batch_size))
+    trainer = _trainer(gpu, max_epochs=1, callbacks=callbacks)
+    _memory()
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     total = time.perf_counter() - start
-    steps = len(dm.train_dataloader())
-    return {
+    result = {
         "recipe": "frozen + feature cache" if freeze else "fine-tuning",
+        "path": "device store" if device_store else "loader",
         "triplets": len(dm.train_triplets),
         "steps": steps,
         "epoch_s": clock.seconds,
-        "fit_total_s": total,
-        "fit_start_s (cache build, baseline)": total - clock.seconds,
+        "fit_start_s": total - clock.seconds,
+        "device_store_load_s": dm.resident.seconds if dm.resident is not None else None,
+        "feature_cache_s": callbacks[0].seconds if model.cached_features is not None else None,
         "triplets_per_s": len(dm.train_triplets) / clock.seconds,
-        "feature_cache": model.cached_features is not None,
+        **_memory(),
     }
+    return result
 
 
-def catalog_build(dm: TripletsDataModule, gpu: bool) -> dict:
-    dm.load_images = True
+def warm_up(dm: TripletsDataModule, gpu: bool) -> None:
+    """A few fine-tuning steps through each data path before anything is timed, so that no measured
+    run pays for CUDA, cuDNN and oneDNN start-up (the first run would otherwise look slowest)."""
+    for device_store in PATHS.values():
+        dm.load_images, dm.device_store = True, device_store
+        model = setup.model("resnet18", pretrained=False, freeze_backbone=False, feature_cache=False)
+        _trainer(gpu, max_epochs=1, limit_train_batches=20 if gpu else 2).fit(model, datamodule=dm)
+
+
+def profile_steps(dm: TripletsDataModule, gpu: bool, freeze: bool, path: Path) -> dict:
+    """A profiler trace of 30 steps after 50 (fewer with --smoke) through the device store, in a fit of
+    its own so that the profiler's cost stays out of the measured epochs; the tables go to ``path``."""
+    dm.load_images, dm.device_store = True, True
+    model = setup.model("resnet18", pretrained=False, freeze_backbone=freeze, feature_cache="auto", embed_batch_size=dm.eval_batch_size)
+    steps = int(np.ceil(len(dm.train_triplets) / dm.batch_size))
+    profiler = _Profile(path, skip=min(50, steps // 4), active=min(30, steps // 4))
+    trainer = _trainer(
+        gpu, max_epochs=1, limit_train_batches=profiler.skip + profiler.active + 1, callbacks=[*setup.fit_callbacks(dm), profiler]
+    )
+    trainer.fit(model, datamodule=dm)
+    return {"recipe": "frozen + feature cache" if freeze else "fine-tuning", "file": path.name, **profiler.summary}
+
+
+def catalog_build(dm: TripletsDataModule, gpu: bool, device_store: bool) -> dict:
+    dm.load_images, dm.device_store = True, device_store
     model = setup.model("resnet18", pretrained=False, feature_cache=False, embed_batch_size=dm.eval_batch_size)
-    rows = dm.predict_rows
     with tempfile.TemporaryDirectory() as tmp:
         writer = CatalogWriter(Path(tmp) / "catalogs", dm, run_dir=tmp)
         trainer = _trainer(gpu, callbacks=[writer])
+        _memory()
         start = time.perf_counter()
         trainer.predict(model, datamodule=dm, return_predictions=False)
         predict_s = time.perf_counter() - start
-    device = torch.device("cuda" if gpu else "cpu")
-    model = model.to(device).eval()
-    host = [torch.from_numpy(dm.store.read(rows[i : i + dm.eval_batch_size])) for i in range(0, len(rows), dm.eval_batch_size)]
-    if gpu:
-        host = [x.pin_memory() for x in host]
-    resident = [x.to(device) for x in host]
-
-    def pure(batches) -> float:
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=gpu):
-            for x in batches[:2]:
-                model.head(model.backbone(model.preprocess(x)))  # warm-up
-            _sync(gpu)
-            start = time.perf_counter()
-            for x in batches:
-                model.head(model.backbone(model.preprocess(x)))
-            _sync(gpu)
-            return time.perf_counter() - start
-
-    from_host, on_device = pure(host), pure(resident)
+    products = len(dm.predict_rows)
     return {
-        "products": len(rows),
+        "path": "device store" if device_store else "loader",
+        "products": products,
         "predict_s": predict_s,
-        "merge_s": writer.merge_seconds,
-        "predict_img_per_s": len(rows) / predict_s,
-        "pure_inference_img_per_s (uint8 tensors in host memory)": len(rows) / from_host,
-        "pure_inference_img_per_s (tensors already on the device)": len(rows) / on_device,
-        "ratio": from_host / predict_s,
+        "device_store_load_s": dm.resident.seconds if dm.resident is not None else None,
+        "publish_s": writer.merge_seconds,
+        "img_per_s": products / predict_s,
+        **_memory(),
     }
 
 
-def table(results: dict) -> str:
-    m = results["machine"]
-    lines = [
-        f"Device: {m.get('gpu', 'CPU only')}; CPU: {m['cpu']} ({m['cores']} cores); torch {m['torch']}; "
-        f"mode: {results['mode']}; data: {results['data']['products']:,} products, {results['data']['seconds']:.0f} s to generate and prepare.",
-        "",
-        "| run | triplets | steps | epoch (s) | triplets/s | fit start (s) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in results["epochs"]:
-        lines.append(
-            f"| {r['recipe']} | {r['triplets']:,} | {r['steps']:,} | **{r['epoch_s']:.1f}** | {r['triplets_per_s']:,.0f} | "
-            f"{r['fit_start_s (cache build, baseline)']:.1f} |"
-        )
-    c = results["catalog"]
-    lines += [
-        "",
-        f"Catalog build: {c['products']:,} products in {c['predict_s']:.1f} s (of which merging the shards into the two "
-        f"catalogs {c['merge_s']:.1f} s) = **{c['predict_img_per_s']:,.0f} img/s**, {c['ratio']:.2f} of pure inference on "
-        f"uint8 tensors in host memory ({c['pure_inference_img_per_s (uint8 tensors in host memory)']:,.0f} img/s; "
-        f"{c['pure_inference_img_per_s (tensors already on the device)']:,.0f} img/s with the tensors already on the device).",
-    ]
-    return "\n".join(lines) + "\n"
+def pure_inference(dm: TripletsDataModule, gpu: bool) -> dict:
+    """The bound of a catalog build: the model alone on uint8 batches already in host memory or on the device."""
+    device = torch.device("cuda" if gpu else "cpu")
+    model = setup.model("resnet18", pretrained=False, feature_cache=False).to(device).eval()
+    if gpu:
+        model.backbone.to(memory_format=torch.channels_last)
+    rows, size = dm.predict_rows, dm.eval_batch_size
+    host = [torch.from_numpy(dm.store.read(rows[i : i + size])) for i in range(0, len(rows), size)]
+    host = [x.pin_memory() for x in host] if gpu else host
+    resident = [x.to(device) for x in host]
+
+    def run(batches) -> float:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=gpu):
+            for x in batches[:2]:
+                model.head(model.backbone(model.preprocess(x)))  # warm-up
+            _sync()
+            start = time.perf_counter()
+            for x in batches:
+                model.head(model.backbone(model.preprocess(x)))
+            _sync()
+            return time.perf_counter() - start
+
+    return {"host_img_per_s": len(rows) / run(host), "device_img_per_s": len(rows) / run(resident)}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="bench/gpu.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: checks the script end to end")
-    parser.add_argument("--out", default="experiments/benchmarks/gpu")
-    parser.add_argument("--data", default=".bench-data")
-    args = parser.parse_args(argv)
-    gpu = torch.cuda.is_available() and not args.smoke
-    if not gpu and not args.smoke:
-        raise SystemExit("bench/gpu.sh: no GPU found; use --smoke to check the script on the CPU")
-    torch.set_float32_matmul_precision("high")
-    outfits, triplets, size, batch = (150, 256, 32, 16) if args.smoke else (20_000, SEED_TRIPLETS, 64, 64)
-    workers = 0 if args.smoke else min(8, os.cpu_count() or 1)
+def seed_scale(results: dict, out: Path, data: Path, smoke: bool, gpu: bool, save) -> TripletsDataModule:
+    outfits, triplets, size, batch = (150, 128, 32, 16) if smoke else (20_000, SEED_TRIPLETS, 64, 64)
+    workers = 0 if smoke else min(8, os.cpu_count() or 1)
     start = time.perf_counter()
-    dm = _datamodule(Path(args.data), outfits, triplets, size, batch, workers, gpu)
-    data = {
+    dm = _datamodule(SyntheticCtl(data, seed=0, outfits=outfits), triplets, size, batch, workers, gpu)
+    # On the CPU oneDNN builds kernels for each new batch shape, seconds a step in a tiny run: the smoke
+    # run keeps every triplet member (one shape); the tests cover deduplication on both paths.
+    dm.dedup = not smoke
+    save()
+    results["data"] = {
         "outfits": outfits,
         "products": len(dm.store),
         "image_size": size,
@@ -195,17 +264,84 @@ def main(argv: list[str] | None = None) -> None:
         "workers": workers,
         "seconds": time.perf_counter() - start,
     }
-    results = {
-        "mode": "smoke (CPU)" if args.smoke else "full",
-        "machine": machine_info(),
-        "data": data,
-        "epochs": [epoch(dm, gpu, freeze=False), epoch(dm, gpu, freeze=True)],
-        "catalog": catalog_build(dm, gpu),
+    warm_up(dm, gpu)
+    results["epochs"], results["catalog"], results["errors"] = [], [], []
+
+    def part(into: list | None, key: str | None, measure, *args, **kwargs) -> None:
+        """One measurement; a failure is recorded (and raised with --smoke) while the others still run."""
+        try:
+            value = measure(*args, **kwargs)
+        except Exception as error:
+            results["errors"].append(f"{measure.__name__}{args[2:]}: {type(error).__name__}: {error}")
+            save()
+            if not gpu:
+                raise
+            return
+        if into is not None:
+            into.append(value)
+        else:
+            results[key] = value
+        save()
+
+    for freeze in (False, True):
+        for device_store in PATHS.values():
+            part(results["epochs"], None, epoch, dm, gpu, freeze, device_store)
+        trace = out / f"profile-{'frozen' if freeze else 'finetune'}.txt"
+        part(None, f"profile {'frozen' if freeze else 'fine-tuning'}", profile_steps, dm, gpu, freeze, trace)
+    for device_store in PATHS.values():
+        part(results["catalog"], None, catalog_build, dm, gpu, device_store)
+    part(None, "pure_inference", pure_inference, dm, gpu)
+    return dm
+
+
+def release_scale(results: dict, seed_dm: TripletsDataModule, data: Path, gpu: bool, save) -> None:
+    """The frozen recipe and the catalog build over the seed-scale world listed RELEASE_COPIES times."""
+    start = time.perf_counter()
+    root = replicate_ctl(seed_dm.source.root, data / f"release-x{RELEASE_COPIES}" / "ctl", RELEASE_COPIES)
+    listed = time.perf_counter() - start
+    start = time.perf_counter()
+    dm = _datamodule(CtlSource(root), None, seed_dm.image_size, seed_dm.batch_size, seed_dm.num_workers, gpu)
+    store_s = time.perf_counter() - start
+    store = dm.store
+    results["release"] = {
+        "outfits": len(set(store.table.groups.tolist())),
+        "products": len(store),
+        "store_gib": len(store) * store.size**2 * 3 / 2**30,
+        "annotations_s": listed,
+        "store_build_s (includes reading annotations, sampling triplets)": store_s,
+        "epoch": epoch(dm, gpu, freeze=True, device_store=True),
+        "catalog": catalog_build(dm, gpu, device_store=True),
     }
+    save()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench/gpu.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: checks the script end to end")
+    parser.add_argument("--out", default="experiments/benchmarks/gpu")
+    parser.add_argument("--data", default=".bench-data")
+    parser.add_argument("--no-release", action="store_true", help="skip the release-scale part")
+    args = parser.parse_args(argv)
+    gpu = torch.cuda.is_available() and not args.smoke
+    if not gpu and not args.smoke:
+        raise SystemExit("bench/gpu.sh: no GPU found; use --smoke to check the script on the CPU")
+    torch.set_float32_matmul_precision("high")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu-results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "GPU-table.md").write_text(table(results))
+    results: dict = {"mode": "smoke (CPU)" if args.smoke else "full", "machine": machine_info()}
+
+    def save() -> None:
+        (out / "gpu-results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (out / "GPU-table.md").write_text(table(results))
+
+    dm = seed_scale(results, out, Path(args.data), args.smoke, gpu, save)
+    if not args.no_release:
+        try:
+            release_scale(results, dm, Path(args.data), gpu, save)
+        except Exception as error:  # the seed-scale results stand; the release part's failure is recorded
+            results["errors"].append(f"release scale: {type(error).__name__}: {error}")
+            save()
+            raise
     print(table(results))
 
 

@@ -1,0 +1,94 @@
+"""GPU-table.md from gpu-results.json: the measured runs, their ratios, and the goals of issue 13."""
+
+from __future__ import annotations
+
+GOALS = (  # (figure, how to read it from the results, goal text, test)
+    ("seed-scale fine-tuning epoch (s)", lambda r: _epoch(r, "fine-tuning", "device store")["epoch_s"], "<= 6 s", lambda v: v <= 6),
+    (
+        "seed-scale frozen + cache epoch (s)",
+        lambda r: _epoch(r, "frozen + feature cache", "device store")["epoch_s"],
+        "<= 1.5 s",
+        lambda v: v <= 1.5,
+    ),
+    ("catalog build / pure inference", lambda r: _catalog_ratio(r, "device store"), ">= 0.7", lambda v: v >= 0.7),
+    ("release scale: catalog build (s)", lambda r: r["release"]["catalog"]["predict_s"], "<= 10 s", lambda v: v <= 10),
+    ("release scale: frozen + cache epoch (s)", lambda r: r["release"]["epoch"]["epoch_s"], "reported", None),
+)
+
+
+def _epoch(results: dict, recipe: str, path: str) -> dict:
+    return next(e for e in results["epochs"] if e["recipe"] == recipe and e["path"] == path)
+
+
+def _catalog_ratio(results: dict, path: str) -> float:
+    """Catalog img/s over pure inference from tensors already on the device (the stricter bound)."""
+    build = next(c for c in results["catalog"] if c["path"] == path)
+    return build["img_per_s"] / results["pure_inference"]["device_img_per_s"]
+
+
+def _gib(record: dict) -> str:
+    gpu = record.get("peak_gpu_gib")
+    return f"{gpu:.1f}" if gpu is not None else "-"
+
+
+def table(results: dict) -> str:
+    m, d = results["machine"], results.get("data")
+    lines = [f"Device: {m.get('gpu', 'CPU only')}; CPU: {m['cpu']} ({m['cores']} cores); torch {m['torch']}; mode: {results['mode']}."]
+    if d:
+        lines.append(
+            f"Seed scale: {d['products']:,} products, {d['image_size']} px, batch {d['batch_size']}, {d['workers']} loader workers; "
+            f"{d['seconds']:.0f} s to generate and prepare."
+        )
+    epochs = results.get("epochs", [])
+    if epochs:
+        lines += [
+            "",
+            "| recipe | data path | epoch (s) | triplets/s | speed-up | fit start (s) | peak GPU (GiB) | profiled step: wall / GPU busy (ms) |",
+        ]
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for e in epochs:
+            base = next((b for b in epochs if b["recipe"] == e["recipe"] and b["path"] == "loader"), e)
+            p = results.get(f"profile {e['recipe'].split(' ')[0]}") if e["path"] == "device store" else None
+            traced = f"{p['wall_ms_per_step']:.2f} / {p['gpu_busy_ms_per_step']:.2f} ({p['kernels_per_step']:.0f} kernels)" if p else ""
+            lines.append(
+                f"| {e['recipe']} | {e['path']} | **{e['epoch_s']:.2f}** | {e['triplets_per_s']:,.0f} | {base['epoch_s'] / e['epoch_s']:.1f}x | "
+                f"{e['fit_start_s']:.1f} | {_gib(e)} | {traced} |"
+            )
+    if "pure_inference" in results:
+        pure = results["pure_inference"]
+        lines += [
+            "",
+            f"Pure inference (ResNet18 forward + head, no writing): {pure['host_img_per_s']:,.0f} img/s from uint8 batches in host "
+            f"memory, {pure['device_img_per_s']:,.0f} img/s from batches already on the device.",
+            "",
+            "| catalog build | products | predict (s) | img/s | / pure inference (on device) | publishing after the last batch (s) | peak GPU (GiB) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for c in results["catalog"]:
+            lines.append(
+                f"| {c['path']} | {c['products']:,} | {c['predict_s']:.2f} | {c['img_per_s']:,.0f} | "
+                f"**{c['img_per_s'] / pure['device_img_per_s']:.2f}** | {c['publish_s']:.2f} | {_gib(c)} |"
+            )
+    if "release" in results:
+        r = results["release"]
+        e, c = r["epoch"], r["catalog"]
+        lines += [
+            "",
+            f"Release scale: {r['outfits']:,} outfits, {r['products']:,} products ({r['store_gib']:.1f} GiB store at 64 px). "
+            f"Store build {r['store_build_s (includes reading annotations, sampling triplets)']:.1f} s; device store load "
+            f"{e['device_store_load_s'] or 0:.1f} s; feature cache {e['feature_cache_s'] or 0:.1f} s (fit start {e['fit_start_s']:.1f} s); "
+            f"frozen + cache epoch over {e['triplets']:,} triplets: **{e['epoch_s']:.2f} s**; catalog build **{c['predict_s']:.2f} s** "
+            f"({c['img_per_s']:,.0f} img/s). Peak GPU {_gib(e)} GiB (epoch) and {_gib(c)} GiB (catalog); peak host RSS "
+            f"{c['peak_host_rss_gib']:.1f} GiB.",
+        ]
+    for error in results.get("errors", []):
+        lines += ["", f"Failed: {error}"]
+    lines += ["", "| goal | measured | goal | met |", "|---|---|---|---|"]
+    for name, read, goal, test in GOALS:
+        try:
+            value = read(results)
+        except (KeyError, StopIteration):
+            continue
+        met = "-" if test is None or results["mode"] != "full" else ("yes" if test(value) else "**no**")
+        lines.append(f"| {name} | {value:.2f} | {goal} | {met} |")
+    return "\n".join(lines) + "\n"
