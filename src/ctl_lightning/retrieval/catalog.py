@@ -236,13 +236,18 @@ class CatalogBuild:
         """Every expected row written (exactly once: writes only move forward)."""
         self.require_each_once(len(self.rows) - self.count, 0)
 
-    def publish(self, table: ProductTable, manifest: dict, subspaces: PairSubspaces | None = None) -> Path:
+    def publish(self, table: ProductTable, manifest: dict, subspaces: PairSubspaces | None = None, products: Path | None = None) -> Path:
         """Check that the catalog is complete, write its row ids, products and manifest (with a
-        type-aware model's ``subspaces``) and rename it into place."""
+        type-aware model's ``subspaces``) and rename it into place. ``products``: the ``products.tsv``
+        of another catalog of the same rows, copied rather than written again (a quarter of a second
+        per 200k products)."""
         self.require_complete()
         self._handle.close()
         np.save(self._tmp / "row_ids.npy", self.rows)
-        table.write_tsv(self._tmp / "products.tsv", self.rows)
+        if products is None:
+            table.write_tsv(self._tmp / "products.tsv", self.rows)
+        else:
+            shutil.copyfile(products, self._tmp / "products.tsv")
         header_fields = {"format": "ctl-catalog", "version": CATALOG_VERSION, "count": len(self.rows), "zero_vectors": self.zero_vectors}
         if subspaces is not None:
             np.save(self._tmp / SUBSPACES_FILE, np.asarray(subspaces.matrices, dtype=np.float32))

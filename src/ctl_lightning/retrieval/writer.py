@@ -227,8 +227,11 @@ class CatalogWriter(BasePredictionWriter):
             build.require_complete()
         subspaces = catalog_subspaces(pl_module)
         manifests = self._manifests(trainer, pl_module, {kind: build.dim for kind, build in self._builds.items()}, subspaces)
+        products = None  # the first catalog's products.tsv, which the second copies: the same rows
         for kind, build in self._builds.items():
-            self.written[kind] = build.publish(self.datamodule.store.table, manifests[kind], subspaces if kind == "compatible" else None)
+            table = self.datamodule.store.table
+            self.written[kind] = build.publish(table, manifests[kind], subspaces if kind == "compatible" else None, products)
+            products = self.written[kind] / "products.tsv"
         shutil.rmtree(self.output_dir / ".shards", ignore_errors=True)  # an older sharded predict's, killed
 
     def _merge(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
