@@ -21,8 +21,10 @@ mid-predict leaves neither) and that every product appears exactly once. The mer
 ``CatalogBuild`` as the single-process stream, so both paths check and publish with one piece of
 code and write the same bytes for the same predictions.
 
-Either way a failed predict leaves no catalog that looks complete: the build folders are removed on
-an error (``on_exception``), and one left by a killed process is removed by the next build.
+Either way a failed predict leaves no half-written catalog: the build folders are removed on an
+error (``on_exception``), one left by a killed process is removed by the next build, and an older
+catalog stays until its replacement is renamed over it. The stream checks every batch of both
+catalogs before it publishes either; the merge publishes each catalog once its own checks pass.
 
 A batch is written one batch late. On a CUDA device its predictions are copied without blocking into
 pinned host memory and a CUDA event recorded; the copy is written to disk when the next batch ends,
