@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +146,120 @@ class Shard:
         return np.fromfile(self.vectors, dtype=np.float32, count=count, offset=lo * self.dim * 4).reshape(hi - lo, self.dim)
 
 
+class CatalogBuild:
+    """One catalog folder being written: the one place where embeddings are checked and a catalog is published.
+
+    Embeddings come in store-row order, as the blocks of a shard merge or as the batches of a
+    single-process predict. Each write is checked (known products, increasing rows, finite values,
+    the catalog's dim) and goes to its place in ``embeddings.npy`` in a temporary folder (reserved
+    in full on entering, so a full disk fails at once); :meth:`publish` checks that every expected
+    row came exactly once, adds ``row_ids.npy``, ``products.tsv`` and ``manifest.json`` and renames
+    the folder into place. Leaving the ``with`` block unpublished, by an error or not, removes the
+    temporary folder; a killed process leaves it for the next build of the same folder to remove.
+    """
+
+    def __init__(self, path: Path, expected_rows: np.ndarray, dim: int):
+        self.path = Path(path)
+        self.rows = np.sort(np.asarray(expected_rows, dtype=np.int64))
+        self.dim = dim
+        self.count = 0  # rows written
+        self.zero_vectors = 0
+        self._last = -1  # the last position written: positions must increase across writes
+        self._next = 0  # the position the file is at
+        self._stack: ExitStack | None = None
+        self._published = False
+
+    def __enter__(self) -> CatalogBuild:
+        with ExitStack() as stack:  # a failure here (a full disk) unwinds what was entered so far
+            self._tmp = stack.enter_context(building(self.path, len(self.rows) * self.dim * 4))
+            header = np.lib.format.open_memmap(self._tmp / "embeddings.npy", mode="w+", dtype=np.float32, shape=(len(self.rows), self.dim))
+            self._offset = header.offset
+            del header  # only the header was written; the data follows in order
+            reserve(self._tmp / "embeddings.npy", self._offset + len(self.rows) * self.dim * 4)
+            self._handle = stack.enter_context(open(self._tmp / "embeddings.npy", "r+b"))
+            self._handle.seek(self._offset)
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc_info) -> bool:
+        suppressed = self._stack.__exit__(*exc_info) if self._stack else False
+        self._stack = None
+        if not self._published:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        return suppressed
+
+    def positions(self, row_ids: np.ndarray) -> np.ndarray:
+        """Where ``row_ids`` (increasing store rows) go in the catalog; an error if any is not one of its products."""
+        row_ids = np.asarray(row_ids, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.rows, row_ids), max(len(self.rows) - 1, 0))
+        unknown = self.rows[pos] != row_ids if len(self.rows) else np.ones(len(pos), bool)
+        if unknown.any():
+            raise CtlError(f"{self.path}: row ids {row_ids[unknown][:5].tolist()} are not products of this catalog")
+        if (np.diff(pos) <= 0).any():
+            raise self._not_increasing()
+        return pos
+
+    def _not_increasing(self) -> CtlError:
+        return CtlError(f"{self.path}: the row ids of a rank's predict are not increasing; predict must not shuffle")
+
+    def require_each_once(self, missing: int, repeated: int) -> None:
+        if missing or repeated:
+            raise CtlError(f"{self.path}: {missing} products missing and {repeated} embedded more than once; catalog not written")
+
+    def write(self, positions: np.ndarray, vectors: np.ndarray) -> None:
+        """Write the embeddings of catalog rows ``positions`` (from :meth:`positions`, after those of earlier writes)."""
+        if vectors.ndim != 2 or vectors.shape != (len(positions), self.dim):
+            raise CtlError(f"{self.path}: embeddings of shape {vectors.shape} for {len(positions)} rows of a {self.dim}-dim catalog")
+        if not len(positions):
+            return
+        if positions[0] <= self._last:
+            raise self._not_increasing()
+        bad = nonfinite_rows(vectors)
+        if len(bad):  # a diverged model: NaN would rank first in every search
+            raise CtlError(
+                f"{self.path}: the model gave non-finite embeddings (NaN or inf) for store rows {self.rows[positions[bad]][:5].tolist()}; "
+                "catalog not written (did training diverge? try a lower optimizer.lr)"
+            )
+        # An all-zero vector (e.g. a backbone's ReLU features of a nearly blank crop) cannot be
+        # normalized; it stays zero, scores 0 against everything, and is counted in the manifest.
+        self.zero_vectors += int((np.linalg.norm(vectors, axis=1) < 1e-6).sum())
+        runs = np.flatnonzero(np.diff(positions) != 1) + 1  # rows missing in between: their space stays zero, publish refuses
+        for pos, part in zip(np.split(positions, runs), np.split(vectors, runs)):
+            if pos[0] != self._next:
+                self._handle.seek(self._offset + int(pos[0]) * self.dim * 4)
+            self._handle.write(np.ascontiguousarray(part, dtype=np.float32).reshape(-1).view(np.uint8).data)
+            self._next = int(pos[-1]) + 1
+        self._last = int(positions[-1])
+        self.count += len(positions)
+
+    def require_complete(self) -> None:
+        """Every expected row written (exactly once: writes only move forward)."""
+        self.require_each_once(len(self.rows) - self.count, 0)
+
+    def publish(self, table: ProductTable, manifest: dict, subspaces: PairSubspaces | None = None, products: Path | None = None) -> Path:
+        """Check that the catalog is complete, write its row ids, products and manifest (with a
+        type-aware model's ``subspaces``) and rename it into place. ``products``: the ``products.tsv``
+        of another catalog of the same rows, copied rather than written again (a quarter of a second
+        per 200k products)."""
+        self.require_complete()
+        self._handle.close()
+        np.save(self._tmp / "row_ids.npy", self.rows)
+        if products is None:
+            table.write_tsv(self._tmp / "products.tsv", self.rows)
+        else:
+            shutil.copyfile(products, self._tmp / "products.tsv")
+        header_fields = {"format": "ctl-catalog", "version": CATALOG_VERSION, "count": len(self.rows), "zero_vectors": self.zero_vectors}
+        if subspaces is not None:
+            np.save(self._tmp / SUBSPACES_FILE, np.asarray(subspaces.matrices, dtype=np.float32))
+            header_fields["subspaces"] = subspaces.describe()
+        write_json(self._tmp / "manifest.json", {**header_fields, **manifest})
+        replace_dir(self._tmp, self.path)
+        self._published = True
+        if self.zero_vectors:
+            log.warning(f"{self.path}: {self.zero_vectors} products have an all-zero embedding (blank crops?); they match nothing")
+        return self.path
+
+
 def write_catalog(
     path: Path,
     expected_rows: np.ndarray,
@@ -161,57 +277,18 @@ def write_catalog(
     with plain reads and the output written sequentially, not through memory maps whose pages would
     count as the process's own.
     """
-    path = Path(path)
-    rows = np.sort(np.asarray(expected_rows, dtype=np.int64))
-    dim = shards[0].dim
-    positions = []
-    for shard in shards:
-        pos = np.minimum(np.searchsorted(rows, shard.row_ids), max(len(rows) - 1, 0))
-        unknown = rows[pos] != shard.row_ids if len(rows) else np.ones(len(pos), bool)
-        if unknown.any():
-            raise CtlError(f"{path}: row ids {shard.row_ids[unknown][:5].tolist()} are not products of this catalog")
-        if (np.diff(pos) <= 0).any():
-            raise CtlError(f"{path}: a shard's row ids are not increasing; predict must not shuffle")
-        positions.append(pos)
-    counts = np.bincount(np.concatenate(positions), minlength=len(rows)) if positions else np.zeros(len(rows), int)
-    missing, repeated = int((counts == 0).sum()), int((counts > 1).sum())
-    if missing or repeated:
-        raise CtlError(f"{path}: {missing} products missing and {repeated} embedded more than once; catalog not written")
-    data_bytes = len(rows) * dim * 4
-    with building(path, data_bytes) as tmp:
-        header = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=np.float32, shape=(len(rows), dim))
-        offset = header.offset
-        del header  # only the header was written; the data follows in order
-        reserve(tmp / "embeddings.npy", offset + data_bytes)
-        zero_vectors = 0
-        block = max(1, block_bytes // (4 * dim))
-        with open(tmp / "embeddings.npy", "r+b") as handle:
-            handle.seek(offset)
-            for start in range(0, len(rows), block):
-                stop = min(start + block, len(rows))
-                buffer = np.empty((stop - start, dim), dtype=np.float32)
-                for shard, pos in zip(shards, positions):
-                    lo, hi = np.searchsorted(pos, [start, stop])
-                    if hi > lo:
-                        buffer[pos[lo:hi] - start] = shard.read(int(lo), int(hi))
-                bad = nonfinite_rows(buffer, start)
-                if len(bad):  # a diverged model: NaN would rank first in every search
-                    raise CtlError(
-                        f"{path}: the model gave non-finite embeddings (NaN or inf) for store rows {rows[bad][:5].tolist()}; "
-                        "catalog not written (did training diverge? try a lower optimizer.lr)"
-                    )
-                # An all-zero vector (e.g. a backbone's ReLU features of a nearly blank crop) cannot be
-                # normalized; it stays zero, scores 0 against everything, and is counted in the manifest.
-                zero_vectors += int((np.linalg.norm(buffer, axis=1) < 1e-6).sum())
-                handle.write(buffer.tobytes())
-        np.save(tmp / "row_ids.npy", rows)
-        table.write_tsv(tmp / "products.tsv", rows)
-        header_fields = {"format": "ctl-catalog", "version": CATALOG_VERSION, "count": len(rows), "zero_vectors": zero_vectors}
-        if subspaces is not None:
-            np.save(tmp / SUBSPACES_FILE, np.asarray(subspaces.matrices, dtype=np.float32))
-            header_fields["subspaces"] = subspaces.describe()
-        write_json(tmp / "manifest.json", {**header_fields, **manifest})
-        replace_dir(tmp, path)
-    if zero_vectors:
-        log.warning(f"{path}: {zero_vectors} products have an all-zero embedding (blank crops?); they match nothing")
-    return path
+    build = CatalogBuild(path, expected_rows, shards[0].dim)
+    positions = [build.positions(shard.row_ids) for shard in shards]
+    counts = np.bincount(np.concatenate(positions), minlength=len(build.rows)) if positions else np.zeros(len(build.rows), int)
+    build.require_each_once(int((counts == 0).sum()), int((counts > 1).sum()))
+    with build:
+        block = max(1, block_bytes // (4 * build.dim))
+        for start in range(0, len(build.rows), block):
+            stop = min(start + block, len(build.rows))
+            buffer = np.empty((stop - start, build.dim), dtype=np.float32)
+            for shard, pos in zip(shards, positions):
+                lo, hi = np.searchsorted(pos, [start, stop])
+                if hi > lo:
+                    buffer[pos[lo:hi] - start] = shard.read(int(lo), int(hi))
+            build.write(np.arange(start, stop), buffer)
+        return build.publish(table, manifest, subspaces)

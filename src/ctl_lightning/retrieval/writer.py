@@ -3,14 +3,37 @@
 The pipeline hands the writer the datamodule whose products it writes (its store, data root and
 ``predict_rows``); the model gives the embeddings and, for a type-aware model, the pair subspaces.
 
-Each rank streams its batches to a shard on disk (row ids and both embeddings), so memory stays
-flat however large the catalog, and when its last batch is written it publishes a completion record
-(``done.json``: its row count and dims) atomically. Once every rank has passed the barrier, rank 0
-alone merges the shards, block by block in row-id order (time linear in the products), into the
-``similar`` and ``compatible`` catalogs, having checked that each of the ``world_size`` shards is
-complete (its record present, its files of the recorded sizes: on a shared filesystem a node that
-died mid-predict leaves neither) and that every product appears exactly once. A catalog is published
-by one rename, so a failed predict leaves no catalog that looks complete.
+One process (``trainer.world_size == 1``): each batch goes straight into the two catalogs' build
+folders (:class:`~ctl_lightning.retrieval.catalog.CatalogBuild`), appended to ``embeddings.npy`` in
+row order and checked as it comes (known products, increasing rows, finite values). When the last
+batch is written, the catalogs are checked complete and published, each by one rename. There is
+nothing to merge: the merge of a single shard used to rewrite every byte predict had just written
+(2.7 s of a 6.4 s predict of 97k products on an H100).
+
+Several ranks: each rank streams its batches to a shard on disk (row ids and both embeddings), so
+memory stays flat however large the catalog, and when its last batch is written it publishes a
+completion record (``done.json``: its row count and dims) atomically. Once every rank has passed the
+barrier, rank 0 alone merges the shards, block by block in row-id order (time linear in the
+products), into the ``similar`` and ``compatible`` catalogs, the two in parallel threads (numpy's
+file I/O releases the GIL), having checked that each of the ``world_size`` shards is complete (its
+record present, its files of the recorded sizes: on a shared filesystem a node that died
+mid-predict leaves neither) and that every product appears exactly once. The merge drives the same
+``CatalogBuild`` as the single-process stream, so both paths check and publish with one piece of
+code and write the same bytes for the same predictions.
+
+Either way a failed predict leaves no half-written catalog: the build folders are removed on an
+error (``on_exception``), one left by a killed process is removed by the next build, and an older
+catalog stays until its replacement is renamed over it. The stream checks every batch of both
+catalogs before it publishes either; the merge publishes each catalog once its own checks pass.
+
+A batch is written one batch late. On a CUDA device its predictions are copied without blocking into
+pinned host memory and a CUDA event recorded; the copy is written to disk when the next batch ends,
+after its event, so the device computes the next batch while the host writes this one, instead of a
+blocking ``.cpu()`` per batch serialising the two. On the CPU the batch is kept as it is (no copy);
+the deferral is the same code, and predict's end writes the batch still pending.
+
+``merge_seconds``: the time from the end of the last batch to the published catalogs (on several
+ranks, rank 0's, not counting its wait for the other ranks).
 """
 
 from __future__ import annotations
@@ -19,16 +42,21 @@ import json
 import os
 import shutil
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from ctl_lightning.errors import CtlError
 from ctl_lightning.io import write_json
 from ctl_lightning.models.checkpoint import state_fingerprint
-from ctl_lightning.retrieval.catalog import KINDS, Shard, file_fingerprint, write_catalog
+from ctl_lightning.retrieval.catalog import KINDS, CatalogBuild, Shard, file_fingerprint, write_catalog
 from ctl_lightning.retrieval.subspaces import PairSubspaces
 
 DESCRIPTIONS = {
@@ -41,56 +69,130 @@ TYPE_AWARE_DESCRIPTION = (
 )
 
 
+@dataclass
+class HostBatch:
+    """One batch's predictions on their way to host memory; ``ready``: the CUDA event after their copy."""
+
+    tensors: dict[str, torch.Tensor]
+    ready: torch.cuda.Event | None = None
+
+    @classmethod
+    def start_copy(cls, prediction: dict[str, torch.Tensor]) -> HostBatch:
+        """Start copying ``prediction``'s row ids and embeddings to the host; a CPU tensor is kept as it is."""
+        tensors = {"row_ids": prediction["row_ids"], **{kind: prediction[kind].float() for kind in KINDS}}
+        host, ready = {}, None
+        for name, tensor in tensors.items():
+            if tensor.device.type != "cuda":
+                host[name] = tensor.detach().cpu()
+                continue
+            host[name] = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            host[name].copy_(tensor, non_blocking=True)  # queued on the stream after the batch's compute
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(tensor.device))
+        return cls(host, ready)
+
+    def arrays(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The row ids and embeddings as numpy arrays, once the copy has completed."""
+        if self.ready is not None:
+            self.ready.synchronize()
+        return self.tensors["row_ids"].numpy().astype(np.int64), {kind: self.tensors[kind].numpy() for kind in KINDS}
+
+
 class CatalogWriter(BasePredictionWriter):
-    def __init__(self, output_dir: str | Path, datamodule: pl.LightningDataModule, run_dir: str | Path | None = None):
+    def __init__(self, output_dir: str | Path, datamodule: pl.LightningDataModule, run_dir: str | Path | None = None, shards: bool = False):
+        """``shards``: write per-rank shards and merge them even on one process (what several ranks do)."""
         super().__init__(write_interval="batch")
         self.datamodule = datamodule
         self.output_dir = Path(output_dir)
         self.run_dir = Path(run_dir) if run_dir else self.output_dir.parent
+        self.shards = shards
         self._files: dict = {}
+        self._stack = ExitStack()  # what a failed predict closes and removes: shard files, catalog builds
+        self._builds: dict[str, CatalogBuild] = {}
+        self._pending: deque[HostBatch] = deque()
         self.written: dict[str, Path] = {}
-        self.merge_seconds = 0.0  # time rank 0 spent merging shards into the catalogs
+        self.merge_seconds = 0.0  # from the last batch to the published catalogs
 
     def _shard_dir(self, rank: int) -> Path:
         return self.output_dir / ".shards" / f"rank{rank}"
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        shard = self._shard_dir(trainer.global_rank)
-        shutil.rmtree(shard, ignore_errors=True)
-        shard.mkdir(parents=True)
-        # Held open across predict batches and closed when predict ends, so no `with` block fits.
-        self._files = {name: open(shard / f"{name}.bin", "wb") for name in ("row_ids", *KINDS)}  # noqa: SIM115
+        self._stack.close()
+        self._stack = ExitStack()
+        self._pending.clear()
+        self._builds = {}
+        self._files = {}
         self._dims: dict[str, int] = {}
         self._rows = 0
+        self._stream = trainer.world_size == 1 and not self.shards
+        if not self._stream:
+            shard = self._shard_dir(trainer.global_rank)
+            shutil.rmtree(shard, ignore_errors=True)
+            shard.mkdir(parents=True)
+            # Held open across predict batches (closed by the stack when predict ends), so no `with` block fits.
+            files = {name: open(shard / f"{name}.bin", "wb") for name in ("row_ids", *KINDS)}  # noqa: SIM115
+            self._files = {name: self._stack.enter_context(handle) for name, handle in files.items()}
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
-        self._files["row_ids"].write(prediction["row_ids"].cpu().numpy().astype(np.int64).tobytes())
-        self._rows += len(prediction["row_ids"])
-        for kind in KINDS:
-            vectors = prediction[kind].float().cpu().numpy()
-            self._dims[kind] = vectors.shape[1]
-            self._files[kind].write(vectors.tobytes())
+        self._pending.append(HostBatch.start_copy(prediction))
+        while len(self._pending) > 1:  # the batch before this one: its copy has had this batch's compute to finish
+            self._write(self._pending.popleft())
+
+    def _write(self, batch: HostBatch) -> None:
+        row_ids, vectors = batch.arrays()
+        self._rows += len(row_ids)
+        self._dims = {kind: v.shape[1] for kind, v in vectors.items()}
+        if not self._stream:
+            self._files["row_ids"].write(row_ids.tobytes())
+            for kind in KINDS:
+                self._files[kind].write(vectors[kind].tobytes())
+            return
+        try:
+            if not self._builds:  # the first batch gives the dims
+                rows = self.datamodule.predict_rows
+                self._builds = {
+                    kind: self._stack.enter_context(CatalogBuild(self.output_dir / kind, rows, self._dims[kind])) for kind in KINDS
+                }
+            for kind, build in self._builds.items():
+                build.write(build.positions(row_ids), vectors[kind])
+        except BaseException as error:
+            self._stack.__exit__(type(error), error, error.__traceback__)  # removes the builds; a full disk becomes a CtlError
+            raise
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """A failed or interrupted predict removes the catalogs it was building and closes its shard files."""
+        self._pending.clear()
+        with suppress(CtlError):  # the exception on its way out says what failed
+            self._stack.__exit__(type(exception), exception, exception.__traceback__)
 
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        start = time.perf_counter()
+        while self._pending:
+            self._write(self._pending.popleft())
+        if self._stream:
+            with self._stack:
+                self._publish(trainer, pl_module)
+            self.merge_seconds = time.perf_counter() - start
+            return
         for handle in self._files.values():
             handle.flush()
             os.fsync(handle.fileno())  # on a shared filesystem, rank 0 reads these from another node
-            handle.close()
+        self._stack.close()
         write_json(self._shard_dir(trainer.global_rank) / DONE, {"rows": self._rows, "dims": self._dims})
+        finishing = time.perf_counter() - start
         trainer.strategy.barrier("catalog-shards-written")
         if trainer.is_global_zero:
             start = time.perf_counter()
             self._merge(trainer, pl_module)
-            self.merge_seconds = time.perf_counter() - start
+            self.merge_seconds = finishing + time.perf_counter() - start
         trainer.strategy.barrier("catalog-merged")
 
-    def _merge(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _manifests(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dims: dict[str, int], subspaces: PairSubspaces | None) -> dict:
+        """Each catalog's manifest (less what :class:`CatalogBuild` adds: format, count, zero vectors, subspaces)."""
         datamodule = self.datamodule
         store = datamodule.store
-        shards = [self._shard_dir(rank) for rank in range(trainer.world_size)]  # not a glob: no stale rank of an older run
-        dims = complete_shards(shards)
         config_file = self.run_dir / ".hydra" / "config.yaml"
-        manifest = {
+        common = {
             "model": {
                 "backbone": getattr(pl_module, "backbone_name", type(pl_module).__name__),
                 "state_fingerprint": state_fingerprint(pl_module.state_dict()),
@@ -108,24 +210,54 @@ class CatalogWriter(BasePredictionWriter):
             },
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        row_ids = [np.fromfile(shard / "row_ids.bin", dtype=np.int64) for shard in shards]
-        subspaces = catalog_subspaces(pl_module)
-        for kind in KINDS:
-            parts = [Shard(ids, shard / f"{kind}.bin", dims[kind]) for ids, shard in zip(row_ids, shards) if len(ids)]
-            described = {
+        return {
+            kind: {
+                **common,
                 "run_dir": relative_to(self.run_dir, self.output_dir / kind),
                 "kind": kind,
                 "dim": dims[kind],
                 "embedding": TYPE_AWARE_DESCRIPTION if kind == "compatible" and subspaces else DESCRIPTIONS[kind],
             }
-            self.written[kind] = write_catalog(
+            for kind in KINDS
+        }
+
+    def _publish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """One process: check the streamed catalogs complete, then publish them."""
+        if not self._builds:
+            raise CtlError(f"{self.output_dir}: predict gave no embeddings; catalogs not written")
+        for build in self._builds.values():  # neither is published unless both are complete
+            build.require_complete()
+        subspaces = catalog_subspaces(pl_module)
+        manifests = self._manifests(trainer, pl_module, {kind: build.dim for kind, build in self._builds.items()}, subspaces)
+        products = None  # the first catalog's products.tsv, which the second copies: the same rows
+        for kind, build in self._builds.items():
+            table = self.datamodule.store.table
+            self.written[kind] = build.publish(table, manifests[kind], subspaces if kind == "compatible" else None, products)
+            products = self.written[kind] / "products.tsv"
+        shutil.rmtree(self.output_dir / ".shards", ignore_errors=True)  # an older sharded predict's, killed
+
+    def _merge(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Several ranks: merge their shards into the two catalogs, in parallel."""
+        shards = [self._shard_dir(rank) for rank in range(trainer.world_size)]  # not a glob: no stale rank of an older run
+        dims = complete_shards(shards)
+        subspaces = catalog_subspaces(pl_module)
+        manifests = self._manifests(trainer, pl_module, dims, subspaces)
+        row_ids = [np.fromfile(shard / "row_ids.bin", dtype=np.int64) for shard in shards]
+
+        def merge(kind: str) -> Path:
+            parts = [Shard(ids, shard / f"{kind}.bin", dims[kind]) for ids, shard in zip(row_ids, shards) if len(ids)]
+            table = self.datamodule.store.table
+            return write_catalog(
                 self.output_dir / kind,
-                datamodule.predict_rows,
+                self.datamodule.predict_rows,
                 parts,
-                store.table,
-                {**manifest, **described},
+                table,
+                manifests[kind],
                 subspaces=subspaces if kind == "compatible" else None,
             )
+
+        with ThreadPoolExecutor(len(KINDS), thread_name_prefix="catalog-merge") as pool:
+            self.written.update(zip(KINDS, pool.map(merge, KINDS)))
         shutil.rmtree(self.output_dir / ".shards", ignore_errors=True)
 
 
