@@ -149,6 +149,26 @@ def test_reopening_is_a_no_op(dataset):
     assert (store.path / IMAGES).stat().st_ino == images_stat.st_ino
 
 
+def test_fingerprint_hashes_each_products_fields_as_stores_built_before_did(tmp_path):
+    """The fingerprint reads each field of a product without dataclasses.astuple's deep copy (20 s at
+    the release's scale): the bytes hashed must stay those astuple gave, or every existing store
+    would be rebuilt."""
+    import hashlib
+    from dataclasses import astuple
+
+    from ctl_lightning.data.store import STORE_VERSION, fingerprint
+
+    specs = [
+        ProductSpec("a@0,0,1,1", "a", "Shoes", "train", str(tmp_path / "a.jpg"), (0.0, 0.25, 0.5, 1.0), "s1"),
+        ProductSpec("b", "b", "Bags", "catalog", str(tmp_path / "b.jpg"), None),
+    ]
+    digest = hashlib.sha256(f"store-v{STORE_VERSION}|size=64".encode())
+    for spec in specs:
+        digest.update("\x1f".join(map(str, astuple(spec))).encode() + b"\x1e")
+        digest.update(f"{spec.image_path}=missing".encode())
+    assert fingerprint(specs, 64) == digest.hexdigest()[:20]
+
+
 def test_size_change_rebuilds(dataset):
     small = build(dataset, size=SIZE)
     large = build(dataset, size=24)

@@ -151,7 +151,10 @@ class _StoreDataModule(pl.LightningDataModule):
         return sorted({spec.category for spec in specs})
 
     def prepare_data(self) -> None:
-        self.source.open_store(self.resolved_image_size)
+        """Build the store if needed, once per datamodule: checking it against its sources (reading
+        every annotation, a stat per image) took seconds at the release's scale, and Lightning calls
+        this before every fit, test and predict."""
+        self._open()
 
     def _open(self) -> ProductStore:
         if self.store is None:

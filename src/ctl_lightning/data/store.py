@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, astuple, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -76,8 +76,11 @@ def fingerprint(specs: Sequence[ProductSpec], size: int) -> str:
     """Hash of what the store depends on: products, image file stats (size, mtime) and crop size."""
     digest = hashlib.sha256(f"store-v{STORE_VERSION}|size={size}".encode())
     stats: dict[str, str] = {}
+    names = [f.name for f in fields(ProductSpec)]
     for spec in specs:
-        digest.update("\x1f".join(map(str, astuple(spec))).encode() + b"\x1e")
+        # The fields as dataclasses.astuple gives them, without its deep copy of each (which made
+        # this 21 s for the 485,230 products of the release-scale benchmark).
+        digest.update("\x1f".join([str(getattr(spec, name)) for name in names]).encode() + b"\x1e")
         if spec.image_path not in stats:
             try:
                 st = os.stat(spec.image_path)
