@@ -30,6 +30,15 @@ def test_retrieval_bench_compares_engines_on_the_same_answers():
         assert result[key]["median_s"] > 0
 
 
+def test_gpu_script_imports_without_hydra_or_omegaconf():
+    """GPU hosts may carry torch and Lightning only (the H200 run of this session failed once on an
+    `import omegaconf` the feature cache reached through checkpoint.py)."""
+    blocked = ["omegaconf", "hydra", "optuna", "wandb", "fastapi", "onnxruntime", "faiss", "streamlit"]
+    code = f"import sys\nfor name in {blocked!r}: sys.modules[name] = None\nimport ctl_lightning.benchmarks.gpu"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_gpu_script_smoke_runs_on_the_cpu(tmp_path):
     """bench/gpu.sh --smoke: the seed-scale script's code path end to end, tiny, without a GPU."""

@@ -31,7 +31,8 @@ from torch import nn
 
 from ctl_lightning.cli.export import main as export_main
 from ctl_lightning.data.synthetic import SynthConfig, generate
-from ctl_lightning.models.checkpoint import RUN_CONFIG, state_fingerprint
+from ctl_lightning.models.checkpoint import RUN_CONFIG
+from ctl_lightning.models.fingerprint import state_fingerprint
 from ctl_lightning.retrieval.embedder import ImageEmbedder
 from ctl_lightning.retrieval.onnx_embedder import exported_embedder
 from ctl_lightning.retrieval.recommend import Recommender

@@ -7,8 +7,6 @@ the checkpoint alone, not the run folder's ``.hydra/`` next to it, and a run fol
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -29,15 +27,6 @@ class RunConfigInCheckpoint(pl.Callback):
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         checkpoint[RUN_CONFIG] = self.config
-
-
-def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
-    """Hash of a state dict: ties a catalog, or the feature cache, to the exact weights that embedded it."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(state.items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:20]
 
 
 def load_checkpoint(path: str | Path) -> dict:

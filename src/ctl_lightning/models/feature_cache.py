@@ -19,7 +19,7 @@ import time
 
 import pytorch_lightning as pl
 
-from ctl_lightning.models.checkpoint import state_fingerprint
+from ctl_lightning.models.fingerprint import state_fingerprint
 
 log = logging.getLogger(__name__)
 

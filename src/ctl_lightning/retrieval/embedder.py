@@ -21,7 +21,8 @@ from torch import nn
 
 from ctl_lightning.data.crops import crop_square, to_rgb
 from ctl_lightning.errors import CtlError
-from ctl_lightning.models.checkpoint import load_checkpoint, saved_run_config, state_fingerprint
+from ctl_lightning.models.checkpoint import load_checkpoint, saved_run_config
+from ctl_lightning.models.fingerprint import state_fingerprint
 from ctl_lightning.retrieval.catalog import Catalog
 
 

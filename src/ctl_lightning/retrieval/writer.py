@@ -55,7 +55,7 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 
 from ctl_lightning.errors import CtlError
 from ctl_lightning.io import write_json
-from ctl_lightning.models.checkpoint import state_fingerprint
+from ctl_lightning.models.fingerprint import state_fingerprint
 from ctl_lightning.retrieval.catalog import KINDS, CatalogBuild, Shard, file_fingerprint, write_catalog
 from ctl_lightning.retrieval.subspaces import PairSubspaces
 
