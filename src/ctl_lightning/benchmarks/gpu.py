@@ -44,6 +44,7 @@ from ctl_lightning.retrieval.writer import CatalogWriter
 
 SEED_TRIPLETS = 77_494
 PATHS = {"loader": False, "device store": True}  # data.device_store of each data path
+PARTS = ("epochs", "catalog", "release")  # --parts: seed-scale epochs and profiles, seed-scale catalog builds, release scale
 RELEASE_COPIES = 5  # 20,000 seed-scale outfits listed 5 times: about the release's 107,000 outfits
 
 
@@ -247,7 +248,7 @@ def pure_inference(dm: TripletsDataModule, gpu: bool) -> dict:
     return {"host_img_per_s": len(rows) / run(host), "device_img_per_s": len(rows) / run(resident)}
 
 
-def seed_scale(results: dict, out: Path, data: Path, smoke: bool, gpu: bool, save) -> TripletsDataModule:
+def seed_scale(results: dict, out: Path, data: Path, smoke: bool, gpu: bool, save, parts: set[str]) -> TripletsDataModule:
     outfits, triplets, size, batch = (150, 128, 32, 16) if smoke else (20_000, SEED_TRIPLETS, 64, 64)
     workers = 0 if smoke else min(8, os.cpu_count() or 1)
     start = time.perf_counter()
@@ -283,14 +284,15 @@ def seed_scale(results: dict, out: Path, data: Path, smoke: bool, gpu: bool, sav
             results[key] = value
         save()
 
-    for freeze in (False, True):
+    for freeze in (False, True) if "epochs" in parts else ():
         for device_store in PATHS.values():
             part(results["epochs"], None, epoch, dm, gpu, freeze, device_store)
         trace = out / f"profile-{'frozen' if freeze else 'finetune'}.txt"
         part(None, f"profile {'frozen' if freeze else 'fine-tuning'}", profile_steps, dm, gpu, freeze, trace)
-    for device_store in PATHS.values():
+    for device_store in PATHS.values() if "catalog" in parts else ():
         part(results["catalog"], None, catalog_build, dm, gpu, device_store)
-    part(None, "pure_inference", pure_inference, dm, gpu)
+    if "catalog" in parts:
+        part(None, "pure_inference", pure_inference, dm, gpu)
     return dm
 
 
@@ -303,15 +305,17 @@ def release_scale(results: dict, seed_dm: TripletsDataModule, data: Path, gpu: b
     dm = _datamodule(CtlSource(root), None, seed_dm.image_size, seed_dm.batch_size, seed_dm.num_workers, gpu)
     store_s = time.perf_counter() - start
     store = dm.store
-    results["release"] = {
+    results["release"] = release = {
         "outfits": len(set(store.table.groups.tolist())),
         "products": len(store),
         "store_gib": len(store) * store.size**2 * 3 / 2**30,
         "annotations_s": listed,
         "store_build_s (includes reading annotations, sampling triplets)": store_s,
-        "epoch": epoch(dm, gpu, freeze=True, device_store=True),
-        "catalog": catalog_build(dm, gpu, device_store=True),
     }
+    save()
+    release["epoch"] = epoch(dm, gpu, freeze=True, device_store=True)
+    save()
+    release["catalog"] = catalog_build(dm, gpu, device_store=True)
     save()
 
 
@@ -320,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: checks the script end to end")
     parser.add_argument("--out", default="experiments/benchmarks/gpu")
     parser.add_argument("--data", default=".bench-data")
-    parser.add_argument("--no-release", action="store_true", help="skip the release-scale part")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)} (default: all)")
     args = parser.parse_args(argv)
     gpu = torch.cuda.is_available() and not args.smoke
     if not gpu and not args.smoke:
@@ -334,8 +338,12 @@ def main(argv: list[str] | None = None) -> None:
         (out / "gpu-results.json").write_text(json.dumps(results, indent=2) + "\n")
         (out / "GPU-table.md").write_text(table(results))
 
-    dm = seed_scale(results, out, Path(args.data), args.smoke, gpu, save)
-    if not args.no_release:
+    parts = set(args.parts.split(","))
+    if parts - set(PARTS):
+        raise SystemExit(f"bench/gpu.sh: unknown --parts {sorted(parts - set(PARTS))}; choose from {', '.join(PARTS)}")
+    results["parts"] = sorted(parts)
+    dm = seed_scale(results, out, Path(args.data), args.smoke, gpu, save, parts)
+    if "release" in parts:
         try:
             release_scale(results, dm, Path(args.data), gpu, save)
         except Exception as error:  # the seed-scale results stand; the release part's failure is recorded

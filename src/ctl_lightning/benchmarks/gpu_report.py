@@ -71,16 +71,24 @@ def table(results: dict) -> str:
             )
     if "release" in results:
         r = results["release"]
-        e, c = r["epoch"], r["catalog"]
         lines += [
             "",
             f"Release scale: {r['outfits']:,} outfits, {r['products']:,} products ({r['store_gib']:.1f} GiB store at 64 px). "
-            f"Store build {r['store_build_s (includes reading annotations, sampling triplets)']:.1f} s; device store load "
-            f"{e['device_store_load_s'] or 0:.1f} s; feature cache {e['feature_cache_s'] or 0:.1f} s (fit start {e['fit_start_s']:.1f} s); "
-            f"frozen + cache epoch over {e['triplets']:,} triplets: **{e['epoch_s']:.2f} s**; catalog build **{c['predict_s']:.2f} s** "
-            f"({c['img_per_s']:,.0f} img/s). Peak GPU {_gib(e)} GiB (epoch) and {_gib(c)} GiB (catalog); peak host RSS "
-            f"{c['peak_host_rss_gib']:.1f} GiB.",
+            f"Store build {r['store_build_s (includes reading annotations, sampling triplets)']:.1f} s.",
         ]
+        if "epoch" in r:
+            e = r["epoch"]
+            lines[-1] += (
+                f" Frozen + cache epoch over {e['triplets']:,} triplets: **{e['epoch_s']:.2f} s** (fit start {e['fit_start_s']:.1f} s: "
+                f"device store load {e['device_store_load_s'] or 0:.1f} s, feature cache {e['feature_cache_s'] or 0:.1f} s); "
+                f"peak GPU {_gib(e)} GiB."
+            )
+        if "catalog" in r:
+            c = r["catalog"]
+            lines[-1] += (
+                f" Catalog build **{c['predict_s']:.2f} s** ({c['img_per_s']:,.0f} img/s, publishing {c['publish_s']:.2f} s); "
+                f"peak GPU {_gib(c)} GiB, peak host RSS {c['peak_host_rss_gib']:.1f} GiB."
+            )
     for error in results.get("errors", []):
         lines += ["", f"Failed: {error}"]
     lines += ["", "| goal | measured | goal | met |", "|---|---|---|---|"]
