@@ -70,7 +70,7 @@ def test_gpu_script_smoke_runs_on_the_cpu(tmp_path):
     release = results["release"]
     assert release["products"] == 5 * results["data"]["products"] and release["catalog"]["products"] == release["products"]
     table = (tmp_path / "out" / "GPU-table.md").read_text()
-    assert "| fine-tuning | device store |" in table and "Release scale: 750 outfits, 3,600 products" in table
+    assert "| ms a step |" in table and "| fine-tuning | device store |" in table and "Release scale: 750 outfits, 3,600 products" in table
 
 
 @pytest.mark.slow

@@ -43,7 +43,7 @@ def table(results: dict) -> str:
     if epochs:
         lines += [
             "",
-            "| recipe | data path | epoch (s) | triplets/s | speed-up | fit start (s) | peak GPU (GiB) | profiled step: wall / GPU busy (ms) |",
+            "| recipe | data path | epoch (s) | ms a step | triplets/s | speed-up | fit start (s) | peak GPU (GiB) | profiled: GPU kernel ms a step |",
         ]
         lines.append("|---|---|---|---|---|---|---|---|---|")
         for e in epochs:
