@@ -52,7 +52,6 @@ from ctl_lightning.data.formats import (
     read_stl_products,
 )
 from ctl_lightning.data.formats.common import ParseResult, RowPolicy
-from ctl_lightning.data.sources import CtlSource
 from ctl_lightning.data.store import ProductStore
 from ctl_lightning.data.synthetic import SynthConfig, generate
 from ctl_lightning.errors import CtlError, DataFormatError
@@ -64,10 +63,11 @@ from ctl_lightning.retrieval.embedder import open_image
 from ctl_lightning.retrieval.recommend import Recommender
 from ctl_lightning.retrieval.render import Thumbnails
 from ctl_lightning.retrieval.writer import CatalogWriter
+from ctl_lightning.serve.sample_run import RANDOM_DIM, small_store, write_run_catalogs
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
 TESTS_ENV = {**ENV, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}  # for fault_injection
-DIM = 8
+DIM = RANDOM_DIM  # the width of write_run_catalogs' random vectors
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -165,40 +165,6 @@ def toy(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("toy") / "toy"
     generate(SynthConfig(out=out, world="toy", outfits=150, styles=16, scenes=10, workers=1))
     return out / "ctl"
-
-
-def small_store(folder: Path, store_dir: Path, size: int = 16) -> ProductStore:
-    return CtlSource(folder, store_dir=store_dir).open_store(size, workers=1)
-
-
-def write_run_catalogs(run: Path, store: ProductStore, vectors: dict[str, np.ndarray] | None = None, model: dict | None = None) -> Path:
-    """Both catalogs of a fake run over ``store`` (random unit vectors unless given), as predict writes them;
-    ``model``: the manifests' model entry (default: no checkpoint, a made-up fingerprint)."""
-    rows = store.table.positions
-    rng = np.random.default_rng(0)
-    for kind in KINDS:
-        values = rng.normal(size=(len(rows), DIM)).astype(np.float32) if vectors is None else vectors[kind]
-        values /= np.linalg.norm(values, axis=1, keepdims=True)
-        dim = values.shape[1]
-        shard = run / f"{kind}.bin"
-        shard.parent.mkdir(parents=True, exist_ok=True)
-        values.tofile(shard)
-        manifest = {
-            "model": model or {"backbone": "fake", "state_fingerprint": "f" * 20, "checkpoint": None},
-            "config": {"path": None, "fingerprint": None},
-            "data": {
-                "store": os.path.relpath(store.path, run),
-                "root": os.path.relpath(store.path.parent, run),
-                "fingerprint": store.fingerprint,
-                "image_size": store.size,
-            },
-            "run_dir": "../..",
-            "kind": kind,
-            "dim": dim,
-        }
-        write_catalog(run / "catalogs" / kind, rows, [Shard(rows, shard, dim)], store.table, manifest)
-        shard.unlink()
-    return run
 
 
 # --- kill -9 during prepare --------------------------------------------------------------------------

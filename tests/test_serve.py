@@ -3,7 +3,7 @@ and one real server on loopback.
 
 The run is a toy-world product store, a randomly initialised model (saved as the run's checkpoint,
 its fingerprint in the manifests) and catalogs that model embedded, so image queries go through the
-same code as for a trained run, in seconds.
+same code as for a trained run, in seconds (``ctl_lightning.serve.sample_run``, which the load test serves too).
 """
 
 from __future__ import annotations
@@ -21,24 +21,16 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
-from helpers import CONF
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
-from test_faults import bomb_png, one_line_error, run_cli, small_store, write_run_catalogs
-from torch import nn
+from test_faults import bomb_png, one_line_error, run_cli
 
 from ctl_lightning.cli.export import main as export_main
-from ctl_lightning.data.synthetic import SynthConfig, generate
-from ctl_lightning.models.checkpoint import RUN_CONFIG
-from ctl_lightning.models.fingerprint import state_fingerprint
-from ctl_lightning.retrieval.embedder import ImageEmbedder
 from ctl_lightning.retrieval.onnx_embedder import exported_embedder
 from ctl_lightning.retrieval.recommend import Recommender
 from ctl_lightning.retrieval.schema import Recommendations, document_json, recommendations_document
 from ctl_lightning.serve.app import create_app
 from ctl_lightning.serve.cli import main as serve_main
+from ctl_lightning.serve.sample_run import make_run, toy_store, write_run_catalogs
 from ctl_lightning.serve.state import ServeSettings
 
 TOKEN = "test-token"
@@ -46,29 +38,9 @@ UPLOAD_LIMIT = 256 * 1024
 SETTINGS = ServeSettings(max_k=50, max_upload_bytes=UPLOAD_LIMIT, batch_wait_ms=2.0)
 
 
-def make_run(run: Path, store, seed: int) -> Path:
-    """A run folder over ``store``: a random-init model's checkpoint and the catalogs it embeds."""
-    torch.manual_seed(seed)
-    config = OmegaConf.merge(OmegaConf.load(CONF / "model" / "efficientnet_lite0.yaml"), {"pretrained": False, "input_size": 32})
-    module = instantiate(config, loss=nn.Identity(), optimizer=None).eval()
-    (run / "checkpoints").mkdir(parents=True)
-    torch.save(
-        {"state_dict": module.state_dict(), RUN_CONFIG: {"model": OmegaConf.to_container(config)}}, run / "checkpoints" / "last.ckpt"
-    )
-    similar, compatible = ImageEmbedder(module, store.size).embed_crops(store.read(store.table.positions))
-    model = {
-        "backbone": config.backbone,
-        "state_fingerprint": state_fingerprint(module.state_dict()),
-        "checkpoint": "checkpoints/last.ckpt",
-    }
-    return write_run_catalogs(run, store, {"similar": similar, "compatible": compatible}, model)
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve_data")
-    generate(SynthConfig(out=root / "toy", world="toy", outfits=40, styles=8, scenes=4, workers=1))
-    return small_store(root / "toy" / "ctl", root / "stores")
+    return toy_store(tmp_path_factory.mktemp("serve_data"))
 
 
 @pytest.fixture(scope="module")
