@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-from-pyproject
 
-.PHONY: venv train lint test test-fast bench bench-quick app serve clean-data
+.PHONY: venv train lint test test-fast bench bench-quick loadtest app serve clean-data
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) -m ctl_lightning.benchmarks --quick --out .bench-data/quick
+
+# Load test of a real ctl-serve on 127.0.0.1: 64 clients for 30 s, a reload halfway; it prints and writes .bench-data/loadtest/
+# (LOADTEST.md, loadtest.json, server.log). RUN_DIR=<run> serves that run instead of two small ones built offline;
+# ARGS="--clients 8 --seconds 5". `make bench` runs it too (step loadtest) and records it in RESULTS.md.
+loadtest: $(STAMP)
+	$(PY) -m ctl_lightning.benchmarks.loadtest $(RUN_DIR) $(ARGS)
 
 # Streamlit app on localhost: the latest `make train` run, or RUN_DIR=outputs/train/runs/<time>;
 # DATA_ROOT=<folder> when the run's dataset has moved since it ran.

@@ -9,6 +9,7 @@ same code as for a trained run, in seconds (``ctl_lightning.serve.sample_run``, 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ import pytest
 from fastapi.testclient import TestClient
 from test_faults import bomb_png, one_line_error, run_cli
 
+from ctl_lightning.benchmarks import loadtest
 from ctl_lightning.cli.export import main as export_main
 from ctl_lightning.retrieval.onnx_embedder import exported_embedder
 from ctl_lightning.retrieval.recommend import Recommender
@@ -360,3 +362,32 @@ def test_ctl_serve_on_loopback_answers_and_stops(runs):
             server.kill()
             raise
     assert code == 0, server.stderr.read().decode()[-3000:]
+
+
+# --- the load test (benchmarks/loadtest.py; make loadtest, and make bench's loadtest step) ----------------
+
+
+@pytest.mark.slow
+def test_load_test_mixes_every_endpoint_reloads_under_load_and_stops_the_server(runs, tmp_path):
+    out = tmp_path / "load"
+    argv = [str(runs["a"]), "--reload-run", str(runs["b"]), "--clients", "4", "--seconds", "3", "--out", str(out)]
+    loadtest.main(argv)  # exits 1 when any request failed or the reload did not answer 200
+    result = json.loads((out / "loadtest.json").read_text())
+    assert result["errors"] == 0 and result["errors_by_kind"] == {}, result["errors_by_kind"]
+    assert result["requests"] == sum(e["requests"] for e in result["endpoints"].values())
+    for endpoint, figures in result["endpoints"].items():
+        assert figures["requests"] > 0 and figures["ok"] == figures["requests"] and figures["p99_ms"] >= figures["p50_ms"] > 0, endpoint
+    reload = result["reload"]
+    assert reload["status"] == 200 and reload["served_after"] == str(runs["b"]) and reload["errors_around"] == 0
+    assert reload["requests_in_flight"] > 0  # the reload ran under load
+    assert set(result["server"]["answers_by_status"]) == {"200"} and result["server"]["forward_passes"] > 0
+    assert result["rss"]["peak_mib"] >= result["rss"]["first_mib"] > 0
+    assert (result["server"]["stopped_by"], result["server"]["exit_code"]) == ("SIGINT", 0)
+    assert not Path(f"/proc/{result['server']['pid']}").exists()  # stopped and reaped: no orphan
+    assert "## Load test: ctl-serve on loopback" in (out / "LOADTEST.md").read_text()
+    assert "Uvicorn running" not in (out / "server.log").read_text()  # --log-level warning: the log holds problems only
+
+
+def test_load_test_of_a_bad_run_dir_is_a_one_line_error(tmp_path, capsys):
+    code, stderr = run_cli(loadtest.main, [str(tmp_path / "nothing"), "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and "no such run folder" in one_line_error(stderr, "loadtest")

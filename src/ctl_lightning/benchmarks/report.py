@@ -287,6 +287,68 @@ def embedder_section(e: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _ms_or_none(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
+def loadtest_section(r: dict) -> list[str]:
+    """The load test of a real ctl-serve (``benchmarks/loadtest.py``)."""
+    plan, served, reload, rss, server = r["plan"], r["served"], r["reload"], r["rss"], r["server"]
+    mix = ", ".join(f"{endpoint} {100 * share:.0f}%" for endpoint, share in r["mix"].items())
+    lines = [
+        "## Load test: ctl-serve on loopback",
+        "",
+        f"`{r['command']}`, code at commit {r.get('commit') or 'not recorded'}: {plan['clients']} concurrent clients (one",
+        f"`httpx.AsyncClient` in the bench's process, each sending its next request when its last is answered) for {plan['seconds']:g} s",
+        f"against a real `ctl-serve` on 127.0.0.1 serving {served['products']:,} products in {served['categories']} categories, images",
+        f"embedded by {served['embedder']} (a random-init tf_efficientnet_lite0 at 32 px, `serve/sample_run.py`, unless a RUN_DIR is given).",
+        f"Mix: {mix}; batches of 8 product queries; uploads are the store's collages with a product's box, half with",
+        f"its category. The server used {_ms_or_none(server['cpu_seconds'])} CPU seconds, the clients",
+        f"{r['client_cpu_seconds']:.1f}, on {r['cores']} cores shared between them (load average {r['load_average_before']:.1f}",
+        f"before, {r['load_average_after']:.1f} after): on loopback the clients' work is part of the figure.",
+        "",
+        "| endpoint | requests | answered 200 | errors | p50 ms | p99 ms | max ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for endpoint, e in r["endpoints"].items():
+        lines.append(
+            f"| {endpoint} | {e['requests']:,} | {e['ok']:,} | {e['errors']:,} | {_ms_or_none(e['p50_ms'])} | "
+            f"{_ms_or_none(e['p99_ms'])} | {_ms_or_none(e['max_ms'])} |"
+        )
+    errors = "; ".join(f"{kind}: {n}" for kind, n in r["errors_by_kind"].items()) or "none"
+    refused = reload["error"]
+    lines += [
+        "",
+        f"**{r['requests']:,} requests in {r['load_seconds']:.1f} s: {r['throughput_per_s']:,.0f} requests/s; errors: {errors}.**",
+        f"The server counted its answers by status: {', '.join(f'{k}: {v:,}' for k, v in server['answers_by_status'].items())}"
+        f" ({server['forward_passes']:,} image forward passes, {_ms_or_none(server['mean_images_per_pass'])} images a pass on average).",
+        "",
+        f"**Reload under load**: `POST /admin/reload` of {'a second run' if served['reload_to'] != served['run'] else 'the same run'} "
+        f"at {reload['start_s']:.1f} s answered {reload['status']} after {reload['seconds']:.1f} s"
+        f"{'' if reload['error'] is None else f' ({refused})'}; "
+        f"{reload['requests_in_flight']:,} requests were in flight while it ran and {reload['requests_around']:,} within 1 s of it, "
+        f"**{reload['errors_around']} of them failed**.",
+        "",
+    ]
+    if rss is not None:
+        verdict = "flat" if rss["flat"] else "not measured (window too short)" if rss["flat"] is None else "**growing**"
+        trend = (
+            f"over the steady window ({rss['window_start_s']:.1f} s to the end, {rss['window_samples']} samples, after the reload) it "
+            f"changes by {rss['slope_mib_per_min']:+.1f} MiB a minute, {rss['growth_mib']:+.1f} MiB in all "
+            f"({100 * rss['growth_share']:+.1f}% of its size; flat means at most +{100 * r['flat_growth_threshold']:.0f}%): **{verdict}**."
+            if rss["slope_mib_per_min"] is not None
+            else f"the steady window after the reload is too short for a trend: {verdict}."
+        )
+        lines += [
+            f"**Resident memory** (the server's VmRSS every 0.5 s): {rss['first_mib']:.0f} MiB when the load began, peak "
+            f"{rss['peak_mib']:.0f} MiB, {rss['last_mib']:.0f} MiB at the end; {trend}",
+            f"Every 3 s (MiB): {', '.join(f'{v:.0f}' for v in rss['every_3s_mib'])}.",
+            "",
+        ]
+    lines += [f"The server stopped on {server['stopped_by'] or 'its own'} with exit status {server['exit_code']}.", ""]
+    return lines
+
+
 def goals(run: dict) -> dict[str, tuple[str, bool]]:
     """Every figure of a run that has a goal: its name (with the goal), the figure, and whether it is met."""
     out: dict[str, tuple[str, bool]] = {}
