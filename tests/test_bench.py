@@ -90,6 +90,9 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert results["catalog"]["throughput"]["products"] > 0 and len(results["catalog"]["peak_rss"]) == 2
     assert results["retrieval"]["catalogs"][0]["scan_identical_top10_share"] == 1.0
     assert [size["rows"] for size in results["catalog_merge"]["sizes"]] == [10_000, 40_000]
+    load = results["loadtest"]  # against two runs it built offline, the second promoted by the reload
+    assert load["errors"] == 0 and load["reload"]["status"] == 200 and load["served"]["reload_to"] != load["served"]["run"]
+    assert load["command"].startswith("python -m ctl_lightning.benchmarks --quick")
     text = (tmp_path / "RESULTS-quick.md").read_text()
     assert f"# Host: {results['machine']['cpu']} ({results['machine']['vendor']})" in text
     for heading in (
@@ -102,6 +105,7 @@ def test_quick_bench_writes_every_section(tmp_path):
         "## Retrieval",
         "## Image queries: onnxruntime against torch",
         "## Catalog merge at scale",
+        "## Load test: ctl-serve on loopback",
     ):
         assert heading in text
     rewritten = write_report(recorded, tmp_path / "RESULTS-again.md")

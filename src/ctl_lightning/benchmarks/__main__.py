@@ -11,12 +11,14 @@ itself under .bench-data/. ``--only`` reruns the named steps and keeps this host
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ctl_lightning.benchmarks import catalog, embedder, fastpaths, loading, retrieval, setup
+from ctl_lightning.benchmarks import catalog, embedder, fastpaths, loading, loadtest, retrieval, setup
 from ctl_lightning.benchmarks.machine import machine_info
 from ctl_lightning.benchmarks.report import run_of, with_run, write_report
 
@@ -36,10 +38,14 @@ class Plan:
     retrieval_rows: tuple[int, ...]
     embedded_images: int = 64  # image queries per timed run of the onnxruntime / torch comparison
     merge_rows: tuple[int, ...] = (100_000, 1_000_000)  # catalog sizes of the shard-merge timing
+    load_clients: int = 64  # the load test of a real ctl-serve: concurrent clients, and for how long
+    load_seconds: float = 30.0
 
 
 FULL = Plan(2000, 12, 120, (0, 2), 20, 20, 3, (2000, 8000), (100_000, 1_000_000))
-QUICK = Plan(300, 3, 30, (0,), 5, 5, 1, (150, 600), (100_000,), embedded_images=16, merge_rows=(10_000, 40_000))
+QUICK = Plan(
+    300, 3, 30, (0,), 5, 5, 1, (150, 600), (100_000,), embedded_images=16, merge_rows=(10_000, 40_000), load_clients=8, load_seconds=5.0
+)
 
 
 def _real_table():
@@ -78,10 +84,18 @@ STEPS = (
     "retrieval",
     "image_embedder",
     "catalog_merge",
+    "loadtest",
 )
 
 
-def run(plan: Plan, data_root: Path, only: tuple[str, ...] = STEPS) -> dict:
+def load_test(plan: Plan, data_root: Path, command: str) -> dict:
+    """The load test against two small runs built offline (the second promoted by the reload halfway)."""
+    served, reload_run = loadtest.sample_runs(data_root / "loadtest")
+    result = loadtest.run(served, loadtest.LoadPlan(plan.load_clients, plan.load_seconds), data_root / "loadtest" / "out", reload_run)
+    return {**result, "command": command, "commit": _commit()}
+
+
+def run(plan: Plan, data_root: Path, only: tuple[str, ...] = STEPS, command: str = "python -m ctl_lightning.benchmarks") -> dict:
     started = time.perf_counter()
     results: dict = {"machine": machine_info(), "commit": _commit(), "plan": plan.__dict__}
 
@@ -93,13 +107,13 @@ def run(plan: Plan, data_root: Path, only: tuple[str, ...] = STEPS) -> dict:
         results[name] = fn()
         results[name]["bench_seconds"] = time.perf_counter() - t
 
-    dm = setup.datamodule(data_root, plan.outfits)
+    dm = functools.cache(lambda: setup.datamodule(data_root, plan.outfits))  # built by the first step that needs it (not the load test)
     step(
         "loader",
         lambda: {
             f"workers={w}": loading.loader_throughput(
                 setup.datamodule(data_root, plan.outfits, num_workers=w),
-                setup.crop_files(dm, data_root / f"crops-{plan.outfits}"),
+                setup.crop_files(dm(), data_root / f"crops-{plan.outfits}"),
                 {"seed": plan.seed_batches, "store": plan.store_batches},
                 w,
                 plan.repeats,
@@ -109,7 +123,7 @@ def run(plan: Plan, data_root: Path, only: tuple[str, ...] = STEPS) -> dict:
     )
     step(
         "training_overhead",
-        lambda: loading.training_overhead(dm, lambda: setup.model(feature_cache=False), plan.overhead_steps, plan.repeats),
+        lambda: loading.training_overhead(dm(), lambda: setup.model(feature_cache=False), plan.overhead_steps, plan.repeats),
     )
     backbones = {
         "tf_efficientnet_lite0 (default)": dict(backbone="tf_efficientnet_lite0"),
@@ -127,18 +141,19 @@ def run(plan: Plan, data_root: Path, only: tuple[str, ...] = STEPS) -> dict:
             for name, spec in backbones.items()
         },
     )
-    step("dedup", lambda: fastpaths.dedup(dm, _real_table(), dm.batch_size))
+    step("dedup", lambda: fastpaths.dedup(dm(), _real_table(), dm().batch_size))
     step("grouped_batches", lambda: fastpaths.grouped(setup.datamodule(data_root, plan.outfits, batching="outfits")))
     step(
         "catalog",
         lambda: {
-            "throughput": catalog.throughput(dm, plan.repeats),
+            "throughput": catalog.throughput(dm(), plan.repeats),
             "peak_rss": [catalog.peak_rss_mib(data_root, n, 32) for n in plan.rss_outfits],
         },
     )
     step("retrieval", lambda: retrieval.run(plan.retrieval_rows, repeats=max(3, plan.repeats + 2)))
-    step("image_embedder", lambda: embedder.run(dm, data_root / "onnx-export", plan.embedded_images, plan.repeats))
+    step("image_embedder", lambda: embedder.run(dm(), data_root / "onnx-export", plan.embedded_images, plan.repeats))
     step("catalog_merge", lambda: catalog.merge_scaling(plan.merge_rows, data_root))
+    step("loadtest", lambda: load_test(plan, data_root, command))
     results["total_seconds"] = time.perf_counter() - started
     return results
 
@@ -161,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     name = "results-quick" if args.quick else "results"
     earlier = json.loads((out / f"{name}.json").read_text()) if (out / f"{name}.json").is_file() else None
-    results = run(plan, Path(args.data), tuple(args.only))
+    command = " ".join(["python -m ctl_lightning.benchmarks", *(argv if argv is not None else sys.argv[1:])])
+    results = run(plan, Path(args.data), tuple(args.only), command)
     before = run_of(earlier, results["machine"])
     if set(args.only) != set(STEPS) and before is not None:  # rerun steps update this host's run; its timings stay
         results = {**before, **{k: results[k] for k in args.only}, "machine": results["machine"]}

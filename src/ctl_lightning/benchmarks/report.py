@@ -368,6 +368,20 @@ def goals(run: dict) -> dict[str, tuple[str, bool]]:
         growth = run["catalog_merge"]["per_row_growth"]
         largest = run["catalog_merge"]["sizes"][-1]["rows"]
         out[f"catalog merge, time per row at {largest:,} rows / smallest size (<= 1.5x)"] = (f"{growth:.2f}x", growth <= 1.5)
+    if "loadtest" in run:
+        load = run["loadtest"]
+        out[f"load test, {load['plan']['clients']} clients: errors (= 0)"] = (f"{load['errors']}", load["errors"] == 0)
+        reload = load["reload"]
+        out["load test: reload answered 200, no request around it failed"] = (
+            f"{reload['status']}, {reload['errors_around']} failed",
+            reload["status"] == 200 and reload["errors_around"] == 0,
+        )
+        if load["rss"] and load["rss"]["flat"] is not None:
+            growth = load["rss"]["growth_share"]
+            out[f"load test: server RSS growth after the reload (<= {100 * load['flat_growth_threshold']:.0f}%)"] = (
+                f"{100 * growth:+.1f}%",
+                load["rss"]["flat"],
+            )
     for c in run.get("retrieval", {}).get("catalogs", []):
         rows = f"{c['rows']:,} rows"
         out[f"exact single query / memory bound, {rows} (<= 1.5x)"] = (
@@ -430,6 +444,7 @@ def host_section(run: dict) -> list[str]:
         ("retrieval", lambda: retrieval_section(run["retrieval"])),
         ("image_embedder", lambda: embedder_section(run["image_embedder"])),
         ("catalog_merge", lambda: merge_section(run["catalog_merge"])),
+        ("loadtest", lambda: loadtest_section(run["loadtest"])),
     )
     for step, section in sections:
         lines += section() if step in run else [f"(`{step}` not measured on this host.)", ""]
