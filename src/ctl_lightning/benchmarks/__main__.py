@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     results = run(plan, Path(args.data), tuple(args.only), command)
     before = run_of(earlier, results["machine"])
     if set(args.only) != set(STEPS) and before is not None:  # rerun steps update this host's run; its timings stay
-        results = {**before, **{k: results[k] for k in args.only}, "machine": results["machine"]}
+        # The host's header describes the run of its other steps: what it recorded wins, new fields are added.
+        results = {**before, **{k: results[k] for k in args.only}, "machine": {**results["machine"], **before["machine"]}}
     results["mode"] = "quick" if args.quick else "full"
     recorded = with_run(earlier, results)
     (out / f"{name}.json").write_text(json.dumps(recorded, indent=2, default=float) + "\n")

@@ -291,6 +291,10 @@ def _ms_or_none(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f}"
 
 
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f}"
+
+
 def loadtest_section(r: dict) -> list[str]:
     """The load test of a real ctl-serve (``benchmarks/loadtest.py``)."""
     plan, served, reload, rss, server = r["plan"], r["served"], r["reload"], r["rss"], r["server"]
@@ -304,7 +308,8 @@ def loadtest_section(r: dict) -> list[str]:
         f"embedded by {served['embedder']} (a random-init tf_efficientnet_lite0 at 32 px, `serve/sample_run.py`, unless a RUN_DIR is given).",
         f"Mix: {mix}; batches of 8 product queries; uploads are the store's collages with a product's box, half with",
         f"its category. The server used {_ms_or_none(server['cpu_seconds'])} CPU seconds, the clients",
-        f"{r['client_cpu_seconds']:.1f}, on {r['cores']} cores shared between them (load average {r['load_average_before']:.1f}",
+        f"{r['client_cpu_seconds']:.1f}, on {r['cores']} cores shared between them (OMP_NUM_THREADS={r.get('omp_num_threads')}; "
+        f"load average {r['load_average_before']:.1f}",
         f"before, {r['load_average_after']:.1f} after): on loopback the clients' work is part of the figure.",
         "",
         "| endpoint | requests | answered 200 | errors | p50 ms | p99 ms | max ms |",
@@ -335,7 +340,9 @@ def loadtest_section(r: dict) -> list[str]:
         trend = (
             f"over the steady window ({rss['window_start_s']:.1f} s to the end, {rss['window_samples']} samples, after the reload) it "
             f"changes by {rss['slope_mib_per_min']:+.1f} MiB a minute, {rss['growth_mib']:+.1f} MiB in all "
-            f"({100 * rss['growth_share']:+.1f}% of its size; flat means at most +{100 * r['flat_growth_threshold']:.0f}%): **{verdict}**."
+            f"({100 * rss['growth_share']:+.1f}% of its size, {_signed(rss['growth_kib_per_request'])} KiB for each of the "
+            f"{rss['window_requests']:,} requests started in it; flat means at most +{100 * r['flat_growth_threshold']:.0f}%, "
+            f"see FLAT_GROWTH in `benchmarks/loadtest.py`): **{verdict}**."
             if rss["slope_mib_per_min"] is not None
             else f"the steady window after the reload is too short for a trend: {verdict}."
         )
