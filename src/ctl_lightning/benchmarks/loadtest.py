@@ -54,6 +54,7 @@ ENDPOINTS = (
 MIX = (0.3, 0.3, 0.1, 0.15, 0.15)  # share of each endpoint in a client's requests
 BATCH_QUERIES = 8
 RSS_EVERY_S = 0.5
+KEEPALIVE_S = 2.0  # how long the clients keep an idle connection: under uvicorn's --timeout-keep-alive (5 s)
 # Flat memory: over the steady part of the run (from 1 s after the reload's answer to the end), the
 # server's RSS grows by at most this share of its size at the window's start. On a 2-core host, once
 # warm, allocator noise (the thread pool's arenas, the micro-batcher's buffers) moves it by about 1 MiB
@@ -204,6 +205,7 @@ class Done:
     end: float
     status: int | None  # None: no answer (a transport error or a timeout)
     problem: str | None  # why it counts as an error, None when it does not
+    detail: str | None = None  # the exception, for a request that got no answer
 
 
 class Workload:
@@ -258,7 +260,11 @@ def problem_of(endpoint: str, response: httpx.Response) -> str | None:
 async def _load(base: str, token: str, workload: Workload, plan: LoadPlan, reload_run: Path, t0: float) -> tuple[list[Done], dict]:
     done: list[Done] = []
     started = [0]
-    limits = httpx.Limits(max_connections=plan.clients + 2, max_keepalive_connections=plan.clients + 2)
+    # Idle connections expire on the client before uvicorn closes them (its keep-alive timeout is 5 s): a request
+    # written on a connection the server is closing fails with a ReadError the server never saw, the
+    # keep-alive race every HTTP/1.1 client has to avoid, not a dropped request. Seen in the first 64-client runs,
+    # on the spare connections the reload's request left in the pool.
+    limits = httpx.Limits(max_connections=plan.clients + 2, max_keepalive_connections=plan.clients + 2, keepalive_expiry=KEEPALIVE_S)
     async with httpx.AsyncClient(base_url=base, timeout=plan.request_timeout_s, limits=limits) as http:
 
         async def client(number: int) -> None:
@@ -266,13 +272,14 @@ async def _load(base: str, token: str, workload: Workload, plan: LoadPlan, reloa
             while time.perf_counter() - t0 < plan.seconds and started[0] < plan.max_requests:
                 started[0] += 1
                 endpoint = ENDPOINTS[int(rng.choice(len(ENDPOINTS), p=MIX))]
-                start = time.perf_counter() - t0
+                start, detail = time.perf_counter() - t0, None
                 try:
                     response = await workload.request(http, endpoint, rng)
                     status, problem = response.status_code, problem_of(endpoint, response)
                 except httpx.HTTPError as error:
                     status, problem = None, type(error).__name__
-                done.append(Done(endpoint, start, time.perf_counter() - t0, status, problem))
+                    detail = f"{error!r} caused by {error.__cause__!r}"
+                done.append(Done(endpoint, start, time.perf_counter() - t0, status, problem, detail))
 
         async def reload() -> dict:
             await asyncio.sleep(max(0.0, plan.seconds * plan.reload_at - (time.perf_counter() - t0)))
@@ -362,6 +369,7 @@ def summarize(done: list[Done], reloaded: dict, samples, plan: LoadPlan, wall_s:
         "requests": len(done),
         "errors": sum(d.problem is not None for d in done),
         "errors_by_kind": errors,
+        "failures": [asdict(d) for d in done if d.problem is not None][:20],  # the first ones, with their times
         "load_seconds": last_answer,
         "throughput_per_s": len(done) / last_answer if last_answer else 0.0,
         "wall_seconds": wall_s,
