@@ -134,7 +134,6 @@ class _StoreDataModule(pl.LightningDataModule):
         self.device_store = device_store
         self.device_store_share = device_store_share
         self.resident: ResidentPixels | None = None  # the store's pixels where the model runs
-        self._device_tables: tuple[torch.Tensor, torch.Tensor] | None = None  # labels, category codes
 
     @property
     def resolved_image_size(self) -> int:
@@ -176,7 +175,6 @@ class _StoreDataModule(pl.LightningDataModule):
         store = self._open()
         if self.resident is None or self.resident.device != device or self.resident.fingerprint != store.fingerprint:
             self.resident = ResidentPixels.load(store, device, self.device_store_share)
-            self._device_tables = None
 
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
         if self.resident is not None and self.load_images and "images" not in batch:
@@ -256,6 +254,7 @@ class TripletsDataModule(_StoreDataModule):
         self.val_fraction = val_fraction
         self.dedup = dedup
         self.labels: np.ndarray | None = None
+        self._device_tables: tuple[torch.Tensor, torch.Tensor] | None = None  # labels, category codes on the device
 
     def _stream(self, name: str) -> np.random.Generator:
         return random_stream(self.seed, name)
@@ -342,8 +341,9 @@ class TripletsDataModule(_StoreDataModule):
         return super().on_after_batch_transfer(batch, dataloader_idx)
 
     def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training labels and category codes of every store row, on the device, for :func:`deduplicate`."""
-        if self._device_tables is None:
+        """Training labels and category codes of every store row, on ``device``, for :func:`deduplicate`
+        (both are fixed once ``setup`` has run: copied again only to another device)."""
+        if self._device_tables is None or self._device_tables[0].device != device:
             codes = category_codes(self._open(), self.categories)
             self._device_tables = (torch.from_numpy(self.labels).to(device), torch.from_numpy(codes).to(device))
         return self._device_tables
@@ -360,11 +360,13 @@ class TripletsDataModule(_StoreDataModule):
     def test_dataloader(self) -> DataLoader:
         return self.products_loader(self.evaluation.rows)
 
-    @property
+    @cached_property
     def predict_rows(self) -> np.ndarray:
         """One row per distinct picture (image and box) of the store: predict writes the catalogs from
         them. A product listed in several outfits (Polyvore) has a row per outfit but one catalog entry,
-        so that it is not its own nearest neighbour."""
+        so that it is not its own nearest neighbour. Computed once (the datamodule opens its store
+        once): the loader and the catalog writer both ask, and at the release's 485,230 products each
+        pass over the table takes most of a second."""
         table = self._open().table
         first: dict[tuple, int] = {}
         for row, picture in enumerate(zip(table.image_paths.tolist(), np.nan_to_num(table.boxes, nan=-1.0).tolist())):
