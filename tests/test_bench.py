@@ -59,8 +59,8 @@ def test_gpu_script_smoke_runs_on_the_cpu(tmp_path):
     assert [e["feature_cache_s"] is not None for e in runs.values()] == [False, False, True, True]
     assert [e["device_store_load_s"] is not None for e in runs.values()] == [False, True, False, True]
     assert results["errors"] == []
-    for recipe in ("fine-tuning", "frozen"):
-        profile = results[f"profile {recipe}"]
+    assert set(results["profiles"]) == {"fine-tuning", "frozen + feature cache"}
+    for profile in results["profiles"].values():
         assert (
             profile["host_ms_per_step_profiled"] > 0
             and profile["kernels_per_step"] == 0

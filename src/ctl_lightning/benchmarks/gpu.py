@@ -152,20 +152,33 @@ class _Profile(pl.Callback):
         self.path.write_text(text)
 
 
+def recipe(freeze: bool) -> str:
+    return "frozen + feature cache" if freeze else "fine-tuning"
+
+
+def _recipe_model(dm: TripletsDataModule, freeze: bool):
+    """ResNet18 for a recipe: the whole network trains, or the frozen backbone feeds the feature cache."""
+    return setup.model("resnet18", pretrained=False, freeze_backbone=freeze, feature_cache="auto", embed_batch_size=dm.eval_batch_size)
+
+
+def _steps(dm: TripletsDataModule) -> int:
+    return int(np.ceil(len(dm.train_triplets) / dm.batch_size))
+
+
 def epoch(dm: TripletsDataModule, gpu: bool, freeze: bool, device_store: bool) -> dict:
     """One measured training epoch of a recipe through a data path."""
     dm.load_images, dm.device_store = True, device_store
-    model = setup.model("resnet18", pretrained=False, freeze_backbone=freeze, feature_cache="auto", embed_batch_size=dm.eval_batch_size)
+    model = _recipe_model(dm, freeze)
     clock = _EpochClock()
     callbacks = [*setup.fit_callbacks(dm), clock]
-    steps = int(np.ceil(len(dm.train_triplets) / dm.batch_size))
+    steps = _steps(dm)
     trainer = _trainer(gpu, max_epochs=1, callbacks=callbacks)
     _memory()
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     total = time.perf_counter() - start
     result = {
-        "recipe": "frozen + feature cache" if freeze else "fine-tuning",
+        "recipe": recipe(freeze),
         "path": "device store" if device_store else "loader",
         "triplets": len(dm.train_triplets),
         "steps": steps,
@@ -192,14 +205,14 @@ def profile_steps(dm: TripletsDataModule, gpu: bool, freeze: bool, path: Path) -
     """A profiler trace of 30 steps after 50 (fewer with --smoke) through the device store, in a fit of
     its own so that the profiler's cost stays out of the measured epochs; the tables go to ``path``."""
     dm.load_images, dm.device_store = True, True
-    model = setup.model("resnet18", pretrained=False, freeze_backbone=freeze, feature_cache="auto", embed_batch_size=dm.eval_batch_size)
-    steps = int(np.ceil(len(dm.train_triplets) / dm.batch_size))
+    model = _recipe_model(dm, freeze)
+    steps = _steps(dm)
     profiler = _Profile(path, skip=min(50, steps // 4), active=min(30, steps // 4))
     trainer = _trainer(
         gpu, max_epochs=1, limit_train_batches=profiler.skip + profiler.active + 1, callbacks=[*setup.fit_callbacks(dm), profiler]
     )
     trainer.fit(model, datamodule=dm)
-    return {"recipe": "frozen + feature cache" if freeze else "fine-tuning", "file": path.name, **profiler.summary}
+    return {"file": path.name, **profiler.summary}
 
 
 def catalog_build(dm: TripletsDataModule, gpu: bool, device_store: bool) -> dict:
@@ -269,9 +282,9 @@ def seed_scale(results: dict, out: Path, data: Path, smoke: bool, gpu: bool, sav
         "seconds": time.perf_counter() - start,
     }
     warm_up(dm, gpu)
-    results["epochs"], results["catalog"], results["errors"] = [], [], []
+    results["epochs"], results["catalog"], results["profiles"], results["errors"] = [], [], {}, []
 
-    def part(into: list | None, key: str | None, measure, *args, **kwargs) -> None:
+    def part(into: list | dict, key: str | None, measure, *args, **kwargs) -> None:
         """One measurement; a failure is recorded (and raised with --smoke) while the others still run."""
         try:
             value = measure(*args, **kwargs)
@@ -281,21 +294,21 @@ def seed_scale(results: dict, out: Path, data: Path, smoke: bool, gpu: bool, sav
             if not gpu:
                 raise
             return
-        if into is not None:
+        if key is None:
             into.append(value)
         else:
-            results[key] = value
+            into[key] = value
         save()
 
     for freeze in (False, True) if "epochs" in parts else ():
         for device_store in PATHS.values():
             part(results["epochs"], None, epoch, dm, gpu, freeze, device_store)
         trace = out / f"profile-{'frozen' if freeze else 'finetune'}.txt"
-        part(None, f"profile {'frozen' if freeze else 'fine-tuning'}", profile_steps, dm, gpu, freeze, trace)
+        part(results["profiles"], recipe(freeze), profile_steps, dm, gpu, freeze, trace)  # through the device store
     for device_store in PATHS.values() if "catalog" in parts else ():
         part(results["catalog"], None, catalog_build, dm, gpu, device_store)
     if "catalog" in parts:
-        part(None, "pure_inference", pure_inference, dm, gpu)
+        part(results, "pure_inference", pure_inference, dm, gpu)
     return dm
 
 

@@ -48,7 +48,7 @@ def table(results: dict) -> str:
         lines.append("|---|---|---|---|---|---|---|---|---|")
         for e in epochs:
             base = next((b for b in epochs if b["recipe"] == e["recipe"] and b["path"] == "loader"), e)
-            p = results.get(f"profile {e['recipe'].split(' ')[0]}") if e["path"] == "device store" else None
+            p = results.get("profiles", {}).get(e["recipe"]) if e["path"] == "device store" else None
             traced = f"{p['gpu_kernel_ms_per_step']:.2f} ({p['kernels_per_step']:.0f} kernels)" if p else ""
             lines.append(
                 f"| {e['recipe']} | {e['path']} | **{e['epoch_s']:.2f}** | {1000 * e['epoch_s'] / e['steps']:.2f} | {e['triplets_per_s']:,.0f} | "
