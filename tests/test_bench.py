@@ -13,6 +13,7 @@ from helpers import REPO
 
 from ctl_lightning.benchmarks import fastpaths, retrieval
 from ctl_lightning.benchmarks.report import goals, goals_section, hosts_of, run_of, with_run, write_report
+from ctl_lightning.benchmarks.timing import measure_interleaved
 
 
 def test_forward_pass_accounting_counts_unique_products_per_batch():
@@ -20,6 +21,14 @@ def test_forward_pass_accounting_counts_unique_products_per_batch():
     result = fastpaths._forward_passes(triplets, batch_size=4)
     assert result["images_without_dedup"] == 12 and result["images_with_dedup"] == 8
     assert result["saved_fraction"] == pytest.approx(1 / 3)
+
+
+def test_interleaved_timing_alternates_the_runs_and_reverses_the_order_each_round():
+    calls = []
+    timings = measure_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=4, warmup=1)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]  # a warm-up round, then ab ba ab ba
+    assert [timings[name]["repeats"] for name in "ab"] == [4, 4]
+    assert all(len(timings[name]["runs"]) == 4 and timings[name]["min_s"] <= timings[name]["median_s"] for name in "ab")
 
 
 def test_retrieval_bench_compares_engines_on_the_same_answers():

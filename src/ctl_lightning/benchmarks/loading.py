@@ -16,7 +16,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from ctl_lightning.benchmarks.timing import measure, rate
+from ctl_lightning.benchmarks.timing import measure_interleaved, rate
 from ctl_lightning.data.batches import RowsDataset, TripletCollate
 from ctl_lightning.models.module import normalization, normalize_images
 
@@ -58,19 +58,21 @@ def loader_throughput(dm, crop_paths, batches: dict, workers: int, repeats: int)
         num_workers=workers,
         collate_fn=TripletCollate(dm.store, dm.labels, dm.categories),
     )
-    results = {}
-    for name, loader, convert, n in (
-        ("seed_style", seed_loader, lambda b: 3 * len(b[0]), batches["seed"]),
-        (
-            "product_store",
+    plan = {
+        "seed_style": (seed_loader, lambda b: 3 * len(b[0]), batches["seed"]),
+        "product_store": (
             store_loader,
             lambda b: (normalize_images(b["images"], SCALE, BIAS), 3 * len(b["triplets"]))[1],
             batches["store"],
         ),
-    ):
-        images = n * batch_size * 3
-        results[name] = rate(images, measure(lambda loader=loader, n=n, convert=convert: _consume(loader, n, convert), repeats=repeats))
-        results[name]["batches"] = n
+    }
+    timings = measure_interleaved(
+        {name: lambda loader=loader, convert=convert, n=n: _consume(loader, n, convert) for name, (loader, convert, n) in plan.items()},
+        repeats=repeats,
+    )
+    results = {}
+    for name, (_loader, _convert, n) in plan.items():
+        results[name] = {**rate(n * batch_size * 3, timings[name]), "batches": n}
     results["ratio"] = results["product_store"]["per_s"] / results["seed_style"]["per_s"]
     results["workers"], results["batch_size"], results["image_size"] = workers, batch_size, size
     return results
