@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 
 from ctl_lightning.data.products import ProductSpec, ProductTable
 from ctl_lightning.errors import CtlError
-from ctl_lightning.retrieval.catalog import KINDS, Catalog
+from ctl_lightning.retrieval.catalog import KINDS, Catalog, nonfinite_rows
+from ctl_lightning.retrieval.merge import scatter_rows
 from ctl_lightning.retrieval.writer import CatalogWriter
 
 PRODUCTS = 100
@@ -218,3 +219,22 @@ def test_predictions_on_a_cuda_device_are_copied_without_blocking_and_give_the_s
         assert pending.ready is not None and all(t.is_pinned() for t in pending.tensors.values())
     writer.on_predict_epoch_end(trainer, model)
     assert catalog_bytes(tmp_path / "hooks" / "catalogs") == catalog_bytes(tmp_path / "cpu" / "catalogs")
+
+
+def test_nonfinite_rows_are_found_exactly_even_where_the_squares_overflow():
+    vectors = np.ones((6, 8), dtype=np.float32)
+    vectors[1, 3], vectors[3, 0], vectors[4, 7] = np.nan, -np.inf, np.inf
+    vectors[2] = 3e30  # finite, but its squares overflow float32: a suspect the exact check clears
+    assert nonfinite_rows(vectors).tolist() == [1, 3, 4]
+    assert nonfinite_rows(vectors, offset=10).tolist() == [11, 13, 14]
+    assert nonfinite_rows(vectors.reshape(6, 2, 4)).tolist() == [1, 3, 4]  # subspace matrices: one row each
+
+
+@pytest.mark.parametrize("positions", [[1, 4, 7, 10], [0, 1, 2], [2, 3, 7], [5]], ids=["dealt every 3", "contiguous", "uneven", "one row"])
+def test_scatter_rows_places_rows_as_fancy_indexing_does(positions):
+    positions = np.array(positions)
+    rows = np.arange(len(positions) * 3, dtype=np.float32).reshape(-1, 3) + 1
+    expected, target = np.zeros((12, 3), np.float32), np.zeros((12, 3), np.float32)
+    expected[positions] = rows
+    scatter_rows(target, positions, rows)
+    assert np.array_equal(target, expected)

@@ -58,8 +58,9 @@ from ctl_lightning.errors import CtlError, DataFormatError
 from ctl_lightning.losses.softtriple import SameClassCentersRegularizer
 from ctl_lightning.losses.triplet import TripletLoss
 from ctl_lightning.models.checkpoint import load_checkpoint
-from ctl_lightning.retrieval.catalog import KINDS, Catalog, Shard, write_catalog
+from ctl_lightning.retrieval.catalog import KINDS, Catalog
 from ctl_lightning.retrieval.embedder import open_image
+from ctl_lightning.retrieval.merge import Shard, write_catalog
 from ctl_lightning.retrieval.recommend import Recommender
 from ctl_lightning.retrieval.render import Thumbnails
 from ctl_lightning.retrieval.writer import CatalogWriter

@@ -19,7 +19,8 @@ from ctl_lightning.errors import CtlError
 from ctl_lightning.evaluation import metrics
 from ctl_lightning.losses import TripletLoss, TypeAwareTripletLoss
 from ctl_lightning.models.subspaces import CategorySubspaces
-from ctl_lightning.retrieval.catalog import KINDS, Shard, write_catalog
+from ctl_lightning.retrieval.catalog import KINDS
+from ctl_lightning.retrieval.merge import Shard, write_catalog
 from ctl_lightning.retrieval.recommend import Recommender
 from ctl_lightning.retrieval.subspaces import PairSubspaces
 

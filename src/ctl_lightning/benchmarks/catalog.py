@@ -23,9 +23,9 @@ import pytorch_lightning as pl
 import torch
 
 from ctl_lightning.benchmarks import setup
-from ctl_lightning.benchmarks.timing import measure, rate
+from ctl_lightning.benchmarks.timing import measure, measure_interleaved, rate
 from ctl_lightning.data.products import ProductSpec, ProductTable
-from ctl_lightning.retrieval.catalog import Shard, write_catalog
+from ctl_lightning.retrieval.merge import Shard, merge_catalogs
 from ctl_lightning.retrieval.writer import CatalogWriter
 
 MERGE_DIMS = {"similar": 512, "compatible": 128}  # a ResNet18's features and the head's embedding
@@ -52,18 +52,20 @@ def throughput(dm, repeats: int) -> dict:
                 model.head(model.backbone(x))
 
     with tempfile.TemporaryDirectory() as tmp:
-        predict = rate(len(rows), measure(lambda: _predict(model, dm, Path(tmp)), repeats=repeats))
-    inference = rate(len(rows), measure(pure, repeats=repeats))
+        timings = measure_interleaved({"predict": lambda: _predict(model, dm, Path(tmp)), "pure_inference": pure}, repeats=repeats)
+    predict, inference = (rate(len(rows), timings[name]) for name in ("predict", "pure_inference"))
     return {
         "products": len(rows),
         "batch_size": dm.eval_batch_size,
         "predict": predict,
         "pure_inference": inference,
         "ratio": predict["per_s"] / inference["per_s"],
+        # each round's predict against the pure inference run beside it: what the host's load did not move
+        "round_ratios": [p / q for p, q in zip(inference["runs"], predict["runs"], strict=True)],
     }
 
 
-def merge_scaling(sizes: tuple[int, ...], root: Path, ranks: int = 2) -> dict:
+def merge_scaling(sizes: tuple[int, ...], root: Path, ranks: int = 2, repeats: int = 3) -> dict:
     """Seconds to merge ``ranks`` interleaved shards (as DistributedSampler deals rows) into both catalogs."""
     rng = np.random.default_rng(0)
     results = []
@@ -80,16 +82,13 @@ def merge_scaling(sizes: tuple[int, ...], root: Path, ranks: int = 2) -> dict:
                             count = min(65536, len(ids) - start)
                             handle.write(rng.standard_normal((count, dim), dtype=np.float32).tobytes())
                     shards[kind].append(Shard(ids, path, dim))
-            seconds = {}
-            for kind in MERGE_DIMS:
-                merge = partial(write_catalog, Path(tmp) / kind, table.positions, shards[kind], table, {})
-                timing = measure(merge, repeats=2, warmup=0)
-                seconds[kind] = timing["median_s"]
-        total = sum(seconds.values())
-        results.append({"rows": rows, "seconds": seconds, "total_s": total, "us_per_row": 1e6 * total / rows})
+            merge = partial(merge_catalogs, Path(tmp) / "catalogs", table.positions, shards, table, {kind: {} for kind in MERGE_DIMS})
+            total = measure(merge, repeats=repeats, warmup=0)["median_s"]
+        results.append({"rows": rows, "total_s": total, "us_per_row": 1e6 * total / rows})
     return {
         "ranks": ranks,
         "dims": MERGE_DIMS,
+        "repeats": repeats,
         "sizes": results,
         "per_row_growth": results[-1]["us_per_row"] / results[0]["us_per_row"],
     }

@@ -43,7 +43,6 @@ import os
 import shutil
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +55,8 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from ctl_lightning.errors import CtlError
 from ctl_lightning.io import write_json
 from ctl_lightning.models.fingerprint import state_fingerprint
-from ctl_lightning.retrieval.catalog import KINDS, CatalogBuild, Shard, file_fingerprint, write_catalog
+from ctl_lightning.retrieval.catalog import KINDS, CatalogBuild, file_fingerprint
+from ctl_lightning.retrieval.merge import Shard, merge_catalogs
 from ctl_lightning.retrieval.subspaces import PairSubspaces
 
 DESCRIPTIONS = {
@@ -243,21 +243,9 @@ class CatalogWriter(BasePredictionWriter):
         subspaces = catalog_subspaces(pl_module)
         manifests = self._manifests(trainer, pl_module, dims, subspaces)
         row_ids = [np.fromfile(shard / "row_ids.bin", dtype=np.int64) for shard in shards]
-
-        def merge(kind: str) -> Path:
-            parts = [Shard(ids, shard / f"{kind}.bin", dims[kind]) for ids, shard in zip(row_ids, shards) if len(ids)]
-            table = self.datamodule.store.table
-            return write_catalog(
-                self.output_dir / kind,
-                self.datamodule.predict_rows,
-                parts,
-                table,
-                manifests[kind],
-                subspaces=subspaces if kind == "compatible" else None,
-            )
-
-        with ThreadPoolExecutor(len(KINDS), thread_name_prefix="catalog-merge") as pool:
-            self.written.update(zip(KINDS, pool.map(merge, KINDS)))
+        parts = {kind: [Shard(ids, shard / f"{kind}.bin", dims[kind]) for ids, shard in zip(row_ids, shards) if len(ids)] for kind in KINDS}
+        written = merge_catalogs(self.output_dir, self.datamodule.predict_rows, parts, self.datamodule.store.table, manifests, subspaces)
+        self.written.update(written)
         shutil.rmtree(self.output_dir / ".shards", ignore_errors=True)
 
 

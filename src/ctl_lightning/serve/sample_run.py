@@ -22,8 +22,9 @@ from ctl_lightning.data.store import ProductStore
 from ctl_lightning.data.synthetic import SynthConfig, generate
 from ctl_lightning.models.checkpoint import RUN_CONFIG
 from ctl_lightning.models.fingerprint import state_fingerprint
-from ctl_lightning.retrieval.catalog import KINDS, Shard, write_catalog
+from ctl_lightning.retrieval.catalog import KINDS
 from ctl_lightning.retrieval.embedder import ImageEmbedder
+from ctl_lightning.retrieval.merge import Shard, write_catalog
 
 CONF = Path(__file__).resolve().parents[3] / "conf"
 RANDOM_DIM = 8  # the width of write_run_catalogs' random vectors
