@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -283,6 +284,53 @@ def test_reload_swaps_runs_without_failing_requests_in_flight(runs, recommender,
         assert client.get("/healthz").json()["run"] == str(runs["b"])
         assert client.post("/v1/similar", files=upload(Path(spec.image_path))).status_code == 200
         assert 'ctl_serve_reloads_total{result="failed"} 1.0' in client.get("/metrics").text
+
+
+def repoint(link: Path, target: Path) -> None:
+    """``ln -sfn target link``, atomically: a new link renamed over the old one."""
+    tmp = link.with_name(link.name + ".new")
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def wait_for_run(client: TestClient, run: Path, seconds: float = 30.0) -> dict:
+    deadline = time.monotonic() + seconds
+    while (health := client.get("/healthz").json())["run"] != str(run.resolve()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return health
+
+
+def test_a_watched_symlink_is_followed_to_each_run_it_points_at_and_a_broken_one_is_refused(runs, tmp_path):
+    link = tmp_path / "current"
+    os.symlink(runs["a"], link)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(runs["a"], damaged)
+    (damaged / "catalogs" / "similar" / "manifest.json").write_text("{")
+    with TestClient(create_app(link, SETTINGS, watch_interval=0.05)) as client:
+        first = client.get("/healthz").json()
+        assert first["run"] == str(runs["a"].resolve())
+        repoint(link, runs["b"])
+        swapped = wait_for_run(client, runs["b"])
+        assert swapped["run"] == str(runs["b"].resolve()) and swapped["model_fingerprint"] != first["model_fingerprint"]
+        repoint(link, damaged)
+        deadline = time.monotonic() + 30
+        while 'ctl_serve_reloads_total{result="failed"} 1.0' not in client.get("/metrics").text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        metrics = client.get("/metrics").text
+        assert 'ctl_serve_reloads_total{result="failed"} 1.0' in metrics and 'ctl_serve_reloads_total{result="ok"} 1.0' in metrics
+        time.sleep(0.3)  # several more polls: the broken target is not retried while the link stays
+        assert 'ctl_serve_reloads_total{result="failed"} 1.0' in client.get("/metrics").text
+        assert client.get("/healthz").json()["run"] == str(runs["b"].resolve())
+        still_serving(client)
+        repoint(link, runs["a"])
+        assert wait_for_run(client, runs["a"])["model_fingerprint"] == first["model_fingerprint"]
+    assert not any(thread.name == "ctl-serve-watch" for thread in threading.enumerate()), "the watcher stops with the app"
+
+
+def test_watch_needs_a_symlink(runs, capsys):
+    code, stderr = run_cli(serve_main, [str(runs["a"]), "--watch", "--port", "0"], capsys)
+    line = one_line_error(stderr, "ctl-serve")
+    assert code != 0 and "not a symlink" in line and str(runs["a"]) in line
 
 
 # --- ONNX ---------------------------------------------------------------------------------------------

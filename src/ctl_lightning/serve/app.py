@@ -10,6 +10,7 @@ import hmac
 import io
 import re
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -27,7 +28,8 @@ from ctl_lightning.retrieval.embedder import NotAnImage, open_image
 from ctl_lightning.retrieval.schema import Recommendations, recommendations_document
 from ctl_lightning.serve.errors import ApiError, BodyLimit, ErrorBody, ErrorDetail, install_error_handlers
 from ctl_lightning.serve.metrics import Metrics
-from ctl_lightning.serve.state import Holder, Served, ServeSettings
+from ctl_lightning.serve.state import Holder, ReloadInProgress, Served, ServeSettings
+from ctl_lightning.serve.watch import LinkWatcher, link_target
 
 MULTIPART_SLACK = 64 * 1024  # form fields and part headers around an upload of the largest allowed image
 # A row id or a product key (signature@x,y,w,h); never a path: no slashes, no "..", no control characters.
@@ -113,22 +115,55 @@ def check_counts(k: int, per_category: int, max_k: int) -> None:
         raise ApiError("bad_parameter", f"per_category must be between 0 and {max_k}, got {per_category}")
 
 
-def create_app(run_dir: str | Path, settings: ServeSettings | None = None, token: str | None = None) -> FastAPI:
+def create_app(
+    run_dir: str | Path, settings: ServeSettings | None = None, token: str | None = None, watch_interval: float | None = None
+) -> FastAPI:
     """The application serving ``run_dir``; a run that cannot serve is a :class:`CtlError` here.
 
     ``token``: what ``POST /admin/reload`` must be sent as ``Authorization: Bearer TOKEN``; ``None``
-    turns reloading off.
+    turns reloading off. ``watch_interval``: ``run_dir`` is a symlink, followed (:mod:`.watch`) by
+    looking where it points every that many seconds while the application runs.
     """
     settings = settings or ServeSettings()
     metrics = Metrics()
+    link = Path(run_dir) if watch_interval is not None else None
+    run_dir = link_target(link) if link is not None else run_dir
     holder = Holder(Served.load(run_dir, settings, metrics.observe_batch))
     metrics.serving(str(run_dir), len(holder.current.recommender), holder.current.fingerprint)
+
+    def swap_in(run: Path) -> Served:
+        """Load ``run`` and put it in place of the one served: the reload of the endpoint and of the watcher."""
+        if not holder.reloading.acquire(blocking=False):
+            raise ReloadInProgress("another reload is in progress")
+        try:
+            try:
+                served = Served.load(run, settings, metrics.observe_batch)
+            except CtlError:
+                metrics.reloads.labels("failed").inc()
+                raise
+            holder.replace(served)
+            metrics.serving(str(run), len(served.recommender), served.fingerprint)
+            metrics.reloads.labels("ok").inc()
+            return served
+        finally:
+            holder.reloading.release()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        watcher = LinkWatcher(link, Path(run_dir), swap_in, watch_interval).start() if link is not None else None
+        try:
+            yield
+        finally:
+            if watcher is not None:
+                watcher.stop()
+
     app = FastAPI(
         title="ctl-serve",
         summary="Similar and complementary fashion products from a ctl-lightning run's catalogs",
         description="Answers use the schema of ctl-recommend's recommendations.json. Errors are "
         '`{"error": {"code": CODE, "message": TEXT}}` with a stable code.',
         version="1",
+        lifespan=lifespan,
     )
     app.state.holder, app.state.metrics, app.state.settings = holder, metrics, settings
     install_error_handlers(app)
@@ -251,20 +286,13 @@ def create_app(run_dir: str | Path, settings: ServeSettings | None = None, token
         given = authorization.removeprefix("Bearer ").strip()
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise ApiError("wrong_token", "wrong reload token")
-        if not holder.reloading.acquire(blocking=False):
-            raise ApiError("reload_in_progress", "another reload is in progress")
+        run = Path(body.run_dir) if body and body.run_dir else holder.current.run_dir
         try:
-            run = Path(body.run_dir) if body and body.run_dir else holder.current.run_dir
-            try:
-                served = Served.load(run, settings, metrics.observe_batch)
-            except CtlError as error:
-                metrics.reloads.labels("failed").inc()
-                raise ApiError("reload_failed", f"{error} (still serving {holder.current.run_dir})") from None
-            holder.replace(served)
-            metrics.serving(str(run), len(served.recommender), served.fingerprint)
-            metrics.reloads.labels("ok").inc()
-        finally:
-            holder.reloading.release()
+            swap_in(run)
+        except ReloadInProgress as error:
+            raise ApiError("reload_in_progress", str(error)) from None
+        except CtlError as error:
+            raise ApiError("reload_failed", f"{error} (still serving {holder.current.run_dir})") from None
         return healthz()
 
     return app

@@ -1,6 +1,7 @@
 """``ctl-serve``: a run's recommendations over HTTP.
 
     ctl-serve [RUN_DIR] [--host 127.0.0.1] [--port 8000]
+    ctl-serve runs/current --watch      # follow a symlink: repoint it to promote another run
 
 Serves the run's catalogs (see the README's "Serving" section; the API at http://HOST:PORT/docs).
 Set CTL_SERVE_TOKEN in the environment to allow ``POST /admin/reload`` with that token.
@@ -9,6 +10,7 @@ Set CTL_SERVE_TOKEN in the environment to allow ``POST /admin/reload`` with that
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -37,6 +39,12 @@ def parser() -> argparse.ArgumentParser:
         "--batch-wait-ms", type=float, default=DEFAULTS.batch_wait_ms, help="how long an image waits for others to share its pass"
     )
     p.add_argument("--data-root", help="where the run's dataset folder is now, if it moved since the run")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="RUN_DIR is a symlink (ln -sfn RUN current): serve its target, and load and swap in the new one when it is repointed",
+    )
+    p.add_argument("--watch-interval", type=float, default=2.0, help="seconds between looks at the --watch symlink (default 2)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     return p
 
@@ -61,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.max_upload_mb <= 0 or args.batch_wait_ms < 0:
         p.error("--max-upload-mb must be positive and --batch-wait-ms not negative")
+    if args.watch and (args.run_dir is None or args.watch_interval <= 0):
+        p.error("--watch needs RUN_DIR, a symlink to the run to serve, and a positive --watch-interval")
     settings = ServeSettings(
         max_k=args.max_k,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
@@ -74,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
 
         from ctl_lightning.serve.app import create_app
 
-        app = create_app(args.run_dir or latest(), settings, token=os.environ.get(TOKEN_ENV) or None)
+        watch = args.watch_interval if args.watch else None
+        app = create_app(args.run_dir or latest(), settings, token=os.environ.get(TOKEN_ENV) or None, watch_interval=watch)
         served = app.state.holder.current
         if served.batcher is None:
             images = f"product queries only ({served.no_model})"
@@ -82,6 +93,10 @@ def main(argv: list[str] | None = None) -> None:
             images = f"image queries embedded by {served.embedder.kind}" + (f" ({served.no_onnx})" if served.no_onnx else "")
         print(f"ctl-serve: {served.run_dir}: {len(served.recommender)} products, {images}", file=sys.stderr)
         print(f"ctl-serve: API docs at http://{args.host}:{args.port}/docs", file=sys.stderr)
+        if args.watch:
+            print(f"ctl-serve: following {args.run_dir}: repoint it (ln -sfn RUN {args.run_dir}) to serve another run", file=sys.stderr)
+            logging.basicConfig(format="%(message)s")
+            logging.getLogger("ctl_lightning.serve").setLevel(logging.INFO)  # say when a repointed link is served
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
 
 

@@ -73,6 +73,10 @@ class Served:
             self.batcher.close()
 
 
+class ReloadInProgress(CtlError):
+    """Another reload holds the lock: this one is refused, not queued."""
+
+
 class Holder:
     """The run served now; :meth:`replace` swaps in another, one reload at a time."""
 
