@@ -222,5 +222,9 @@ def test_the_benchmark_smoke_run_writes_its_report(tmp_path, capsys):
     report = (tmp_path / "ANN.md").read_text()
     assert "### 4,000 rows" in report and "| hnsw | m 32, ef_construction 80 | ef_search 128 |" in report
     assert "not measured on this host yet" in report and not (tmp_path / "data" / "ivf").exists()
-    skip = ann_bench.projected_skips([{"rows": 1000, "hnsw": {"build_s": 1.0, "rows_per_s": 1000.0}, "ivf": {"skipped": "-"}}], 10**7, 20)
+    measured = [
+        {"rows": rows, "hnsw": {"build_s": 1.0, "rows_per_s": rate}, "ivf": {"skipped": "-"}} for rows, rate in ((10, 10.0), (1000, 1000.0))
+    ]
+    skip = ann_bench.projected_skips(measured, 10**7, 20)
     assert list(skip) == ["hnsw"] and "1,000 rows/s measured at 1,000 rows" in skip["hnsw"] and "167 min" in skip["hnsw"]
+    assert ann_bench.projected_skips(measured, 1000, 20) == {}  # 1,000 rows at 10 rows/s: under 2 minutes

@@ -11,13 +11,15 @@ the load time (fingerprint included) is measured too. A kind whose build, projec
 at a smaller size of the same run, would take longer than ``--max-build-minutes`` is skipped, and the
 report says so with the rate. Results go to ``ann.json`` (one run per host, as ``results.json``; a
 rerun replaces the sizes it measures) and ``ANN.md`` (:mod:`ctl_lightning.benchmarks.ann_report`).
-Not part of ``make bench``: 10M rows take about an hour and 15 GB of memory.
+Not part of ``make bench``: 10M rows take about 15 minutes and 11 GB of memory (hnsw, projected at
+about 47 minutes from its 1M rate, left out).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -165,26 +167,28 @@ def bench_size(rows: int, n_queries: int, exact_queries: int, folder: Path, skip
     return out
 
 
-def projected_skips(done: list[dict], rows: int, max_minutes: float) -> dict[str, str]:
-    """The kinds whose build at ``rows``, at the rate measured at the largest smaller size, would exceed ``max_minutes``."""
+def projected_skips(measured: list[dict], rows: int, max_minutes: float) -> dict[str, str]:
+    """The kinds whose build at ``rows``, at the rate measured at the largest smaller size (this run's or
+    this host's earlier run's), would take longer than ``max_minutes``; why, for each."""
     skip = {}
     for kind in SEARCHES:
-        measured = [d for d in done if "build_s" in d[kind]]
-        if measured:
-            rate = measured[-1][kind]["rows_per_s"]
+        built = sorted((m for m in measured if m["rows"] < rows and "build_s" in m[kind]), key=lambda m: m["rows"])
+        if built:
+            rate = built[-1][kind]["rows_per_s"]
             minutes = rows / rate / 60
             if minutes > max_minutes:
                 skip[kind] = (
-                    f"not built: at the {rate:,.0f} rows/s measured at {measured[-1]['rows']:,} rows its build would take about "
-                    f"{minutes:.0f} min (over --max-build-minutes {max_minutes:g}), and the rate only falls as the graph grows"
+                    f"not built: at the {rate:,.0f} rows/s measured at {built[-1]['rows']:,} rows its build would take about "
+                    f"{minutes:.0f} min (over --max-build-minutes {max_minutes:g}), and the rate only falls as the index grows"
                 )
     return skip
 
 
-def run(sizes: list[int], n_queries: int, exact_queries: int, data: Path, max_minutes: float) -> dict:
-    done = []
+def run(sizes: list[int], n_queries: int, exact_queries: int, data: Path, max_minutes: float, earlier: list[dict]) -> dict:
+    """Every size, smallest first; ``earlier``: this host's sizes measured before, for the build projections."""
+    done: list[dict] = []
     for rows in sorted(sizes):
-        done.append(bench_size(rows, n_queries, exact_queries, data, projected_skips(done, rows, max_minutes)))
+        done.append(bench_size(rows, n_queries, exact_queries, data, projected_skips([*earlier, *done], rows, max_minutes)))
     return {"sizes": done}
 
 
@@ -199,17 +203,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    earlier = json.loads((out / "ann.json").read_text()) if (out / "ann.json").is_file() else None
+    before = run_of(earlier, machine_info())
     started = time.perf_counter()
-    result = run(args.rows, args.queries, min(args.exact_queries, args.queries), Path(args.data), args.max_build_minutes)
+    sizes = before["sizes"] if before else []
+    result = run(args.rows, args.queries, min(args.exact_queries, args.queries), Path(args.data), args.max_build_minutes, sizes)
     command = " ".join(["python -m ctl_lightning.benchmarks.ann", *(argv if argv is not None else sys.argv[1:])])
     for size in result["sizes"]:
-        size["command"] = command
+        size.update(command=command, omp_num_threads=os.environ.get("OMP_NUM_THREADS"))
     result.update(machine=machine_info(), seconds=time.perf_counter() - started, generator=GENERATOR)
-    earlier = json.loads((out / "ann.json").read_text()) if (out / "ann.json").is_file() else None
-    before = run_of(earlier, result["machine"])
-    if before is not None:  # sizes this run did not measure keep their earlier figures
-        kept = [s for s in before["sizes"] if s["rows"] not in args.rows]
-        result["sizes"] = sorted(kept + result["sizes"], key=lambda s: s["rows"])
+    # Sizes this run did not measure keep their earlier figures.
+    result["sizes"] = sorted([s for s in sizes if s["rows"] not in args.rows] + result["sizes"], key=lambda s: s["rows"])
     recorded = with_run(earlier, result)
     (out / "ann.json").write_text(json.dumps(recorded, indent=2) + "\n")
     print(write_ann_report(recorded, out / "ANN.md"))

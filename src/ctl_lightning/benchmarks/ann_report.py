@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ctl_lightning.benchmarks.report import hosts_of
+from ctl_lightning.retrieval.index import IndexSettings
 
 GOAL_ROWS, GOAL_RECALL, GOAL_MS = 10_000_000, 0.95, 5.0
 
 
 def _settings(values: dict) -> str:
-    return ", ".join(f"{name} {value}" for name, value in values.items())
+    return ", ".join(f"{name} {value}" for name, value in values.items() if name != "kind")
 
 
 def _rows(kind: str, r: dict) -> list[str]:
@@ -44,8 +45,8 @@ def size_section(size: dict) -> list[str]:
     return [
         f"### {size['rows']:,} rows",
         "",
-        f"`{size.get('command', '?')}`: catalog generated in {size['generate_s']:.0f} s, exact top-10 of the {size['queries']:,} "
-        f"queries in {size['ground_truth_s']:.0f} s.",
+        f"`{size['command']}` (OMP_NUM_THREADS={size['omp_num_threads']}): catalog generated in {size['generate_s']:.0f} s, "
+        f"exact top-10 of the {size['queries']:,} queries in {size['ground_truth_s']:.0f} s.",
         "",
         "| index | build settings | search setting | build | index memory | RSS growth (peak) | load | p50 | p99 | recall@10 | recall >= 0.95 at p50 <= 5 ms |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -88,13 +89,16 @@ def write_ann_report(results: dict, path: Path) -> Path:
         "sample and the chunk being added). Load is a fresh index finding the saved one: hashing the partition's vectors",
         "and reading the file. Latencies on a shared host include other processes' load.",
         "",
+        f"The defaults now (`IndexSettings`, nlist 0: the power of two nearest 2 * sqrt(rows)): ivf {_settings(IndexSettings('ivf').describe())};"
+        f" hnsw {_settings(IndexSettings('hnsw').describe())}. The table's build settings are those a build used.",
+        "",
     ]
     for run in runs:
         m = run["machine"]
         lines += [
             f"## Host: {m['cpu']} ({m.get('vendor', '?')}), {m['cores']} cores, {m.get('memory_gib', '?')} GiB",
             "",
-            f"OMP_NUM_THREADS={m.get('OMP_NUM_THREADS')}, torch {m['torch']} with {m['torch_threads']} threads.",
+            f"Latest run: torch {m['torch']} with {m['torch_threads']} threads, faiss with OMP_NUM_THREADS={m.get('OMP_NUM_THREADS')}.",
             "",
             goal_line(run),
             "",

@@ -49,13 +49,13 @@ class IndexSettings:
     """The index kind a recommender searches with, and the settings of the approximate kinds.
 
     The defaults come from experiments/benchmarks/ANN.md (synthetic clustered catalogs, 2 cores). ivf
-    probing 64 cells has recall@10 1.0 at 1M rows in under 1 ms a query, and 0.99 where a 50,000-row
-    partition is one continuous cloud (0.94 at 32 cells). hnsw needs ``ef_search`` 256 for 0.95 at 1M
-    rows (0.94 at 128), and takes over 20 times longer than ivf to build: ivf is the one to use.
+    probing 64 cells has recall@10 1.0 at 1M rows in under 1 ms a query, and 0.98 where a 50,000-row
+    partition is nearly one continuous cloud (0.93 at 32 cells). hnsw needs ``ef_search`` 256 for 0.955
+    at 1M rows (0.94 at 128), and takes 16 times longer than ivf to build: ivf is the one to use.
     """
 
     kind: str = "exact"  # exact, faiss (both exact), ivf or hnsw
-    exact_below: int = 50_000  # partitions with fewer rows are searched exactly: about 3 ms a query at 50,000, and never wrong
+    exact_below: int = 50_000  # partitions with fewer rows are searched exactly: about 1.2 ms a query at 50,000, and never wrong
     nlist: int = 0  # ivf: k-means cells per partition; 0: a power of two near 2 * sqrt(rows)
     nprobe: int = 64  # ivf: the cells a query scans
     m: int = 32  # hnsw: links per node
