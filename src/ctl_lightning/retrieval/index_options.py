@@ -22,7 +22,7 @@ def add_index_options(parser: argparse.ArgumentParser) -> None:
         "--index-param",
         action="append",
         metavar="NAME=VALUE",
-        help=f"a setting of the ivf or hnsw index, repeated for several: {', '.join(names)} (README, Serving)",
+        help=f"a setting of the ivf or hnsw index, repeated for several: {', '.join(names)} (README: Approximate indexes)",
     )
 
 
