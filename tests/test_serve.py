@@ -90,7 +90,7 @@ def test_product_queries_answer_what_ctl_recommend_writes(client, recommender):
     ):
         response = client.get(path)
         assert response.status_code == 200, response.text
-        document = recommendations_document(expected, str(recommender.dir.resolve()), "exact")
+        document = recommendations_document(expected, str(recommender.dir.resolve()), {"kind": "exact"})
         assert response.json() == document_json(document)
         Recommendations.model_validate(response.json())
         assert "inferred_category" not in response.json()["query"]

@@ -23,6 +23,7 @@ import pytorch_lightning as pl
 import torch
 
 from ctl_lightning.benchmarks import setup
+from ctl_lightning.benchmarks.machine import status_kib
 from ctl_lightning.benchmarks.timing import measure, measure_interleaved, rate
 from ctl_lightning.data.products import ProductSpec, ProductTable
 from ctl_lightning.retrieval.merge import Shard, merge_catalogs
@@ -105,24 +106,17 @@ def peak_rss_mib(root: Path, outfits: int, image_size: int) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def main() -> None:
     root, outfits, image_size = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     dm = setup.datamodule(root, outfits, image_size=image_size)
     model = setup.model(feature_cache=False)
-    before_kib = _status_kib("VmRSS")
+    before_kib = status_kib("VmRSS")
     # Reset the high-water mark (Linux clear_refs 5), so the peak is that of predict alone.
     Path("/proc/self/clear_refs").write_text("5")
     with tempfile.TemporaryDirectory() as tmp:
         _predict(model, dm, Path(tmp))
         size = sum(f.stat().st_size for f in Path(tmp).rglob("*.npy"))
-    peak_kib = _status_kib("VmHWM")
+    peak_kib = status_kib("VmHWM")
     print(
         json.dumps(
             {

@@ -30,6 +30,14 @@ def _cpuinfo() -> dict[str, str]:
     return fields
 
 
+def status_kib(field: str) -> int:
+    """A memory field of this process's /proc/self/status (``VmRSS``, ``VmHWM``), in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 def cpu_model() -> str:
     return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 

@@ -480,6 +480,14 @@ def write_report(results: dict, path: Path) -> Path:
         f"Written by `make bench` (`python -m ctl_lightning.benchmarks`), one part per host it has run on; raw numbers in "
         f"`{json_name}`. Hosts: {'; '.join(_host_name(r) for r in runs)}.",
         "",
+        *(
+            [
+                "Approximate indexes (ivf, hnsw) at 1M and 10M rows are measured apart, in [ANN.md](ANN.md) (`python -m ctl_lightning.benchmarks.ann`).",
+                "",
+            ]
+            if path.with_name("ANN.md").is_file()
+            else []
+        ),
         *goals_section(runs),
     ]
     for run in runs:

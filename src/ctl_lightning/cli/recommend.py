@@ -16,6 +16,7 @@ from pathlib import Path
 from ctl_lightning.data.formats.common import box_from_text
 from ctl_lightning.errors import friendly_errors
 from ctl_lightning.io import write_json
+from ctl_lightning.retrieval.index_options import add_index_options, index_settings
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -23,7 +24,7 @@ def run(args: argparse.Namespace) -> Path:
     from ctl_lightning.retrieval.render import Thumbnails, render_recommendations
     from ctl_lightning.retrieval.schema import document_json, recommendations_document
 
-    recommender = Recommender(args.catalog, engine=args.engine, data_root=args.data_root)
+    recommender = Recommender(args.catalog, index=index_settings(args), data_root=args.data_root)
     if args.image:
         query = recommender.image_query(args.image, args.category, box_from_text(args.box, what="--box"))
     else:
@@ -34,12 +35,14 @@ def run(args: argparse.Namespace) -> Path:
         result = recommender.recommend_complementary(query, args.k, args.per_category)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    payload = document_json(recommendations_document(result, str(recommender.dir.resolve()), args.engine))
+    payload = document_json(recommendations_document(result, str(recommender.dir.resolve()), recommender.index_settings.describe()))
     write_json(out / "recommendations.json", payload)
     thumbnails = Thumbnails.of(recommender)
     if thumbnails.problem:
         print(f"ctl-recommend: warning: pictures cropped from the source images instead: {thumbnails.problem}", file=sys.stderr)
     render_recommendations([result], thumbnails, out / "recommendations.png")
+    if recommender.index_summary():
+        print(f"ctl-recommend: {recommender.index_summary()}", file=sys.stderr)
     inferred = result.query.get("inferred_category")
     if inferred:
         print(f"inferred category: {inferred['category']} (confidence {inferred['confidence']:.0%})")
@@ -62,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--category", help="with --image: the query's category (default: inferred)")
         s.add_argument("--k", type=int, default=5)
         s.add_argument("--out", default="recommendations", help="output folder")
-        s.add_argument("--engine", choices=("exact", "faiss"), default="exact")
+        add_index_options(s)
         s.add_argument("--data-root", help="where the catalog's dataset folder is now, if it moved since the run")
         if mode == "complementary":
             s.add_argument("--per-category", type=int, default=1, help="items per other category; 0: plain top-k")

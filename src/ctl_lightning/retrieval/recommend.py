@@ -6,6 +6,11 @@
   default the best item of each other category, then the best ``k`` categories (as the seed did).
   A type-aware catalog searches each other category in the subspace of the pair (query category,
   that category); it keeps that category's mapped vectors for later queries of the query's category.
+
+The index kind (exact by default, or an approximate ``ivf`` or ``hnsw``) is chosen with
+:class:`~ctl_lightning.retrieval.index.IndexSettings`; approximate indexes are saved in each catalog's
+``index/`` folder (the pair subspaces' under ``index/<kind>-pairs/<query category>/``) and loaded from
+there next time.
 """
 
 from __future__ import annotations
@@ -17,13 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from ctl_lightning.errors import CtlError
+from ctl_lightning.retrieval.ann import summary
+from ctl_lightning.retrieval.ann_store import partition_dir
 from ctl_lightning.retrieval.catalog import Catalog
 from ctl_lightning.retrieval.embedder import (
     ImageEmbedder,
     checked_checkpoint,
     open_image,
 )
-from ctl_lightning.retrieval.index import ExactIndex, make_index
+from ctl_lightning.retrieval.index import ExactIndex, IndexSettings, make_index
 
 # Cosine at or above this is treated as the same image (an exact duplicate of the query).
 DUPLICATE_COSINE = 1.0 - 1e-5
@@ -62,8 +69,11 @@ class Recommendation:
 class Recommender:
     """Both catalogs of a run, loaded once (memory-mapped) with their per-category indexes."""
 
-    def __init__(self, catalog_dir: str | Path, engine: str = "exact", dtype: str = "float32", data_root: str | Path | None = None):
-        """``data_root``: where the dataset the catalog was made from is now, if it moved."""
+    def __init__(
+        self, catalog_dir: str | Path, index: IndexSettings | str = "exact", dtype: str = "float32", data_root: str | Path | None = None
+    ):
+        """``index``: the index kind, at its default settings, or :class:`IndexSettings`;
+        ``data_root``: where the dataset the catalog was made from is now, if it moved."""
         catalog_dir = Path(catalog_dir)
         if (catalog_dir / "catalogs").is_dir():
             catalog_dir = catalog_dir / "catalogs"
@@ -78,15 +88,21 @@ class Recommender:
             raise CtlError(f"{catalog_dir}: the similar and compatible catalogs come from different runs or data")
         categories = self.similar.table.categories
         self.data_root = Path(data_root) if data_root else None
-        self.engine, self.dtype = engine, dtype
+        self.index_settings = IndexSettings(index) if isinstance(index, str) else index
+        self.dtype = dtype
         # (query category, target category) -> index over the target's items in the pair's subspace, their positions
         self._pair_indexes: dict[tuple[str, str], tuple[ExactIndex, np.ndarray]] = {}
         self._embedder: ImageEmbedder | None = None
         self._model_checked = False
+        kind = self.index_settings.kind
         self.index = {
-            "similar": make_index(engine, self.similar.embeddings, categories, dtype),
-            "compatible": make_index(engine, self.compatible.embeddings, categories, dtype),
+            name: make_index(self.index_settings, catalog.embeddings, categories, dtype, catalog.path / "index" / kind)
+            for name, catalog in (("similar", self.similar), ("compatible", self.compatible))
         }
+
+    def index_summary(self) -> str | None:
+        """What the approximate indexes did so far (loaded, built, searched exactly), or ``None`` for an exact kind."""
+        return summary([*self.index.values(), *(index for index, _positions in self._pair_indexes.values())])
 
     @property
     def table(self):
@@ -222,7 +238,11 @@ class Recommender:
         if key not in self._pair_indexes:
             positions = np.flatnonzero(self.table.categories == category)
             mapped = subspaces.project(self.compatible.embeddings[positions], *key)
-            self._pair_indexes[key] = (make_index(self.engine, mapped, self.table.categories[positions], self.dtype), positions)
+            folder = partition_dir(self.compatible.path / "index" / f"{self.index_settings.kind}-pairs", query.category)
+            self._pair_indexes[key] = (
+                make_index(self.index_settings, mapped, self.table.categories[positions], self.dtype, folder),
+                positions,
+            )
         index, positions = self._pair_indexes[key]
         scores, found = index.search(subspaces.project(query.compatible[None], *key), k, category)
         return scores, positions[found]

@@ -48,6 +48,18 @@ class Item(_Strict):
     group: str = Field(description="the outfit (CTL) or scene (STL) the product comes from")
 
 
+class IndexInfo(_Strict):
+    """The index that found the items: its kind and, for an approximate one, the settings it searched with."""
+
+    kind: Literal["exact", "faiss", "ivf", "hnsw"] = Field(description="exact and faiss are exact; ivf and hnsw approximate")
+    exact_below: int | None = Field(None, description="ivf, hnsw: partitions (categories) with fewer rows are searched exactly")
+    nlist: int | None = Field(None, description="ivf: k-means cells per partition; 0: chosen from the partition's size")
+    nprobe: int | None = Field(None, description="ivf: cells a query scans")
+    m: int | None = Field(None, description="hnsw: links per node")
+    ef_construction: int | None = Field(None, description="hnsw: candidates kept while a node was linked")
+    ef_search: int | None = Field(None, description="hnsw: candidates a query keeps")
+
+
 class Recommendations(_Strict):
     """``recommendations.json`` of ``ctl-recommend``, and the answer of every ``/v1`` query of ``ctl-serve``."""
 
@@ -55,12 +67,14 @@ class Recommendations(_Strict):
     query: QueryInfo
     items: list[Item]
     catalog: str = Field(description="the catalogs folder the items come from")
-    engine: str = Field(description="the search engine: exact or faiss")
+    engine: str = Field(description="the index kind (as index.kind): exact, faiss, ivf or hnsw")
+    index: IndexInfo | None = Field(None, description="the index kind and its settings (absent from documents written before it)")
 
 
-def recommendations_document(result, catalog: str, engine: str) -> Recommendations:
-    """The document of a :class:`~ctl_lightning.retrieval.recommend.Recommendation`, checked against the schema."""
-    return Recommendations.model_validate({**result.to_json(), "catalog": catalog, "engine": engine})
+def recommendations_document(result, catalog: str, index: dict) -> Recommendations:
+    """The document of a :class:`~ctl_lightning.retrieval.recommend.Recommendation` found by the
+    index ``index`` describes (:meth:`~ctl_lightning.retrieval.index.IndexSettings.describe`), checked against the schema."""
+    return Recommendations.model_validate({**result.to_json(), "catalog": catalog, "engine": index["kind"], "index": index})
 
 
 def document_json(document: Recommendations) -> dict:

@@ -48,6 +48,7 @@ class Health(BaseModel):
     model_fingerprint: str
     image_queries: bool = Field(description="false when the run's checkpoint is not there (product queries still work)")
     embedder: Literal["onnxruntime", "torch"] | None = Field(description="what embeds images: the run's ONNX export, or its checkpoint")
+    index: dict[str, str | int] = Field(description="the index searched: its kind and settings (ctl-serve --index), as answers' index")
 
 
 class BatchQuery(BaseModel):
@@ -182,7 +183,7 @@ def create_app(
             )
         except CtlError as error:
             raise ApiError("bad_parameter", str(error)) from None
-        return recommendations_document(result, served.catalog, settings.engine)
+        return recommendations_document(result, served.catalog, recommender.index_settings.describe())
 
     def product_answer(mode: Mode, product: str | int, k: int, per_category: int = 1) -> Recommendations:
         served = holder.current
@@ -229,6 +230,7 @@ def create_app(
             model_fingerprint=served.fingerprint,
             image_queries=served.batcher is not None,
             embedder=served.embedder.kind if served.embedder is not None else None,
+            index=served.recommender.index_settings.describe(),
         )
 
     @app.get("/metrics", tags=["service"], response_class=Response)

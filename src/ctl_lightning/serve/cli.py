@@ -15,6 +15,7 @@ import os
 import sys
 
 from ctl_lightning.errors import CtlError, friendly_errors
+from ctl_lightning.retrieval.index_options import add_index_options, index_settings
 from ctl_lightning.serve.state import ServeSettings
 
 TOKEN_ENV = "CTL_SERVE_TOKEN"
@@ -31,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--engine", choices=("exact", "faiss"), default=DEFAULTS.engine)
+    add_index_options(p)
     p.add_argument("--max-k", type=int, default=DEFAULTS.max_k, help="the largest k a query may ask for")
     p.add_argument("--max-upload-mb", type=float, default=DEFAULTS.max_upload_bytes / 2**20, help="the largest upload (413 above)")
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="image queries in one forward pass at most")
@@ -71,15 +72,15 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--max-upload-mb must be positive and --batch-wait-ms not negative")
     if args.watch and (args.run_dir is None or args.watch_interval <= 0):
         p.error("--watch needs RUN_DIR, a symlink to the run to serve, and a positive --watch-interval")
-    settings = ServeSettings(
-        max_k=args.max_k,
-        max_upload_bytes=int(args.max_upload_mb * 2**20),
-        batch_size=args.batch_size,
-        batch_wait_ms=args.batch_wait_ms,
-        engine=args.engine,
-        data_root=args.data_root,
-    )
     with friendly_errors("ctl-serve"):
+        settings = ServeSettings(
+            max_k=args.max_k,
+            max_upload_bytes=int(args.max_upload_mb * 2**20),
+            batch_size=args.batch_size,
+            batch_wait_ms=args.batch_wait_ms,
+            index=index_settings(args),
+            data_root=args.data_root,
+        )
         import uvicorn
 
         from ctl_lightning.serve.app import create_app
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             images = f"image queries embedded by {served.embedder.kind}" + (f" ({served.no_onnx})" if served.no_onnx else "")
         print(f"ctl-serve: {served.run_dir}: {len(served.recommender)} products, {images}", file=sys.stderr)
+        if served.recommender.index_summary():
+            print(f"ctl-serve: {served.recommender.index_summary()}", file=sys.stderr)
         print(f"ctl-serve: API docs at http://{args.host}:{args.port}/docs", file=sys.stderr)
         if args.watch:
             print(f"ctl-serve: following {args.run_dir}: repoint it (ln -sfn RUN {args.run_dir}) to serve another run", file=sys.stderr)

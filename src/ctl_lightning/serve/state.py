@@ -10,12 +10,13 @@ swaps a newly loaded run in with one assignment: a request keeps the run it star
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ctl_lightning.errors import CtlError
+from ctl_lightning.retrieval.index import IndexSettings
 from ctl_lightning.retrieval.onnx_embedder import exported_embedder
 from ctl_lightning.retrieval.recommend import Recommender
 from ctl_lightning.serve.batching import MicroBatcher
@@ -28,7 +29,7 @@ class ServeSettings:
     max_batch_queries: int = 256  # product queries in one POST /v1/batch
     batch_size: int = 16  # image queries in one forward pass at most
     batch_wait_ms: float = 5.0  # how long the first image of a batch waits for others
-    engine: str = "exact"  # the retrieval engine: exact or faiss
+    index: IndexSettings = field(default_factory=IndexSettings)  # the index kind (exact by default) and its settings
     data_root: str | None = None  # where the run's dataset is now, if it moved
 
 
@@ -46,7 +47,7 @@ class Served:
     @classmethod
     def load(cls, run_dir: str | Path, settings: ServeSettings, on_batch=None) -> Served:
         run_dir = Path(run_dir)
-        recommender = Recommender(run_dir, engine=settings.engine, data_root=settings.data_root)
+        recommender = Recommender(run_dir, index=settings.index, data_root=settings.data_root)
         recommender.check_model()
         for index in recommender.index.values():
             index.warm()
