@@ -10,6 +10,7 @@ by the checkpoint itself) unless given on the command line.
 import hydra
 from omegaconf import DictConfig
 
+from ctl_lightning.allocator import keep_freed_memory
 from ctl_lightning.errors import friendly_errors
 from ctl_lightning.launch import export_submitit_local_ranks  # also registers ${ctl.run_name:}
 from ctl_lightning.loggers import finish_wandb
@@ -18,6 +19,7 @@ from ctl_lightning.pipeline import evaluate, with_training_config
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
+    keep_freed_memory()
     with friendly_errors("eval.py"):
         export_submitit_local_ranks()
         try:

@@ -8,6 +8,7 @@ python train.py -m loss=triplet,softtriple       # a sweep, one directory per jo
 import hydra
 from omegaconf import DictConfig
 
+from ctl_lightning.allocator import keep_freed_memory
 from ctl_lightning.errors import friendly_errors
 from ctl_lightning.launch import export_submitit_local_ranks  # also registers ${ctl.run_name:}
 from ctl_lightning.loggers import finish_wandb
@@ -16,6 +17,7 @@ from ctl_lightning.pipeline import train
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    keep_freed_memory()
     with friendly_errors("train.py"):
         export_submitit_local_ranks()
         try:

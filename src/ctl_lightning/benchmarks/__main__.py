@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ctl_lightning.allocator import keep_freed_memory
 from ctl_lightning.benchmarks import catalog, embedder, fastpaths, loading, loadtest, retrieval, setup
 from ctl_lightning.benchmarks.machine import machine_info
 from ctl_lightning.benchmarks.report import run_of, with_run, write_report
@@ -159,6 +160,7 @@ def run(plan: Plan, data_root: Path, only: tuple[str, ...] = STEPS, command: str
 
 
 def main(argv: list[str] | None = None) -> None:
+    keep_freed_memory()
     parser = argparse.ArgumentParser(prog="python -m ctl_lightning.benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition (under 2 minutes)")
     parser.add_argument("--out", default=str(REPO / "experiments" / "benchmarks"))

@@ -22,6 +22,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from ctl_lightning.allocator import keep_freed_memory
 from ctl_lightning.benchmarks import setup
 from ctl_lightning.benchmarks.machine import status_kib
 from ctl_lightning.benchmarks.timing import measure, measure_interleaved, rate
@@ -107,6 +108,7 @@ def peak_rss_mib(root: Path, outfits: int, image_size: int) -> dict:
 
 
 def main() -> None:
+    keep_freed_memory()  # as the ctl-* commands and train.py run
     root, outfits, image_size = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     dm = setup.datamodule(root, outfits, image_size=image_size)
     model = setup.model(feature_cache=False)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from ctl_lightning.allocator import keep_freed_memory
+
 SIMD_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
 
 
@@ -81,6 +83,7 @@ def machine_info() -> dict:
         "torch_interop_threads": torch.get_num_interop_threads(),
         "python": platform.python_version(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "keep_freed_memory": keep_freed_memory(),  # what the entry points set (ctl_lightning.allocator); idempotent
     }
     try:
         pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")

@@ -452,7 +452,8 @@ def host_section(run: dict) -> list[str]:
         "",
         f"Machine: {m['cpu']}, vendor {cpu_vendor(m)}, {m['cores']} cores, {m.get('memory_gib', '?')} GiB; SIMD: {simd}; "
         f"BLAS: {blas}; torch {m['torch']} with {m['torch_threads']} intra-op / {m['torch_interop_threads']} inter-op threads; "
-        f"OMP_NUM_THREADS={m['OMP_NUM_THREADS']}.",
+        f"OMP_NUM_THREADS={m['OMP_NUM_THREADS']}; glibc keeps freed memory (ctl_lightning.allocator): "
+        f"{ {True: 'yes', False: 'no'}.get(m.get('keep_freed_memory'), 'not recorded') }.",
         "",
     ]
     sections = (

@@ -15,6 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ctl_lightning.allocator import keep_freed_memory
 from ctl_lightning.data.image_urls import PINIMG_BASE_URL
 from ctl_lightning.errors import CtlError, friendly_errors
 
@@ -226,6 +227,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    keep_freed_memory()
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with friendly_errors("ctl-data"):

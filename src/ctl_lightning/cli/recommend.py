@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ctl_lightning.allocator import keep_freed_memory
 from ctl_lightning.data.formats.common import box_from_text
 from ctl_lightning.errors import friendly_errors
 from ctl_lightning.io import write_json
@@ -73,6 +74,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    keep_freed_memory()
     args = parser().parse_args(argv)
     with friendly_errors("ctl-recommend"):
         run(args)

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 
+from ctl_lightning.allocator import keep_freed_memory
 from ctl_lightning.errors import CtlError, friendly_errors
 from ctl_lightning.retrieval.index_options import add_index_options, index_settings
 from ctl_lightning.serve.state import ServeSettings
@@ -61,6 +62,7 @@ def latest():
 
 
 def main(argv: list[str] | None = None) -> None:
+    keep_freed_memory()
     p = parser()
     args = p.parse_args(argv)
     if not 0 <= args.port <= 65535:
