@@ -26,10 +26,12 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's 
 MMAP_THRESHOLD = 1 << 30  # allocations above 1 GiB still get their own mapping
 TRIM_THRESHOLD = (1 << 31) - 1  # the largest value mallopt's int takes: in practice, never trim
 ENV = "CTL_KEEP_FREED_MEMORY"
+_kept = False  # whether this process's allocator was tuned (glibc cannot be asked)
 
 
 def keep_freed_memory() -> bool:
     """Tune glibc's allocator (once per process; calling again is harmless); whether it was tuned."""
+    global _kept
     if os.environ.get(ENV, "1") == "0" or not sys.platform.startswith("linux"):
         return False
     try:
@@ -37,4 +39,10 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    _kept = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return _kept
+
+
+def freed_memory_kept() -> bool:
+    """Whether :func:`keep_freed_memory` has tuned this process (what a benchmark records)."""
+    return _kept

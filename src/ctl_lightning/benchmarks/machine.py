@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ctl_lightning.allocator import keep_freed_memory
+from ctl_lightning.allocator import freed_memory_kept
 
 SIMD_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
 
@@ -83,7 +83,7 @@ def machine_info() -> dict:
         "torch_interop_threads": torch.get_num_interop_threads(),
         "python": platform.python_version(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        "keep_freed_memory": keep_freed_memory(),  # what the entry points set (ctl_lightning.allocator); idempotent
+        "keep_freed_memory": freed_memory_kept(),  # whether the entry point tuned the allocator (ctl_lightning.allocator)
     }
     try:
         pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
