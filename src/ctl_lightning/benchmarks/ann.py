@@ -32,6 +32,7 @@ import torch
 from ctl_lightning.benchmarks.ann_report import write_ann_report
 from ctl_lightning.benchmarks.machine import machine_info, status_kib
 from ctl_lightning.benchmarks.report import run_of, with_run
+from ctl_lightning.benchmarks.retrieval import recall_at_k
 from ctl_lightning.retrieval.ann import ApproximateIndex, build_settings
 from ctl_lightning.retrieval.index import ExactIndex, IndexSettings
 
@@ -85,10 +86,6 @@ def exact_top(queries: np.ndarray, vectors: np.ndarray, k: int = K, chunk: int =
     return best_rows.numpy()
 
 
-def recall(found: list[np.ndarray], truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / K for f, t in zip(found, truth)]))
-
-
 def single_queries(index: ExactIndex, queries: np.ndarray, truth: np.ndarray, warmup: int = 10) -> dict:
     """Latency of one query at a time (p50, p99), and recall@10 of what they found."""
     for query in queries[:warmup]:
@@ -104,7 +101,7 @@ def single_queries(index: ExactIndex, queries: np.ndarray, truth: np.ndarray, wa
         "queries": len(queries),
         "p50_ms": float(np.percentile(ms, 50)),
         "p99_ms": float(np.percentile(ms, 99)),
-        "recall_at_10": recall(found, truth),
+        "recall_at_10": recall_at_k(found, truth, K),
     }
 
 

@@ -18,6 +18,11 @@ from ctl_lightning.retrieval.index import ExactIndex, FaissIndex
 DIM = 128
 
 
+def recall_at_k(found, truth, k: int = 10) -> float:
+    """Mean share of each query's true top-``k`` rows (``truth``) that were ``found``."""
+    return float(np.mean([len(set(np.asarray(f).tolist()) & set(np.asarray(t).tolist())) / k for f, t in zip(found, truth)]))
+
+
 def streaming_bandwidth(n_bytes: int = 1 << 30, repeats: int = 5) -> dict:
     """Bytes per second of one full read (a sum) over a ``n_bytes`` float32 array, across all threads."""
     array = torch.ones(n_bytes // 4, dtype=torch.float32)
@@ -59,10 +64,10 @@ def bench_catalog(n: int, bandwidth_gbs: float, repeats: int, batch: int = 256) 
     out["faiss_batch_over_exact_batch"] = out[f"faiss_flat_batch{batch}"]["median_s"] / out[f"exact_batch{batch}"]["median_s"]
     full = exact.search(queries, 10, "0")[1]
     reduced = half.search(queries, 10, "0")[1]
-    out["float16_recall_at_10"] = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(full, reduced)]))
+    out["float16_recall_at_10"] = recall_at_k(reduced, full)
     via_faiss = flat.search(queries, 10, "0")[1]
     out["faiss_identical_top10_share"] = float(np.mean([np.array_equal(a, b) for a, b in zip(full, via_faiss)]))
-    out["faiss_top10_overlap"] = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(full, via_faiss)]))
+    out["faiss_top10_overlap"] = recall_at_k(via_faiss, full)
     return out
 
 
