@@ -42,8 +42,8 @@ def run(args: argparse.Namespace) -> Path:
     if thumbnails.problem:
         print(f"ctl-recommend: warning: pictures cropped from the source images instead: {thumbnails.problem}", file=sys.stderr)
     render_recommendations([result], thumbnails, out / "recommendations.png")
-    if recommender.index_summary():
-        print(f"ctl-recommend: {recommender.index_summary()}", file=sys.stderr)
+    if summary := recommender.index_summary():
+        print(f"ctl-recommend: {summary}", file=sys.stderr)
     inferred = result.query.get("inferred_category")
     if inferred:
         print(f"inferred category: {inferred['category']} (confidence {inferred['confidence']:.0%})")

@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             images = f"image queries embedded by {served.embedder.kind}" + (f" ({served.no_onnx})" if served.no_onnx else "")
         print(f"ctl-serve: {served.run_dir}: {len(served.recommender)} products, {images}", file=sys.stderr)
-        if served.recommender.index_summary():
-            print(f"ctl-serve: {served.recommender.index_summary()}", file=sys.stderr)
+        if summary := served.recommender.index_summary():
+            print(f"ctl-serve: {summary}", file=sys.stderr)
         print(f"ctl-serve: API docs at http://{args.host}:{args.port}/docs", file=sys.stderr)
         if args.watch:
             print(f"ctl-serve: following {args.run_dir}: repoint it (ln -sfn RUN {args.run_dir}) to serve another run", file=sys.stderr)
