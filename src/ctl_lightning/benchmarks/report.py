@@ -481,6 +481,11 @@ def write_report(results: dict, path: Path) -> Path:
         f"Written by `make bench` (`python -m ctl_lightning.benchmarks`), one part per host it has run on; raw numbers in "
         f"`{json_name}`. Hosts: {'; '.join(_host_name(r) for r in runs)}.",
         "",
+        "Every figure here is the speed (or memory, or a count) of one code path against its reference, with the same",
+        "model, data and seed on both sides; none compares methods on quality, so there is no spread over training seeds",
+        "to give. The spread shown is that of repeated runs, and on a shared host it is mostly other processes' load:",
+        "read a ratio as an effect only where its runs' ranges do not overlap.",
+        "",
         *(
             [
                 "Approximate indexes (ivf, hnsw) at 1M and 10M rows are measured apart, in [ANN.md](ANN.md) (`python -m ctl_lightning.benchmarks.ann`).",
