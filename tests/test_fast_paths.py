@@ -120,6 +120,60 @@ def test_feature_cache_is_recomputed_for_another_store_or_other_frozen_weights()
     assert model.cached_features is not second
 
 
+def test_feature_cache_on_disk_is_shared_between_runs_and_recomputed_when_damaged(tmp_path, caplog):
+    """With a directory, a second run on the same store and frozen weights loads the features the
+    first one computed (it never embeds); a damaged file, or one for another store size, is computed
+    again with a warning; other weights get a file of their own."""
+    from types import SimpleNamespace
+
+    from ctl_lightning.losses import TripletLoss
+    from ctl_lightning.models.feature_cache import FeatureCache
+    from ctl_lightning.models.module import CompatibilityModule
+
+    class Store:
+        fingerprint = "store-a"
+
+        def __init__(self, rows: int):
+            self.pixels = np.random.default_rng(0).integers(0, 256, (rows, 32, 32, 3), dtype=np.uint8)
+            self.table = SimpleNamespace(positions=np.arange(rows))
+
+        def __len__(self) -> int:
+            return len(self.pixels)
+
+        def read(self, rows):
+            return self.pixels[rows]
+
+    def run(model, rows=3):
+        store = Store(rows)
+        FeatureCache(SimpleNamespace(store=store, pixels=store, load_images=True), directory=tmp_path / "cache").on_fit_start(None, model)
+        return model.cached_features
+
+    def model():
+        torch.manual_seed(0)
+        return CompatibilityModule(loss=TripletLoss(), optimizer=torch.optim.Adam, backbone="resnet18", pretrained=False, input_size=32)
+
+    first = run(model())
+    (saved,) = (tmp_path / "cache").glob("store-a-*.npy")
+    second_model = model()
+    second_model.embed_store = lambda *a, **k: pytest.fail("the saved features should have been loaded")
+    assert torch.equal(run(second_model), first)
+
+    saved.write_bytes(b"not a numpy file")
+    with caplog.at_level("WARNING"):
+        assert torch.equal(run(model()), first)
+    assert "does not load" in caplog.text and np.load(saved).shape == tuple(first.shape)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert len(run(model(), rows=4)) == 4
+    assert "not float32 for 4 products" in caplog.text
+
+    other = model()
+    with torch.no_grad():
+        other.backbone.conv1.weight.mul_(2)
+    run(other)
+    assert len(list((tmp_path / "cache").glob("store-a-*.npy"))) == 2
+
+
 @pytest.mark.parametrize(
     "recipe",
     [["model=resnet18", "model.pretrained=false", "model.freeze_backbone=false"], ["model.feature_cache=true"]],
