@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
+import runs
 import torch
 
 from ctl_lightning.data.datamodules import held_out_sets
@@ -56,27 +55,10 @@ GATES = (
 
 
 def train(split: str, seed: int, outfits: int, extra: list[str], reuse: bool) -> dict:
-    """One `python train.py` run (or, with ``reuse``, the one already made); returns its metrics.json."""
+    """One `python train.py` run of this world (or, with ``reuse``, the one already made); its metrics."""
     name = "-".join([split, f"seed{seed}", *(o.replace("=", "_") for o in extra)])
-    run_dir = OUT / "runs" / name
-    if reuse and (run_dir / "metrics.json").is_file():
-        return json.loads((run_dir / "metrics.json").read_text())
-    command = [
-        sys.executable,
-        "train.py",
-        f"data.source.split={split}",
-        f"data.source.seed={seed}",
-        f"seed={seed}",
-        f"data.source.outfits={outfits}",
-        f"paths.data_dir={OUT / 'data'}",
-        f"hydra.run.dir={run_dir}",
-        "trainer.enable_progress_bar=false",
-        *extra,
-    ]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-    return json.loads((run_dir / "metrics.json").read_text())
+    world = [f"data.source.split={split}", f"data.source.seed={seed}", f"seed={seed}", f"data.source.outfits={outfits}"]
+    return runs.train([*world, f"paths.data_dir={OUT / 'data'}", *extra], OUT / "runs" / name, reuse)
 
 
 def backbone_features(images: np.ndarray, pretrained: bool, seed: int) -> np.ndarray:
@@ -127,17 +109,6 @@ def measure(split: str, seed: int, args) -> dict[str, dict[str, float]]:
         rows[name] = {k: metrics[f"test/{k}"] for k in (METRICS if backbone_learns[name] else METRICS[:3])}
     rows["oracle (generator likelihood on the true attributes)"] = ceilings.oracle_metrics(sets, source.root)
     return rows
-
-
-def summarise(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, list[float]]]:
-    """row -> metric -> [mean, std] over seeds (population std of the seeds' values)."""
-    out: dict[str, dict[str, list[float]]] = {}
-    for row in per_seed[0]:
-        out[row] = {}
-        for metric in per_seed[0][row]:
-            values = np.array([seed[row][metric] for seed in per_seed], dtype=np.float64)
-            out[row][metric] = [float(values.mean()), float(values.std())]
-    return out
 
 
 def gates(summary: dict[str, dict[str, list[float]]]) -> list[tuple[str, bool, str]]:
@@ -212,7 +183,7 @@ def main() -> None:
     parser.add_argument("--softtriple", action="store_true", help="also train with loss=softtriple (slow on a CPU)")
     parser.add_argument("--out", type=Path, default=HERE / "benchmark_world")
     args = parser.parse_args()
-    results = {split: summarise([measure(split, seed, args) for seed in args.seeds]) for split in args.splits}
+    results = {split: runs.summarise([measure(split, seed, args) for seed in args.seeds]) for split in args.splits}
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     text = markdown(results, args)
     args.out.with_suffix(".md").write_text(text)
