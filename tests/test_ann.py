@@ -144,7 +144,7 @@ def test_index_settings_are_checked_with_one_line_errors():
         ("hnsw", ["m=many"], "'many' is not a whole number"),
         ("hnsw", ["m=0"], "m must be a whole number of at least 1"),
         ("exact", ["nprobe=4"], "the exact index takes no settings"),
-        ("annoy", [], "unknown index 'annoy'; choose one of exact, faiss, ivf, hnsw"),
+        ("annoy", [], "unknown index 'annoy'; choose one of exact, faiss, auto, ivf, hnsw"),
     ):
         with pytest.raises(CtlError, match=message):
             IndexSettings.parse(kind, params)
@@ -199,6 +199,20 @@ def test_ctl_recommend_searches_with_the_index_it_is_given(run, tmp_path, capsys
     assert len(list((run / "catalogs" / "compatible" / "index" / "hnsw").glob("*/index.faiss"))) == 12
     code, stderr = run_cli(recommend_main, ["similar", *product, "--index", "ivf", "--index-param", "m=4"], capsys)
     assert code == 2 and "not NAME=VALUE with NAME one of the ivf index's settings" in one_line_error(stderr, "ctl-recommend")
+
+
+def test_auto_records_the_engine_each_catalog_kept_in_recommendations_and_healthz(run, tmp_path):
+    recommend_main(["similar", "--catalog", str(run), "--product", "3", "--k", "4", "--index", "auto", "--out", str(tmp_path / "auto")])
+    recommend_main(["similar", "--catalog", str(run), "--product", "3", "--k", "4", "--out", str(tmp_path / "exact")])
+    auto, exact = (json.loads((tmp_path / name / "recommendations.json").read_text()) for name in ("auto", "exact"))
+    assert auto["engine"] == "auto" and auto["index"]["kind"] == "auto"
+    for catalog in ("similar", "compatible"):
+        choice = auto["index"]["chosen"][catalog]
+        assert choice["engine"] in ("exact", "faiss") and set(choice["single_query_ms"]) == {"exact", "faiss"} and choice["rows"] > 0
+    assert [i["row_id"] for i in auto["items"]] == [i["row_id"] for i in exact["items"]]
+    with TestClient(create_app(run, ServeSettings(index=IndexSettings("auto")))) as client:
+        assert set(client.get("/healthz").json()["index"]["chosen"]) == {"similar", "compatible"}
+        assert client.get("/v1/similar/3?k=2").json()["index"]["chosen"]["similar"]["engine"] in ("exact", "faiss")
 
 
 def test_ctl_serve_takes_the_index_options_and_reports_the_index(run, capsys):

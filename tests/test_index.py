@@ -6,6 +6,8 @@ the same top-k rows in the same order, and the same scores up to float rounding.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -60,3 +62,36 @@ def test_faiss_refuses_a_dtype_it_would_ignore():
     vectors, categories, _ = _catalog(100, 8, seed=0)
     with pytest.raises(CtlError, match="float32 only"):
         make_index("faiss", vectors, categories, "float16")
+
+
+def test_auto_keeps_the_faster_exact_engine_and_says_why(monkeypatch):
+    """``auto`` times both exact engines on the largest category and keeps the faster; its top-k is
+    the exact engine's either way, and float16 (which faiss cannot hold) leaves exact the only one."""
+    pytest.importorskip("faiss")
+    vectors, categories, rng = _catalog(5_000, 32, seed=11, categories=("a", "b", "b", "c"))
+    queries = rng.normal(size=(3, 32)).astype(np.float32)
+    reference = ExactIndex(vectors, categories)
+    for slower in ("exact", "faiss"):
+        engine = index_module.ExactIndex if slower == "exact" else index_module.FaissIndex
+        real_top = engine._top
+
+        def slowed(self, *args, real_top=real_top, engine=engine):
+            if type(self) is engine:  # FaissIndex subclasses ExactIndex: slow the named engine only
+                time.sleep(0.005)
+            return real_top(self, *args)
+
+        monkeypatch.setattr(engine, "_top", slowed)
+        index = make_index("auto", vectors, categories)
+        monkeypatch.setattr(engine, "_top", real_top)
+        kept = "faiss" if slower == "exact" else "exact"
+        assert index.auto_choice["engine"] == kept and type(index).__name__ == {"exact": "ExactIndex", "faiss": "FaissIndex"}[kept]
+        assert index.auto_choice["category"] == "b" and index.auto_choice["rows"] == index.size("b")
+        times = index.auto_choice["single_query_ms"]
+        assert set(times) == {"exact", "faiss"} and times[slower] >= 5 > times[kept]
+        for category in ("a", "b", "c"):
+            scores, rows = index.search(queries, 10, category)
+            want_scores, want_rows = reference.search(queries, 10, category)
+            assert np.array_equal(rows, want_rows)
+            np.testing.assert_allclose(scores, want_scores, rtol=0, atol=1e-5)
+    half = make_index("auto", vectors, categories, "float16")
+    assert half.auto_choice["engine"] == "exact" and set(half.auto_choice["single_query_ms"]) == {"exact"}

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> Path:
         result = recommender.recommend_complementary(query, args.k, args.per_category)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    payload = document_json(recommendations_document(result, str(recommender.dir.resolve()), recommender.index_settings.describe()))
+    payload = document_json(recommendations_document(result, str(recommender.dir.resolve()), recommender.index_description()))
     write_json(out / "recommendations.json", payload)
     thumbnails = Thumbnails.of(recommender)
     if thumbnails.problem:

@@ -5,8 +5,10 @@ the others), so the catalog is split once into contiguous per-category blocks. T
 a block with one matrix product, or a single query with a scan (below); the faiss engine
 (``faiss-cpu``) holds one flat inner-product index per block and returns the same top-k. The
 approximate kinds, ``ivf`` and ``hnsw`` (:mod:`ctl_lightning.retrieval.ann`), trade a little recall
-for reading a few thousand vectors per query instead of the whole block. :class:`IndexSettings`
-names the kind and its settings; :func:`make_index` builds it.
+for reading a few thousand vectors per query instead of the whole block. ``auto`` times the two
+exact engines once on the catalog at hand and keeps the faster (:func:`fastest_exact`): which one
+wins depends on the CPU and its BLAS, not on the code. :class:`IndexSettings` names the kind and its
+settings; :func:`make_index` builds it.
 
 A single query against a float32 block is a matrix-vector product, bound by the memory it reads.
 torch hands it to MKL, whose ``sgemv`` takes its generic code path on non-Intel CPUs
@@ -19,8 +21,11 @@ releases the GIL).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import statistics
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -30,7 +35,11 @@ import torch
 
 from ctl_lightning.errors import CtlError
 
-EXACT_KINDS = ("exact", "faiss")  # every top-k exact: one scan (or matrix product) per block, or faiss's IndexFlatIP
+EXACT_KINDS = (
+    "exact",
+    "faiss",
+    "auto",
+)  # every top-k exact: one scan (or matrix product) per block, faiss's IndexFlatIP, or the faster of the two
 APPROXIMATE_KINDS = ("ivf", "hnsw")
 INDEX_KINDS = EXACT_KINDS + APPROXIMATE_KINDS
 # Query counts scored by the scan. Each query reads the block once, where a matrix product reads it
@@ -54,7 +63,7 @@ class IndexSettings:
     at 1M rows (0.94 at 128), and takes 16 times longer than ivf to build: ivf is the one to use.
     """
 
-    kind: str = "exact"  # exact, faiss (both exact), ivf or hnsw
+    kind: str = "exact"  # exact, faiss, auto (all exact), ivf or hnsw
     exact_below: int = 50_000  # partitions with fewer rows are searched exactly: about 1.2 ms a query at 50,000, and never wrong
     nlist: int = 0  # ivf: k-means cells per partition; 0: a power of two near 2 * sqrt(rows)
     nprobe: int = 64  # ivf: the cells a query scans
@@ -131,6 +140,8 @@ class ExactIndex:
     ``scan_queries``: up to this many queries against a float32 block are scored by the einsum scan
     (0: always the matrix product, the engine before the scan).
     """
+
+    auto_choice: dict | None = None  # set by fastest_exact on the engine index=auto kept: why it won
 
     def __init__(self, embeddings: np.ndarray, categories: np.ndarray, dtype: str = "float32", scan_queries: int = SCAN_QUERIES):
         if dtype not in ("float32", "float16"):
@@ -224,6 +235,8 @@ def make_index(
     settings = IndexSettings(settings) if isinstance(settings, str) else settings
     if settings.kind == "exact":
         return ExactIndex(embeddings, categories, dtype)
+    if settings.kind == "auto":
+        return fastest_exact(embeddings, categories, dtype)
     if dtype != "float32":  # faiss's indexes hold float32 only: say so rather than ignore the request
         raise CtlError(f"the {settings.kind} index stores float32 only, got dtype {dtype!r}; use the exact index for {dtype}")
     if settings.kind == "faiss":
@@ -231,3 +244,35 @@ def make_index(
     from ctl_lightning.retrieval.ann import ApproximateIndex  # here: ann builds on this module
 
     return ApproximateIndex(embeddings, categories, settings, folder)
+
+
+def fastest_exact(embeddings: np.ndarray, categories: np.ndarray, dtype: str = "float32", rounds: int = 7, k: int = 10) -> ExactIndex:
+    """The faster exact engine for this catalog: ``exact`` and, where faiss is installed and the
+    catalog is float32 (faiss holds nothing else), ``faiss``,
+    each timed on single queries (the serving case) against the largest category, in alternating
+    rounds so that a change in the host's load falls on both. Building a block (or faiss index) is
+    left out of the clock. The winner carries ``auto_choice``, recorded beside its results."""
+    candidates = {"exact": ExactIndex(embeddings, categories, dtype)}
+    if dtype == "float32":
+        with contextlib.suppress(CtlError):  # faiss is not installed: the exact engine is the only candidate
+            candidates["faiss"] = FaissIndex(embeddings, categories)
+    largest = max(candidates["exact"].partitions, key=candidates["exact"].size)
+    query = np.asarray(embeddings[np.flatnonzero(np.asarray(categories) == largest)[:1]], dtype=np.float32)
+    seconds: dict[str, list[float]] = {name: [] for name in candidates}
+    for index in candidates.values():
+        index.search(query, k, largest)  # builds the block (and faiss's index) off the clock
+    for _round in range(rounds):
+        for name, index in candidates.items():
+            start = time.perf_counter()
+            index.search(query, k, largest)
+            seconds[name].append(time.perf_counter() - start)
+    median = {name: statistics.median(values) for name, values in seconds.items()}
+    chosen = min(median, key=median.get)
+    index = candidates[chosen]
+    index.auto_choice = {
+        "engine": chosen,
+        "single_query_ms": {name: round(value * 1e3, 4) for name, value in median.items()},
+        "category": largest,
+        "rows": index.size(largest),
+    }
+    return index

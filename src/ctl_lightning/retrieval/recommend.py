@@ -100,6 +100,14 @@ class Recommender:
             for name, catalog in (("similar", self.similar), ("compatible", self.compatible))
         }
 
+    def index_description(self) -> dict:
+        """The index kind and its settings, as recorded beside recommendations; for ``auto``, also the
+        engine each catalog's index kept and the single-query times that chose it."""
+        described = self.index_settings.describe()
+        if self.index_settings.kind == "auto":
+            described["chosen"] = {name: index.auto_choice for name, index in self.index.items()}
+        return described
+
     def index_summary(self) -> str | None:
         """What the approximate indexes did so far (loaded, built, searched exactly), or ``None`` for an exact kind."""
         return summary([*self.index.values(), *(index for index, _positions in self._pair_indexes.values())])

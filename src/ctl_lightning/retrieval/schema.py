@@ -48,10 +48,20 @@ class Item(_Strict):
     group: str = Field(description="the outfit (CTL) or scene (STL) the product comes from")
 
 
+class AutoChoice(_Strict):
+    """What ``auto`` kept for one catalog, and why: the faster exact engine on single queries."""
+
+    engine: Literal["exact", "faiss"]
+    single_query_ms: dict[str, float] = Field(description="median time of one query per engine timed (faiss only where installed)")
+    category: str = Field(description="the category timed: the catalog's largest")
+    rows: int
+
+
 class IndexInfo(_Strict):
     """The index that found the items: its kind and, for an approximate one, the settings it searched with."""
 
-    kind: Literal["exact", "faiss", "ivf", "hnsw"] = Field(description="exact and faiss are exact; ivf and hnsw approximate")
+    kind: Literal["exact", "faiss", "auto", "ivf", "hnsw"] = Field(description="exact, faiss and auto are exact; ivf and hnsw approximate")
+    chosen: dict[str, AutoChoice] | None = Field(None, description="auto: the engine each catalog (similar, compatible) kept")
     exact_below: int | None = Field(None, description="ivf, hnsw: partitions (categories) with fewer rows are searched exactly")
     nlist: int | None = Field(None, description="ivf: k-means cells per partition; 0: chosen from the partition's size")
     nprobe: int | None = Field(None, description="ivf: cells a query scans")
@@ -67,7 +77,7 @@ class Recommendations(_Strict):
     query: QueryInfo
     items: list[Item]
     catalog: str = Field(description="the catalogs folder the items come from")
-    engine: str = Field(description="the index kind (as index.kind): exact, faiss, ivf or hnsw")
+    engine: str = Field(description="the index kind (as index.kind): exact, faiss, auto, ivf or hnsw")
     index: IndexInfo | None = Field(None, description="the index kind and its settings (absent from documents written before it)")
 
 

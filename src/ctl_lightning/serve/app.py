@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ctl_lightning.data.formats.common import box_from_text
 from ctl_lightning.errors import CtlError
 from ctl_lightning.retrieval.embedder import NotAnImage, open_image
-from ctl_lightning.retrieval.schema import Recommendations, recommendations_document
+from ctl_lightning.retrieval.schema import IndexInfo, Recommendations, recommendations_document
 from ctl_lightning.serve.errors import ApiError, BodyLimit, ErrorBody, ErrorDetail, install_error_handlers
 from ctl_lightning.serve.metrics import Metrics
 from ctl_lightning.serve.state import Holder, ReloadInProgress, Served, ServeSettings
@@ -48,7 +48,7 @@ class Health(BaseModel):
     model_fingerprint: str
     image_queries: bool = Field(description="false when the run's checkpoint is not there (product queries still work)")
     embedder: Literal["onnxruntime", "torch"] | None = Field(description="what embeds images: the run's ONNX export, or its checkpoint")
-    index: dict[str, str | int] = Field(description="the index searched: its kind and settings (ctl-serve --index), as answers' index")
+    index: IndexInfo = Field(description="the index searched: its kind and settings (ctl-serve --index), as answers' index")
 
 
 class BatchQuery(BaseModel):
@@ -183,7 +183,7 @@ def create_app(
             )
         except CtlError as error:
             raise ApiError("bad_parameter", str(error)) from None
-        return recommendations_document(result, served.catalog, recommender.index_settings.describe())
+        return recommendations_document(result, served.catalog, recommender.index_description())
 
     def product_answer(mode: Mode, product: str | int, k: int, per_category: int = 1) -> Recommendations:
         served = holder.current
@@ -219,7 +219,7 @@ def create_app(
             raise ApiError("bad_parameter", str(error)) from None
         return await run_in_threadpool(answer, served, mode, query, k, per_category)
 
-    @app.get("/healthz", response_model=Health, tags=["service"])
+    @app.get("/healthz", response_model=Health, response_model_exclude_unset=True, tags=["service"])
     def healthz() -> Health:
         served = holder.current
         return Health(
@@ -230,7 +230,7 @@ def create_app(
             model_fingerprint=served.fingerprint,
             image_queries=served.batcher is not None,
             embedder=served.embedder.kind if served.embedder is not None else None,
-            index=served.recommender.index_settings.describe(),
+            index=served.recommender.index_description(),
         )
 
     @app.get("/metrics", tags=["service"], response_class=Response)
