@@ -3,7 +3,10 @@
 Pure inference is the model alone on normalized tensors already in memory, at the same batch size:
 the ceiling for predict. Peak memory is measured in a fresh process per catalog size. The merge of
 per-rank shards into catalogs, what rank 0 does after a multi-node predict, is timed alone on
-synthetic shards of up to 1M rows, to show that its time grows linearly with the products.
+synthetic shards of up to 1M rows, to show that its time grows linearly with the products; beside
+it, in alternating runs, a plain copy of the same bytes (every shard read, as many bytes written to
+fresh files, the two catalogs in two threads as the merge does) gives what the host's file system
+alone costs at each size.
 
     python -m ctl_lightning.benchmarks.catalog ROOT OUTFITS SIZE   # one build, prints its peak RSS
 """
@@ -11,10 +14,12 @@ synthetic shards of up to 1M rows, to show that its time grows linearly with the
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -25,7 +30,7 @@ import torch
 from ctl_lightning.allocator import keep_freed_memory
 from ctl_lightning.benchmarks import setup
 from ctl_lightning.benchmarks.machine import status_kib
-from ctl_lightning.benchmarks.timing import measure, measure_interleaved, rate
+from ctl_lightning.benchmarks.timing import measure_interleaved, rate
 from ctl_lightning.data.products import ProductSpec, ProductTable
 from ctl_lightning.retrieval.merge import Shard, merge_catalogs
 from ctl_lightning.retrieval.writer import CatalogWriter
@@ -67,8 +72,32 @@ def throughput(dm, repeats: int) -> dict:
     }
 
 
+def copy_bytes(shards: list[Shard], out: Path) -> None:
+    """Read every shard and write as many bytes to one fresh file (reserved first, as the merge
+    reserves its catalog): the file system's share of a merge of these shards, with no checks,
+    scatter or products.tsv."""
+    buffer = np.empty(1 << 22, dtype=np.float32)  # 16 MiB, the merge's block size
+    total = sum(os.path.getsize(shard.vectors) for shard in shards)
+    try:
+        with open(out, "wb") as target:
+            os.posix_fallocate(target.fileno(), 0, total)
+            for shard in shards:
+                with open(shard.vectors, "rb") as source:
+                    while got := source.readinto(buffer.data):
+                        target.write(buffer.data[:got])
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def copy_both(shards: dict[str, list[Shard]], folder: Path) -> None:
+    """:func:`copy_bytes` of each catalog's shards, in parallel threads as the merge writes them."""
+    with ThreadPoolExecutor(len(shards)) as pool:
+        list(pool.map(lambda kind: copy_bytes(shards[kind], folder / f"copy-{kind}.bin"), shards))
+
+
 def merge_scaling(sizes: tuple[int, ...], root: Path, ranks: int = 2, repeats: int = 3) -> dict:
-    """Seconds to merge ``ranks`` interleaved shards (as DistributedSampler deals rows) into both catalogs."""
+    """Seconds to merge ``ranks`` interleaved shards (as DistributedSampler deals rows) into both
+    catalogs, and to copy their bytes (:func:`copy_bytes`), in alternating runs."""
     rng = np.random.default_rng(0)
     results = []
     for rows in sizes:
@@ -85,14 +114,18 @@ def merge_scaling(sizes: tuple[int, ...], root: Path, ranks: int = 2, repeats: i
                             handle.write(rng.standard_normal((count, dim), dtype=np.float32).tobytes())
                     shards[kind].append(Shard(ids, path, dim))
             merge = partial(merge_catalogs, Path(tmp) / "catalogs", table.positions, shards, table, {kind: {} for kind in MERGE_DIMS})
-            total = measure(merge, repeats=repeats, warmup=0)["median_s"]
-        results.append({"rows": rows, "total_s": total, "us_per_row": 1e6 * total / rows})
+
+            copy = partial(copy_both, shards, Path(tmp))
+            timing = measure_interleaved({"merge": merge, "copy": copy}, repeats=repeats, warmup=0)
+        total, copied = timing["merge"]["median_s"], timing["copy"]["median_s"]
+        results.append({"rows": rows, "total_s": total, "us_per_row": 1e6 * total / rows, "copy_s": copied, "over_copy": total / copied})
     return {
         "ranks": ranks,
         "dims": MERGE_DIMS,
         "repeats": repeats,
         "sizes": results,
         "per_row_growth": results[-1]["us_per_row"] / results[0]["us_per_row"],
+        "over_copy_growth": results[-1]["over_copy"] / results[0]["over_copy"],
     }
 
 
