@@ -59,6 +59,15 @@ def scatter_rows(target: np.ndarray, positions: np.ndarray, rows: np.ndarray) ->
         target[positions] = rows
 
 
+def shard_positions(build: CatalogBuild, shards: list[Shard]) -> list[np.ndarray]:
+    """Where each shard's rows go in ``build``'s catalog, once every expected row is known to come
+    from exactly one shard entry (a one-line error naming the missing and repeated counts if not)."""
+    positions = [build.positions(shard.row_ids) for shard in shards]
+    counts = np.bincount(np.concatenate(positions), minlength=len(build.rows)) if positions else np.zeros(len(build.rows), int)
+    build.require_each_once(int((counts == 0).sum()), int((counts > 1).sum()))
+    return positions
+
+
 def write_catalog(
     path: Path,
     expected_rows: np.ndarray,
@@ -79,9 +88,7 @@ def write_catalog(
     through memory maps whose pages would count as the process's own.
     """
     build = CatalogBuild(path, expected_rows, shards[0].dim)
-    positions = [build.positions(shard.row_ids) for shard in shards]
-    counts = np.bincount(np.concatenate(positions), minlength=len(build.rows)) if positions else np.zeros(len(build.rows), int)
-    build.require_each_once(int((counts == 0).sum()), int((counts > 1).sum()))
+    positions = shard_positions(build, shards)
     with build:
         block = max(1, block_bytes // (4 * build.dim))
         merged, read = (np.empty((min(block, len(build.rows)), build.dim), dtype=np.float32) for _ in range(2))
@@ -103,13 +110,16 @@ def merge_catalogs(
     manifests: dict[str, dict],
     subspaces: PairSubspaces | None = None,
 ) -> dict[str, Path]:
-    """Merge each kind's shards into ``output_dir / kind``, the kinds in parallel threads.
+    """Merge each kind's shards into ``output_dir / kind``, the kinds in parallel threads, once the
+    shards of every kind hold each expected row exactly once (so a failed check writes nothing).
 
     Both catalogs list the same products, so their ``products.tsv`` is written once (in a temporary
     folder beside the catalogs) and copied into each: writing it is Python-bound, 1.3 s per
     million rows, and two threads writing it at once would hold the GIL in turn. A type-aware
     model's ``subspaces`` go into the ``compatible`` catalog.
     """
+    for kind, kind_shards in shards.items():  # every kind's shards checked before anything is written
+        shard_positions(CatalogBuild(Path(output_dir) / kind, expected_rows, kind_shards[0].dim), kind_shards)
     with building(Path(output_dir) / "products") as scratch:  # removed after, or by the next merge if killed
         products = scratch / "products.tsv"
         table.write_tsv(products, np.sort(np.asarray(expected_rows, dtype=np.int64)))
