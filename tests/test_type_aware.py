@@ -59,12 +59,12 @@ def test_subspace_shapes_and_mask_regulariser(kind, weight_shape):
     assert subspaces.weight.requires_grad == (kind != "fixed")
 
 
-def test_fixed_masks_are_disjoint_blocks_and_need_a_dimension_per_pair():
+def test_fixed_masks_are_disjoint_blocks_and_need_two_dimensions_per_pair():
     masks = fixed().weight
     assert masks.sum(1).tolist() == [2.0, 2.0, 2.0] and masks.sum(0).tolist() == [1.0] * 6
     assert masks[SHOE_TOP].tolist() == [0, 0, 1, 1, 0, 0]
-    with pytest.raises(CtlError, match=r"model.embedding_dim >= 3"):
-        CategorySubspaces(CATEGORIES, 2, "fixed")
+    with pytest.raises(CtlError, match=r"model.embedding_dim >= 6 \(2 dimensions for each of the 3 category pairs\), got 5"):
+        CategorySubspaces(CATEGORIES, 5, "fixed")
     with pytest.raises(CtlError, match=r"model.subspaces must be one of fixed, learned, projection"):
         CategorySubspaces(CATEGORIES, 6, "masks")
 
@@ -224,7 +224,12 @@ TINY_POLYVORE = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "kind, data, size", [("fixed", "toy", TINY), ("learned", "synthetic", TINY), ("projection", "synthetic_polyvore", TINY_POLYVORE)]
+    "kind, data, size",
+    [
+        ("fixed", "toy", [*TINY, "model.embedding_dim=256"]),
+        ("learned", "synthetic", TINY),
+        ("projection", "synthetic_polyvore", TINY_POLYVORE),
+    ],
 )
 def test_tiny_training_run_of_each_subspace_kind(tmp_path, kind, data, size):
     result = run_script(
