@@ -39,6 +39,7 @@ class FeatureCache(pl.Callback):
         self.datamodule = datamodule
         self.directory = Path(directory) if directory else None
         self.key: tuple[str, str] | None = None  # (store fingerprint, frozen weights fingerprint) of the cache
+        self.seconds = 0.0  # how long computing (or loading) it took, the last time (bench/gpu.sh reports it)
 
     def _refresh(self, pl_module: pl.LightningModule) -> None:
         store = self.datamodule.store
@@ -47,10 +48,10 @@ class FeatureCache(pl.Callback):
         frozen = pl_module.frozen_state() | {"input_scale": pl_module.input_scale, "input_bias": pl_module.input_bias}
         key = (store.fingerprint, state_fingerprint(frozen))
         if key != self.key:
+            start = time.perf_counter()
             path = self.directory / f"{key[0]}-{key[1]}.npy" if self.directory else None
             features = self._load(path, len(store)) if path else None
             if features is None:
-                start = time.perf_counter()
                 features = pl_module.embed_store(self.datamodule.pixels, store.table.positions, "feature cache", frozen_only=True)
                 saved = self._save(path, features) if path else ""
                 log.info(
@@ -58,6 +59,7 @@ class FeatureCache(pl.Callback):
                 )
             pl_module.cached_features = features.to(pl_module.device)
             self.key = key
+            self.seconds = time.perf_counter() - start
         self.datamodule.load_images = False
 
     @staticmethod
