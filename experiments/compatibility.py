@@ -210,8 +210,9 @@ NOTES = """## Reading the tables
   0.8 s a step on 2 cores), its CTL-layout row comes from the runs of
   `experiments/benchmark_world_softtriple.md`: the same recipe (head only, one epoch), worlds and seeds.
 - Uniform sampling trains on 16 sampled triplets per outfit and epoch for 8 epochs (7,200 steps of 64
-  triplets). Outfit-grouped rows train on batches of 32 outfits x 4 items for the same number of
-  steps; "every in-batch triplet" separates what grouping does from what a miner adds.
+  triplets). Outfit-grouped rows train on batches of 32 outfits x 4 items for about as many steps
+  (40 epochs of 182 at 5,000 outfits: 7,280); "every in-batch triplet" separates what grouping does
+  from what a miner adds. Batch-hard keeps each anchor's farthest positive and closest negative only.
 - The type-aware rows measure each pair of items in the subspace of its two categories, for training,
   FITB, compatibility and triplet accuracy alike (`model=type_aware`, its loss's L1 mask and L2
   embedding regularisers at the paper's weights).
