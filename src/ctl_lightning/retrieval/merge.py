@@ -77,10 +77,12 @@ def write_catalog(
     block_bytes: int = BLOCK_BYTES,
     subspaces: PairSubspaces | None = None,
     products: Path | None = None,
+    positions: list[np.ndarray] | None = None,
 ) -> Path:
     """Merge shards into a catalog folder, block by block in row-id order, and publish it atomically
     (with a type-aware model's ``subspaces``, published in the same rename; ``products``: a
-    ``products.tsv`` of these rows to copy, see :meth:`CatalogBuild.publish`).
+    ``products.tsv`` of these rows to copy, see :meth:`CatalogBuild.publish`; ``positions``: the
+    shards' :func:`shard_positions`, where the caller has checked them already).
 
     Every expected row must come from exactly one shard entry, which is verified before anything is
     written. Memory holds two blocks (``block_bytes`` each: the merged rows and one read) however
@@ -88,7 +90,7 @@ def write_catalog(
     through memory maps whose pages would count as the process's own.
     """
     build = CatalogBuild(path, expected_rows, shards[0].dim)
-    positions = shard_positions(build, shards)
+    positions = shard_positions(build, shards) if positions is None else positions
     with build:
         block = max(1, block_bytes // (4 * build.dim))
         merged, read = (np.empty((min(block, len(build.rows)), build.dim), dtype=np.float32) for _ in range(2))
@@ -118,8 +120,10 @@ def merge_catalogs(
     million rows, and two threads writing it at once would hold the GIL in turn. A type-aware
     model's ``subspaces`` go into the ``compatible`` catalog.
     """
-    for kind, kind_shards in shards.items():  # every kind's shards checked before anything is written
-        shard_positions(CatalogBuild(Path(output_dir) / kind, expected_rows, kind_shards[0].dim), kind_shards)
+    # every kind's shards checked before anything is written; the merges reuse the positions
+    positions = {
+        kind: shard_positions(CatalogBuild(Path(output_dir) / kind, expected_rows, part[0].dim), part) for kind, part in shards.items()
+    }
     with building(Path(output_dir) / "products") as scratch:  # removed after, or by the next merge if killed
         products = scratch / "products.tsv"
         table.write_tsv(products, np.sort(np.asarray(expected_rows, dtype=np.int64)))
@@ -127,7 +131,14 @@ def merge_catalogs(
         def merge(kind: str) -> Path:
             pair_subspaces = subspaces if kind == "compatible" else None
             return write_catalog(
-                Path(output_dir) / kind, expected_rows, shards[kind], table, manifests[kind], subspaces=pair_subspaces, products=products
+                Path(output_dir) / kind,
+                expected_rows,
+                shards[kind],
+                table,
+                manifests[kind],
+                subspaces=pair_subspaces,
+                products=products,
+                positions=positions[kind],
             )
 
         with ThreadPoolExecutor(len(shards), thread_name_prefix="catalog-merge") as pool:
