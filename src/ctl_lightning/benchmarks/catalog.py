@@ -32,6 +32,7 @@ from ctl_lightning.benchmarks import setup
 from ctl_lightning.benchmarks.machine import status_kib
 from ctl_lightning.benchmarks.timing import measure_interleaved, rate
 from ctl_lightning.data.products import ProductSpec, ProductTable
+from ctl_lightning.retrieval.catalog import BLOCK_BYTES
 from ctl_lightning.retrieval.merge import Shard, merge_catalogs
 from ctl_lightning.retrieval.writer import CatalogWriter
 
@@ -76,7 +77,7 @@ def copy_bytes(shards: list[Shard], out: Path) -> None:
     """Read every shard and write as many bytes to one fresh file (reserved first, as the merge
     reserves its catalog): the file system's share of a merge of these shards, with no checks,
     scatter or products.tsv."""
-    buffer = np.empty(1 << 22, dtype=np.float32)  # 16 MiB, the merge's block size
+    buffer = np.empty(BLOCK_BYTES // 4, dtype=np.float32)  # the merge's block size
     total = sum(os.path.getsize(shard.vectors) for shard in shards)
     try:
         with open(out, "wb") as target:
