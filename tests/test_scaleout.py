@@ -212,10 +212,15 @@ def test_parallel_optuna_workers_share_one_study(data_dir, tmp_path):
     assert len({tuple(sorted(t.params.items())) for t in finished}) == 4
     sweeps = list((tmp_path / "outputs" / "train" / "multiruns").iterdir())
     assert len(sweeps) == 2, "each worker has its own sweep directory"
+    reported = []
     for sweep in sweeps:
         assert sorted(p.name for p in sweep.iterdir() if (p / "metrics.json").is_file()) == ["0", "1"]
-        best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-        assert best["best_value"] == pytest.approx(study.best_value)  # each worker reports the shared study's best
+        reported.append(yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"])
+    # Each worker reports the shared study's best as of its own end: one of the study's trials, and for
+    # the worker that ends last, the best of all four (the one ending first may not have seen it yet).
+    values = [t.value for t in finished]
+    assert all(any(value == pytest.approx(seen) for seen in values) for value in reported), (reported, values)
+    assert max(reported) == pytest.approx(study.best_value)
 
 
 def test_in_a_slurm_job_lightning_joins_slurms_tasks_and_starts_none(monkeypatch):
