@@ -13,7 +13,7 @@ from helpers import REPO
 
 from ctl_lightning.benchmarks import fastpaths, retrieval
 from ctl_lightning.benchmarks.report import goals, goals_section, hosts_of, run_of, with_run, write_report
-from ctl_lightning.benchmarks.timing import measure_interleaved
+from ctl_lightning.timing import measure_interleaved
 
 
 def test_forward_pass_accounting_counts_unique_products_per_batch():

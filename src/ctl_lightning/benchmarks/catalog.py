@@ -30,11 +30,11 @@ import torch
 from ctl_lightning.allocator import keep_freed_memory
 from ctl_lightning.benchmarks import setup
 from ctl_lightning.benchmarks.machine import status_kib
-from ctl_lightning.benchmarks.timing import measure_interleaved, rate
 from ctl_lightning.data.products import ProductSpec, ProductTable
 from ctl_lightning.retrieval.catalog import BLOCK_BYTES
 from ctl_lightning.retrieval.merge import Shard, merge_catalogs
 from ctl_lightning.retrieval.writer import CatalogWriter
+from ctl_lightning.timing import measure_interleaved, rate
 
 MERGE_DIMS = {"similar": 512, "compatible": 128}  # a ResNet18's features and the head's embedding
 

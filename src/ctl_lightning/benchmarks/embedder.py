@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from ctl_lightning.benchmarks import setup
-from ctl_lightning.benchmarks.timing import measure, rate
 from ctl_lightning.retrieval.embedder import ImageEmbedder
 from ctl_lightning.retrieval.onnx_embedder import OnnxEmbedder, export_graph
+from ctl_lightning.timing import measure, rate
 
 BATCHES = (1, 16)
 

@@ -16,9 +16,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from ctl_lightning.benchmarks.timing import measure_interleaved, rate
 from ctl_lightning.data.batches import RowsDataset, TripletCollate
 from ctl_lightning.models.module import normalization, normalize_images
+from ctl_lightning.timing import measure_interleaved, rate
 
 MEAN = STD = (0.5, 0.5, 0.5)  # tf_efficientnet_lite0's
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ctl_lightning.benchmarks.timing import measure
 from ctl_lightning.retrieval.index import ExactIndex, FaissIndex
+from ctl_lightning.timing import measure
 
 DIM = 128
 

@@ -22,10 +22,9 @@ releases the GIL).
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
-import statistics
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from ctl_lightning.errors import CtlError
+from ctl_lightning.timing import measure_interleaved
 
 EXACT_KINDS = (
     "exact",
@@ -258,15 +258,9 @@ def fastest_exact(embeddings: np.ndarray, categories: np.ndarray, dtype: str = "
             candidates["faiss"] = FaissIndex(embeddings, categories)
     largest = max(candidates["exact"].partitions, key=candidates["exact"].size)
     query = np.asarray(embeddings[np.flatnonzero(np.asarray(categories) == largest)[:1]], dtype=np.float32)
-    seconds: dict[str, list[float]] = {name: [] for name in candidates}
-    for index in candidates.values():
-        index.search(query, k, largest)  # builds the block (and faiss's index) off the clock
-    for _round in range(rounds):
-        for name, index in candidates.items():
-            start = time.perf_counter()
-            index.search(query, k, largest)
-            seconds[name].append(time.perf_counter() - start)
-    median = {name: statistics.median(values) for name, values in seconds.items()}
+    # the warm-up call builds the block (and faiss's index) off the clock
+    timings = measure_interleaved({name: functools.partial(index.search, query, k, largest) for name, index in candidates.items()}, rounds)
+    median = {name: timing["median_s"] for name, timing in timings.items()}
     chosen = min(median, key=median.get)
     index = candidates[chosen]
     index.auto_choice = {

@@ -1,4 +1,5 @@
-"""Repeated timing: the median of several runs, with their spread."""
+"""Repeated timing: the median of several runs, with their spread. Benchmarks report it; `--index
+auto` uses it to keep the faster engine of a catalog."""
 
 from __future__ import annotations
 
