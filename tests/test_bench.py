@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -120,6 +122,35 @@ def test_quick_bench_writes_every_section(tmp_path):
         assert heading in text
     rewritten = write_report(recorded, tmp_path / "RESULTS-again.md")
     assert rewritten.read_text() == text.replace("results-quick.json", "results-again.json")
+
+    # --only reruns one step into this host's run: the other steps and the full run's time stay, and
+    # the line printed at the end gives this invocation's own time
+    started = time.perf_counter()
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ctl_lightning.benchmarks",
+            "--quick",
+            "--only",
+            "catalog_merge",
+            "--out",
+            str(tmp_path),
+            "--data",
+            str(tmp_path / "data"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    wall = time.perf_counter() - started
+    assert again.returncode == 0, again.stderr[-3000:]
+    (rerun,) = json.loads((tmp_path / "results-quick.json").read_text())["hosts"]
+    assert rerun["catalog_merge"] != results["catalog_merge"]
+    assert {k: v for k, v in rerun.items() if k != "catalog_merge"} == {k: v for k, v in results.items() if k != "catalog_merge"}
+    printed = float(re.search(r"\[bench\] done in (\d+) s", again.stdout).group(1))
+    assert printed <= wall + 1 and rerun["total_seconds"] == results["total_seconds"], (printed, wall, results["total_seconds"])
 
 
 def _run(cpu: str, vendor: str | None, exact_over_bound: float, cores: int = 2) -> dict:
