@@ -232,6 +232,8 @@ NOTES = """## Reading the tables
   seeds). Where this run left SoftTriple out (`--rows`; one class per training outfit makes it 0.2 to
   0.8 s a step on 2 cores), its CTL-layout row comes from the runs of
   `experiments/benchmark_world_softtriple.md`: the same recipe (head only, one epoch), worlds and seeds.
+  The Polyvore layout has neither reference row (nor the fine-tuned one), so its tables judge the
+  first two targets only.
 - Uniform sampling trains on 16 sampled triplets per outfit and epoch for 8 epochs (7,200 steps of 64
   triplets). Outfit-grouped rows train on batches of 32 outfits x 4 items for about as many steps
   (40 epochs of 182 at 5,000 outfits: 7,280); "every in-batch triplet" separates what grouping does

@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from test_training import _assert_catalogs_cover_the_store, _metrics
 
+from ctl_lightning.errors import CtlError
 from ctl_lightning.launch import run_name
 
 BIN = Path(sys.executable).parent
@@ -155,13 +156,24 @@ def test_run_name_is_shared_by_the_ranks_a_launcher_started(monkeypatch):
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "5f1e")
     assert run_name() == "torchrun-5f1e"
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
-    with pytest.raises(ValueError, match="--standalone"):
+    with pytest.raises(CtlError, match="--standalone"):
         run_name()
     monkeypatch.delenv("TORCHELASTIC_RUN_ID")
     monkeypatch.setenv("SLURM_NTASKS", "16")
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     monkeypatch.setenv("SLURM_STEP_ID", "0")
     assert run_name() == "slurm-77.0"
+
+
+def test_a_run_directory_that_cannot_be_named_is_a_one_line_error(tmp_path):
+    """Hydra resolves hydra.run.dir before train.py's own error handling runs; a torchrun without a
+    shared run id must still read as one line, not as Hydra's traceback."""
+    ranks = _environment(WORLD_SIZE="2", TORCHELASTIC_RUN_ID="none")
+    result = subprocess.run(
+        [sys.executable, "train.py", f"paths.root_dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, env=ranks, timeout=300
+    )
+    assert result.returncode == 2 and result.stderr.startswith("train.py: error: torchrun's ranks share no run id"), result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "outputs").exists()
 
 
 @pytest.mark.slow

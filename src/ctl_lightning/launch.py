@@ -8,9 +8,13 @@ Importing this module registers the resolvers the configs use (``${ctl.run_name:
 from __future__ import annotations
 
 import os
+import sys
 from datetime import datetime
+from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from ctl_lightning.errors import CtlError, friendly_errors
 
 
 def run_name() -> str:
@@ -20,7 +24,7 @@ def run_name() -> str:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "TORCHELASTIC_RUN_ID" in os.environ:
         run_id = os.environ["TORCHELASTIC_RUN_ID"]
         if run_id == "none":
-            raise ValueError(
+            raise CtlError(
                 "torchrun's ranks share no run id (static rendezvous): add --standalone (one machine) or "
                 "--rdzv-id=ID --rdzv-backend=c10d (several), or give hydra.run.dir=DIR"
             )
@@ -36,13 +40,13 @@ def tasks_per_node(devices: int | str) -> int:
     if str(devices) not in ("-1", "auto"):
         count = int(devices)
         if count < 1:
-            raise ValueError(f"trainer.devices={devices}: give the number of devices per node")
+            raise CtlError(f"trainer.devices={devices}: give the number of devices per node")
         return count
     import torch
 
     count = torch.cuda.device_count()
     if count == 0:
-        raise ValueError(f"trainer.devices={devices} counts this machine's GPUs and it has none: give trainer.devices=N")
+        raise CtlError(f"trainer.devices={devices} counts this machine's GPUs and it has none: give trainer.devices=N")
     return count
 
 
@@ -64,6 +68,17 @@ def export_submitit_local_ranks() -> None:
     TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
 
 
-OmegaConf.register_new_resolver("ctl.run_name", run_name, use_cache=True, replace=True)
+def _resolved_run_name() -> str:
+    """:func:`run_name` as the configs' resolver. Hydra resolves hydra.run.dir before an entry point's
+    own :func:`friendly_errors` can catch anything and shows an error there as a long traceback, so
+    this resolver reports the user's mistake itself: one line, exit status 2. The name depends on the
+    environment only, so it fails alike wherever it is resolved. The task-count resolvers raise
+    instead: OmegaConf also evaluates them while merging configs, ignoring failures there, before the
+    command line's trainer.devices replaces trainer=ddp's -1."""
+    with friendly_errors(Path(sys.argv[0]).name):
+        return run_name()
+
+
+OmegaConf.register_new_resolver("ctl.run_name", _resolved_run_name, use_cache=True, replace=True)
 OmegaConf.register_new_resolver("ctl.tasks_per_node", tasks_per_node, replace=True)
 OmegaConf.register_new_resolver("ctl.gpus_per_node", gpus_per_node, replace=True)
