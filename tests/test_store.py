@@ -72,9 +72,9 @@ def test_build_shape_dtype_rows_and_table(dataset):
     assert all(Path(s) == dataset / "ctl" / "images" / f"{g}.jpg" for s, g in zip(table.image_paths, table.groups))
     assert all(s != "" for s in table.styles)
     assert table.row_of(train[3].key) == 3
-    record = table.record(len(train))
-    assert (record["row_id"], record["key"], record["split"]) == (len(train), test[0].key, "test")
-    assert record["box"] == pytest.approx((test[0].x, test[0].y, test[0].w, test[0].h), abs=1e-7)
+    spec = table.spec(len(train))
+    assert (spec.key, spec.split) == (test[0].key, "test")
+    assert spec.box == pytest.approx((test[0].x, test[0].y, test[0].w, test[0].h), abs=1e-7)
     manifest = json.loads((store.path / MANIFEST).read_text())
     assert (manifest["size"], manifest["count"], manifest["fingerprint"]) == (SIZE, n, store.fingerprint)
     assert manifest["report"]["products"] == n and manifest["report"]["excluded_products"] == 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -74,11 +74,6 @@ class ProductTable:
             box,
             str(self.styles[row]),
         )
-
-    def record(self, row: int) -> dict:
-        """The metadata of one row as a plain dict (JSON-ready)."""
-        spec = self.spec(row)
-        return {"row_id": int(row), **{f.name: getattr(spec, f.name) for f in fields(ProductSpec)}}
 
     def write_tsv(self, path: Path, rows: Sequence[int] | None = None) -> None:
         """Write the table (or ``rows`` of it, in that order) column-wise: catalogs of 100k rows in a blink."""
