@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from helpers import CONF, REPO, TINY, run_script
 from hydra import compose, initialize_config_dir
@@ -174,6 +175,20 @@ def test_a_run_directory_that_cannot_be_named_is_a_one_line_error(tmp_path):
     )
     assert result.returncode == 2 and result.stderr.startswith("train.py: error: torchrun's ranks share no run id"), result.stderr
     assert result.stderr.count("\n") == 1 and not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="trainer.devices=-1 is valid where there are GPUs")
+def test_a_sweep_over_gpus_on_a_machine_without_any_is_a_one_line_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "train.py", "-m", "trainer=ddp", "loss.margin=0.1,0.2", f"paths.root_dir={tmp_path}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    expected = "train.py: error: trainer.devices=-1 counts this machine's GPUs and it has none: give trainer.devices=N\n"
+    assert result.returncode == 2 and result.stderr == expected, result.stderr[-3000:]
+    assert not (tmp_path / "outputs").exists()
 
 
 @pytest.mark.slow

@@ -12,7 +12,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 
 from ctl_lightning.errors import CtlError, friendly_errors
 
@@ -66,6 +67,19 @@ def export_submitit_local_ranks() -> None:
 
     # Each task keeps every device visible: Lightning picks the one of its local rank.
     TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+
+
+class LauncherCheck(Callback):
+    """A Hydra callback (conf/hydra/default.yaml) that resolves the launcher's task counts before
+    Hydra builds the launcher, so that a ``trainer.devices`` they cannot use (``-1`` on a machine
+    without GPUs) is a one-line error rather than Hydra's traceback from inside the sweeper."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        launcher = config.hydra.launcher
+        with friendly_errors(Path(sys.argv[0]).name):
+            for key in ("tasks_per_node", "gpus_per_node"):
+                if key in launcher:
+                    launcher[key]  # reading a key resolves it
 
 
 def _resolved_run_name() -> str:
