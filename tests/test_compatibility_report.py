@@ -6,11 +6,14 @@ from __future__ import annotations
 import sys
 from argparse import Namespace
 
-import pytest
 from helpers import REPO
 
-sys.path.insert(0, str(REPO / "experiments"))
-import compatibility as C  # an experiment script, importable from its folder
+EXPERIMENTS = str(REPO / "experiments")
+sys.path.insert(0, EXPERIMENTS)  # an experiment script imports its sibling runs.py
+try:
+    import compatibility as C
+finally:
+    sys.path.remove(EXPERIMENTS)
 
 (FINE_TYPE_AWARE,) = (row for row in C.RECIPES if "fine-tuned" in row)
 SEMIHARD, LEARNED = "triplet + semihard miner", "type-aware, learned masks"
@@ -29,11 +32,21 @@ def test_each_run_is_head_only_unless_its_recipe_fine_tunes_and_says_so_once():
     args = Namespace(layouts=["ctl"], seeds=[0], splits=["nondisjoint"], outfits=300, layout_rows={"ctl": list(C.RECIPES)})
     plan = C.planned(args)
     for row in C.RECIPES:
-        overrides, run_dir = plan[C.run_name("ctl", "nondisjoint", 0, row)]
+        overrides, _ = plan[C.run_name("ctl", "nondisjoint", 0, row)]
         stages = [o for o in overrides if o.startswith("model.trainable_stages=")]
         assert stages == (["model.trainable_stages=1"] if "fine-tuned" in row else ["model.trainable_stages=0"]), row
-        assert run_dir.name == C.run_name("ctl", "nondisjoint", 0, row)
     assert FINE_TYPE_AWARE not in C.TYPE_AWARE
+    # without --rows, the fine-tuned row runs where make train, the reference it serves, exists
+    assert FINE_TYPE_AWARE in C.default_rows("ctl") and FINE_TYPE_AWARE not in C.default_rows("polyvore")
+
+
+def test_the_table_reads_baseline_trained_rows_references_then_the_oracle():
+    summary = {C.BASELINE: {}, C.UNIFORM: {}, FINE_TYPE_AWARE: {}, C.ORACLE: {}}
+    found = C.references("nondisjoint", [C.UNIFORM])  # from experiments/benchmark_world*.json
+    (make_train, softtriple) = found
+    assert make_train == C.MAKE_TRAIN and softtriple.startswith("SoftTriple")
+    assert list(C.with_references(summary, found)) == [C.BASELINE, C.UNIFORM, FINE_TYPE_AWARE, *found, C.ORACLE]
+    assert "SoftTriple" not in " ".join(C.references("nondisjoint", ["SoftTriple (1 epoch)"]))  # run here: not borrowed
 
 
 def test_targets_judge_head_only_methods_against_uniform_and_any_row_against_make_train():
@@ -58,6 +71,5 @@ def test_targets_judge_head_only_methods_against_uniform_and_any_row_against_mak
     assert "40% closed" in disjoint[-1]
 
 
-@pytest.mark.parametrize("split", ["nondisjoint", "disjoint"])
-def test_targets_leave_out_what_their_rows_do_not_allow(split):
-    assert C.targets(table(**{C.UNIFORM: 0.8}), None, split) == []
+def test_targets_leave_out_what_their_rows_do_not_allow():
+    assert C.targets(table(**{C.UNIFORM: 0.8}), None, "nondisjoint") == []

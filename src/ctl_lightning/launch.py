@@ -39,7 +39,7 @@ def tasks_per_node(devices: int | str) -> int:
     """A launcher's tasks per node for ``trainer.devices``: one task per device (``-1``: every GPU of
     the machine the launcher runs on, which a SLURM login node may not have)."""
     if str(devices) not in ("-1", "auto"):
-        count = int(devices)
+        count = int(devices) if str(devices).isdigit() else 0
         if count < 1:
             raise CtlError(f"trainer.devices={devices}: give the number of devices per node")
         return count
