@@ -69,6 +69,12 @@ def export_submitit_local_ranks() -> None:
     TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
 
 
+def _reported_here():
+    """:func:`friendly_errors` under the running program's name, for code that Hydra calls before an
+    entry point's own handler is in place."""
+    return friendly_errors(Path(sys.argv[0]).name)
+
+
 class LauncherCheck(Callback):
     """A Hydra callback (conf/hydra/default.yaml) that resolves the launcher's task counts before
     Hydra builds the launcher, so that a ``trainer.devices`` they cannot use (``-1`` on a machine
@@ -76,7 +82,7 @@ class LauncherCheck(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         launcher = config.hydra.launcher
-        with friendly_errors(Path(sys.argv[0]).name):
+        with _reported_here():
             for key in ("tasks_per_node", "gpus_per_node"):
                 if key in launcher:
                     launcher[key]  # reading a key resolves it
@@ -89,7 +95,7 @@ def _resolved_run_name() -> str:
     environment only, so it fails alike wherever it is resolved. The task-count resolvers raise
     instead: OmegaConf also evaluates them while merging configs, ignoring failures there, before the
     command line's trainer.devices replaces trainer=ddp's -1."""
-    with friendly_errors(Path(sys.argv[0]).name):
+    with _reported_here():
         return run_name()
 
 
