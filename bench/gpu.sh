@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Seed-scale GPU benchmark: one epoch of 77,494 synthetic CTL triplets (ResNet18, 64 px, batch 64),
-# fine-tuned and with the frozen recipe + feature cache, plus catalog-build throughput.
+# fine-tuned and with the frozen recipe + feature cache, plus catalog-build throughput, the release
+# scale, and the README's sweep of DDP jobs on this machine's GPUs (--parts; default: all).
 #
 #   bench/gpu.sh [--out DIR] [--data DIR]     # on a machine with a GPU (about 2 minutes on an H100)
 #   bench/gpu.sh --smoke --out /tmp/gpu       # the same code on the CPU with tiny sizes

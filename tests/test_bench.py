@@ -52,10 +52,21 @@ def test_gpu_script_imports_without_hydra_or_omegaconf():
 
 @pytest.mark.slow
 def test_gpu_script_smoke_runs_on_the_cpu(tmp_path):
-    """bench/gpu.sh --smoke: the seed-scale script's code path end to end, tiny, without a GPU."""
+    """bench/gpu.sh --smoke: the seed-scale script's code path end to end, tiny, without a GPU. Its fourth
+    part, the sweep of DDP jobs, is the sweep test_scaleout runs; that test also checks its checker."""
     env = {**os.environ, "PYTHON": sys.executable}
     result = subprocess.run(
-        ["bash", str(REPO / "bench" / "gpu.sh"), "--smoke", "--out", str(tmp_path / "out"), "--data", str(tmp_path / "data")],
+        [
+            "bash",
+            str(REPO / "bench" / "gpu.sh"),
+            "--smoke",
+            "--parts",
+            "epochs,catalog,bounds,release",
+            "--out",
+            str(tmp_path / "out"),
+            "--data",
+            str(tmp_path / "data"),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -70,7 +81,7 @@ def test_gpu_script_smoke_runs_on_the_cpu(tmp_path):
     assert [e["feature_cache_s"] is not None for e in runs.values()] == [False, False, True, True]
     assert [e["device_store_load_s"] is not None for e in runs.values()] == [False, True, False, True]
     assert results["errors"] == []
-    assert set(results["profiles"]) == {"fine-tuning", "frozen + feature cache"}
+    assert set(results["profiles"]) == {"fine-tuning", "frozen + feature cache", "catalog build"}
     for profile in results["profiles"].values():
         assert (
             profile["host_ms_per_step_profiled"] > 0
@@ -78,6 +89,10 @@ def test_gpu_script_smoke_runs_on_the_cpu(tmp_path):
             and (tmp_path / "out" / profile["file"]).stat().st_size > 0
         )
     assert [c["products"] for c in results["catalog"]] == [results["data"]["products"]] * 2
+    bounds = results["bounds"]
+    assert bounds["eager"]["steps"] == bounds["lightning"]["steps"] == 8 and "cuda graph" not in bounds
+    assert [c["batch_size"] for c in bounds["catalog by batch size"]] == [128, 512, 1024]
+    assert {c["products"] for c in bounds["catalog by batch size"]} == {results["data"]["products"]}
     release = results["release"]
     assert release["products"] == 5 * results["data"]["products"] and release["catalog"]["products"] == release["products"]
     table = (tmp_path / "out" / "GPU-table.md").read_text()

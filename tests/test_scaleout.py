@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from test_training import _assert_catalogs_cover_the_store, _metrics
 
+from ctl_lightning.benchmarks import ddp_sweep as sweep_check
 from ctl_lightning.errors import CtlError
 from ctl_lightning.launch import run_name, tasks_per_node
 
@@ -65,6 +67,23 @@ def test_ddp_sweep_gives_two_jobs_of_two_ranks_each_in_its_own_directory(ddp_swe
     rank1_logs = sorted((sweeps[0] / ".submitit").glob("*/*_1_log.err"))
     assert len(rank1_logs) == 2
     assert all("GLOBAL_RANK: 1, MEMBER: 2/2" in log.read_text() for log in rank1_logs)
+
+
+@pytest.mark.slow
+def test_the_gpu_scripts_sweep_checker_reads_the_cpu_sweep_and_rejects_a_stray_run(ddp_sweep, tmp_path):
+    """bench/gpu.sh --parts ddp_sweep checks the GPU sweep with ddp_sweep.check: here on the CPU sweep."""
+    outputs, result = ddp_sweep
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = sweep_check.check(outputs)
+    assert [(job["job"], job["margin"]) for job in summary["jobs"]] == [("0", 0.1), ("1", 0.2)]
+    assert summary["world_sizes"] == [2, 2]
+    rows = {job["catalog_rows"]["similar"] for job in summary["jobs"]} | {job["catalog_rows"]["compatible"] for job in summary["jobs"]}
+    assert len(rows) == 1 and rows.pop() > 0
+    copy = tmp_path / "outputs"
+    shutil.copytree(outputs, copy)
+    (copy / "train" / "runs" / "stray" / ".hydra").mkdir(parents=True)
+    with pytest.raises(sweep_check.SweepFailed, match="are not the sweep's jobs"):
+        sweep_check.check(copy)
 
 
 def _launcher(*overrides: str) -> dict:

@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import resource
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +35,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from ctl_lightning.benchmarks import setup
+from ctl_lightning.benchmarks import bounds, ddp_sweep, setup
 from ctl_lightning.benchmarks.gpu_report import table
 from ctl_lightning.benchmarks.machine import machine_info
 from ctl_lightning.benchmarks.release_scale import replicate_ctl
@@ -44,7 +45,11 @@ from ctl_lightning.retrieval.writer import CatalogWriter
 
 SEED_TRIPLETS = 77_494
 PATHS = {"loader": False, "device store": True}  # data.device_store of each data path
-PARTS = ("epochs", "catalog", "release")  # --parts: seed-scale epochs and profiles, seed-scale catalog builds, release scale
+# --parts: seed-scale epochs and profiles, seed-scale catalog builds and profile, what bounds the missed
+# goals (benchmarks/bounds.py), release scale, and the README's sweep of DDP jobs (issue 10) on this
+# machine's GPUs
+PARTS = ("epochs", "catalog", "bounds", "release", "ddp_sweep")
+CATALOG_BATCHES = (1, 4, 8)  # the bounds part's predict batch sizes, in multiples of the eval batch size
 RELEASE_COPIES = 5  # 20,000 seed-scale outfits listed 5 times: about the release's 107,000 outfits
 
 
@@ -115,9 +120,10 @@ class _EpochClock(pl.Callback):
 
 
 class _Profile(pl.Callback):
-    """A torch.profiler trace of ``active`` training steps after ``skip`` steps; its tables are written to
-    ``path``. The summary compares the GPU's kernel time per step with the host's time per step
-    (inflated by the profiler itself: compare the kernel time with the unprofiled epoch's ms a step)."""
+    """A torch.profiler trace of ``active`` training steps or predict batches after ``skip`` of them;
+    its tables are written to ``path``. The summary compares the GPU's kernel time per step with the
+    host's time per step (inflated by the profiler itself: compare the kernel time with the
+    unprofiled run's ms a step)."""
 
     def __init__(self, path: Path, skip: int, active: int):
         self.path, self.skip, self.active = path, skip, active
@@ -134,6 +140,11 @@ class _Profile(pl.Callback):
 
     def on_train_end(self, trainer, pl_module):
         self.profiler.stop()
+
+    on_predict_start, on_predict_end = on_train_start, on_train_end
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.profiler.step()
 
     def _write(self, profiler) -> None:
         events = profiler.key_averages()
@@ -215,17 +226,23 @@ def profile_steps(dm: TripletsDataModule, gpu: bool, freeze: bool, path: Path) -
     return {"file": path.name, **profiler.summary}
 
 
-def catalog_build(dm: TripletsDataModule, gpu: bool, device_store: bool) -> dict:
+def catalog_build(dm: TripletsDataModule, gpu: bool, device_store: bool, profile: Path | None = None) -> dict:
+    """Predict of every product with both catalogs written; ``profile``: instead, trace 20 batches after
+    20 (fewer with --smoke) into that file, in a predict of its own so that the measured one stays clean."""
     dm.load_images, dm.device_store = True, device_store
     model = setup.model("resnet18", pretrained=False, feature_cache=False, embed_batch_size=dm.eval_batch_size)
+    batches = int(np.ceil(len(dm.predict_rows) / dm.eval_batch_size))
+    profiler = None if profile is None else _Profile(profile, skip=max(1, min(20, batches // 4)), active=max(1, min(20, batches // 4)))
     with tempfile.TemporaryDirectory() as tmp:
         writer = CatalogWriter(Path(tmp) / "catalogs", dm, run_dir=tmp)
-        trainer = _trainer(gpu, callbacks=[writer])
+        trainer = _trainer(gpu, callbacks=[writer] + ([profiler] if profiler else []))
         _memory()
         start = time.perf_counter()
         trainer.predict(model, datamodule=dm, return_predictions=False)
         predict_s = time.perf_counter() - start
     products = len(dm.predict_rows)
+    if profiler is not None:
+        return {"file": profile.name, "batch_size": dm.eval_batch_size, "predict_s (profiled)": predict_s, **profiler.summary}
     return {
         "path": "device store" if device_store else "loader",
         "products": products,
@@ -262,6 +279,21 @@ def pure_inference(dm: TripletsDataModule, gpu: bool) -> dict:
     return {"host_img_per_s": len(rows) / run(host), "device_img_per_s": len(rows) / run(resident)}
 
 
+def bounds_part(dm: TripletsDataModule, gpu: bool) -> dict:
+    """benchmarks/bounds.py's floors of the frozen recipe's step next to the trainer's own epoch, and the
+    catalog build through the device store at larger predict batches, all in this run."""
+    out = {"lightning": epoch(dm, gpu, freeze=True, device_store=True)}
+    out |= bounds.step_floor(np.asarray(dm.train_triplets), len(dm.store), dm.batch_size, gpu)
+    size, out["catalog by batch size"] = dm.eval_batch_size, []
+    try:
+        for factor in CATALOG_BATCHES:
+            dm.eval_batch_size = factor * size
+            out["catalog by batch size"].append({"batch_size": dm.eval_batch_size, **catalog_build(dm, gpu, device_store=True)})
+    finally:
+        dm.eval_batch_size = size
+    return out
+
+
 def seed_scale(results: dict, out: Path, data: Path, smoke: bool, gpu: bool, save, parts: set[str]) -> TripletsDataModule:
     outfits, triplets, size, batch = (150, 128, 32, 16) if smoke else (20_000, SEED_TRIPLETS, 64, 64)
     workers = 0 if smoke else min(8, os.cpu_count() or 1)
@@ -282,7 +314,7 @@ def seed_scale(results: dict, out: Path, data: Path, smoke: bool, gpu: bool, sav
         "seconds": time.perf_counter() - start,
     }
     warm_up(dm, gpu)
-    results["epochs"], results["catalog"], results["profiles"], results["errors"] = [], [], {}, []
+    results["epochs"], results["catalog"], results["profiles"] = [], [], {}
 
     def part(into: list | dict, key: str | None, measure, *args, **kwargs) -> None:
         """One measurement; a failure is recorded (and raised with --smoke) while the others still run."""
@@ -309,6 +341,9 @@ def seed_scale(results: dict, out: Path, data: Path, smoke: bool, gpu: bool, sav
         part(results["catalog"], None, catalog_build, dm, gpu, device_store)
     if "catalog" in parts:
         part(results, "pure_inference", pure_inference, dm, gpu)
+        part(results["profiles"], "catalog build", catalog_build, dm, gpu, True, out / "profile-predict.txt")
+    if "bounds" in parts:
+        part(results, "bounds", bounds_part, dm, gpu)
     return dm
 
 
@@ -357,7 +392,19 @@ def main(argv: list[str] | None = None) -> None:
     parts = set(args.parts.split(","))
     if parts - set(PARTS):
         raise SystemExit(f"bench/gpu.sh: unknown --parts {sorted(parts - set(PARTS))}; choose from {', '.join(PARTS)}")
-    results["parts"] = sorted(parts)
+    results["parts"], results["errors"] = sorted(parts), []
+    if "ddp_sweep" in parts:
+        Path(args.data).mkdir(parents=True, exist_ok=True)
+        try:
+            results["ddp_sweep"] = ddp_sweep.run(Path(tempfile.mkdtemp(prefix="ddp-sweep-", dir=args.data)), gpu)
+        except (ddp_sweep.SweepFailed, subprocess.TimeoutExpired) as error:  # recorded; the other parts still run
+            results["errors"].append(f"ddp sweep: {type(error).__name__}: {error}")
+            if not gpu:
+                raise
+        save()
+    if not parts & {"epochs", "catalog", "bounds", "release"}:
+        print(table(results))
+        return
     dm = seed_scale(results, out, Path(args.data), args.smoke, gpu, save, parts)
     if "release" in parts:
         try:
