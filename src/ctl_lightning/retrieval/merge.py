@@ -111,22 +111,25 @@ def merge_catalogs(
     table: ProductTable,
     manifests: dict[str, dict],
     subspaces: PairSubspaces | None = None,
+    products: Path | None = None,
 ) -> dict[str, Path]:
     """Merge each kind's shards into ``output_dir / kind``, the kinds in parallel threads, once the
     shards of every kind hold each expected row exactly once (so a failed check writes nothing).
 
-    Both catalogs list the same products, so their ``products.tsv`` is written once (in a temporary
-    folder beside the catalogs) and copied into each: writing it is Python-bound, 1.3 s per
-    million rows, and two threads writing it at once would hold the GIL in turn. A type-aware
-    model's ``subspaces`` go into the ``compatible`` catalog.
+    Both catalogs list the same products, so their ``products.tsv`` is copied into each: ``products``
+    where given (the store's own, for a catalog of the whole store), else written once in a
+    temporary folder beside the catalogs: writing it is Python-bound, 1.3 s per million rows, and two
+    threads writing it at once would hold the GIL in turn. A type-aware model's ``subspaces`` go into
+    the ``compatible`` catalog.
     """
     # every kind's shards checked before anything is written; the merges reuse the positions
     positions = {
         kind: shard_positions(CatalogBuild(Path(output_dir) / kind, expected_rows, part[0].dim), part) for kind, part in shards.items()
     }
     with building(Path(output_dir) / "products") as scratch:  # removed after, or by the next merge if killed
-        products = scratch / "products.tsv"
-        table.write_tsv(products, np.sort(np.asarray(expected_rows, dtype=np.int64)))
+        if products is None:
+            products = scratch / "products.tsv"
+            table.write_tsv(products, np.sort(np.asarray(expected_rows, dtype=np.int64)))
 
         def merge(kind: str) -> Path:
             pair_subspaces = subspaces if kind == "compatible" else None
