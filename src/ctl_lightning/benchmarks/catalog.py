@@ -98,7 +98,7 @@ def copy_both(shards: dict[str, list[Shard]], folder: Path) -> None:
 
 def merge_scaling(sizes: tuple[int, ...], root: Path, ranks: int = 2, repeats: int = 3) -> dict:
     """Seconds to merge ``ranks`` interleaved shards (as DistributedSampler deals rows) into both
-    catalogs, and to copy their bytes (:func:`copy_bytes`), in alternating runs."""
+    catalogs of every product, and to copy their bytes (:func:`copy_bytes`), in alternating runs."""
     rng = np.random.default_rng(0)
     results = []
     for rows in sizes:
@@ -114,7 +114,19 @@ def merge_scaling(sizes: tuple[int, ...], root: Path, ranks: int = 2, repeats: i
                             count = min(65536, len(ids) - start)
                             handle.write(rng.standard_normal((count, dim), dtype=np.float32).tobytes())
                     shards[kind].append(Shard(ids, path, dim))
-            merge = partial(merge_catalogs, Path(tmp) / "catalogs", table.positions, shards, table, {kind: {} for kind in MERGE_DIMS})
+            # Every product is in the catalogs, so the merge copies the store's own products.tsv (as
+            # the writer does: retrieval/writer.py, store_table_file), written here as the store holds it.
+            store_table = Path(tmp) / "store-products.tsv"
+            table.write_tsv(store_table)
+            merge = partial(
+                merge_catalogs,
+                Path(tmp) / "catalogs",
+                table.positions,
+                shards,
+                table,
+                {kind: {} for kind in MERGE_DIMS},
+                products=store_table,
+            )
 
             copy = partial(copy_both, shards, Path(tmp))
             timing = measure_interleaved({"merge": merge, "copy": copy}, repeats=repeats, warmup=0)
