@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_metric_learning.distances import LpDistance
 
-from ctl_lightning.benchmarks import setup
+from ctl_lightning.benchmarks import bounds, setup
 from ctl_lightning.benchmarks.loading import _StepTimer
 from ctl_lightning.data.products import ProductTable
 from ctl_lightning.data.triplets import OutfitIndex, sample_triplets
@@ -54,7 +54,12 @@ def feature_cache(dm_factory, model_factory, uncached_steps: int, repeats: int) 
         seconds, _ = _epoch_seconds(model_factory(feature_cache=False), dm, uncached_steps)
         uncached_runs.append(seconds * epoch_steps / uncached_steps)
     cached, uncached = float(np.median(cached_runs)), float(np.median(uncached_runs))
+    # The same head steps over the same triplets in a plain loop (no Lightning): the floor of the cached epoch.
+    features = torch.randn(len(dm.store), model.backbone.num_features)
+    loop_runs = [bounds.eager_epoch(features, np.asarray(dm.train_triplets), dm.batch_size)["epoch_s"] for _ in range(repeats)]
     return {
+        "plain_loop_epoch_s": float(np.median(loop_runs)),
+        "plain_loop_runs_s": loop_runs,
         "epoch_steps": epoch_steps,
         "cached_epoch_s": cached,
         "uncached_epoch_s": uncached,
