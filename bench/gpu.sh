@@ -3,8 +3,9 @@
 # fine-tuned and with the frozen recipe + feature cache, plus catalog-build throughput, the release
 # scale, and the README's sweep of DDP jobs on this machine's GPUs (--parts; default: all).
 #
-#   bench/gpu.sh [--out DIR] [--data DIR]     # on a machine with a GPU (about 2 minutes on an H100)
-#   bench/gpu.sh --smoke --out /tmp/gpu       # the same code on the CPU with tiny sizes
+#   bench/gpu.sh [--out DIR] [--data DIR]     # on a machine with a GPU (every part: about 6 minutes on an H200)
+#   bench/gpu.sh --smoke --out /tmp/gpu       # the same code on the CPU with tiny sizes (its ddp_sweep part
+#                                             # runs the CPU sweep of tests/test_scaleout.py: --parts to skip it)
 #
 # Needs torch, pytorch-lightning, timm, scikit-learn and pytorch-metric-learning. Where
 # pytorch-metric-learning is missing (e.g. a machine without network), wheels in .whl/ are used.

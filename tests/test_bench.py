@@ -52,8 +52,8 @@ def test_gpu_script_imports_without_hydra_or_omegaconf():
 
 @pytest.mark.slow
 def test_gpu_script_smoke_runs_on_the_cpu(tmp_path):
-    """bench/gpu.sh --smoke: the seed-scale script's code path end to end, tiny, without a GPU. Its fourth
-    part, the sweep of DDP jobs, is the sweep test_scaleout runs; that test also checks its checker."""
+    """bench/gpu.sh --smoke: the seed-scale script's code path end to end, tiny, without a GPU. Its part
+    ddp_sweep, the sweep of DDP jobs, is the sweep test_scaleout runs; that test also checks its checker."""
     env = {**os.environ, "PYTHON": sys.executable}
     result = subprocess.run(
         [

@@ -42,10 +42,19 @@ def _autocast(device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda", cache_enabled=False)
 
 
+def shuffled(triplets: np.ndarray, seed: int = 0) -> np.ndarray:
+    """``triplets`` in an epoch's order, as the trainer's sampler (``EpochShuffle``) deals them: sampled
+    triplets come grouped by outfit, and batches cut from that order share products, so they would hold
+    far fewer distinct rows than the trainer's."""
+    return triplets[torch.randperm(len(triplets), generator=torch.Generator().manual_seed(seed)).numpy()]
+
+
 def eager_epoch(features: torch.Tensor, triplets: np.ndarray, batch_size: int) -> dict:
-    """The frozen recipe's epoch as a plain loop over cached ``features`` (one row per product):
-    deduplication on the host up front, no host sync. On the CPU, ``make bench`` sets it beside the
-    trainer's cached epoch (``fastpaths.feature_cache``): what is left is Lightning's share."""
+    """The frozen recipe's epoch as a plain loop over cached ``features`` (one row per product), the
+    triplets in a shuffled order: deduplication on the host up front, no host sync. On the CPU,
+    ``make bench`` sets it beside the trainer's cached epoch (``fastpaths.feature_cache``): what is
+    left is Lightning's share."""
+    triplets = shuffled(triplets)
     device = features.device
     head, loss_fn = _step_parts(device, features.shape[1])
     optimizer = torch.optim.Adam(head.parameters(), lr=1e-3)
@@ -72,7 +81,7 @@ def graph_epoch(features: torch.Tensor, triplets: np.ndarray, batch_size: int) -
     head, loss_fn = _step_parts(device, features.shape[1])
     optimizer = torch.optim.Adam(head.parameters(), lr=1e-3, capturable=True)
     steps = len(triplets) // batch_size
-    rows = torch.from_numpy(triplets[: steps * batch_size].reshape(steps, -1)).to(device)  # [steps, 3B]
+    rows = torch.from_numpy(shuffled(triplets)[: steps * batch_size].reshape(steps, -1)).to(device)  # [steps, 3B]
     local = torch.arange(3 * batch_size, device=device).view(batch_size, 3)
     static_rows = rows[0].clone()
 

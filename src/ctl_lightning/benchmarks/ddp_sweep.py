@@ -18,16 +18,19 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 from ctl_lightning.data.store import ProductStore
+from ctl_lightning.errors import CtlError
 from ctl_lightning.retrieval.catalog import Catalog
 
 REPO = Path(__file__).resolve().parents[3]
 # A small world and ResNet18 without pretrained weights (a GPU host may have no weights package):
 # the sweep's mechanics are under test, not the model's accuracy.
+MARGINS = (0.1, 0.2)  # the sweep: one job each
 OVERRIDES = [
-    "loss.margin=0.1,0.2",
+    f"loss.margin={','.join(map(str, MARGINS))}",
     "model=resnet18",
     "model.pretrained=false",
     "model.trainable_stages=0",
@@ -59,26 +62,32 @@ def run(root: Path, gpu: bool, timeout_s: int = 900) -> dict:
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         raise SweepFailed(f"python {' '.join(command)} exited with {result.returncode}: {result.stderr.strip()[-1500:]}")
-    return {"command": "python " + " ".join(command[:-2]), "seconds": seconds, **check(root / "outputs")}
+    found = check(root / "outputs")
+    ranks = torch.cuda.device_count() if gpu else 2  # trainer=ddp: every GPU; ddp_cpu: 2 processes
+    if found["world_sizes"] != [ranks] * len(MARGINS):
+        raise SweepFailed(f"DDP world sizes {found['world_sizes']}, expected {ranks} for each of the {len(MARGINS)} jobs")
+    return {"command": "python " + " ".join(command[:-2]), "seconds": seconds, **found}
 
 
-def check(outputs: Path) -> dict:
-    """The sweep under ``outputs`` (train.py's default run and sweep directories): its jobs, each with
-    its margin, test metrics, catalog rows and DDP world size. Raises :class:`SweepFailed` where a job
-    is missing, a run directory is stray, or a catalog misses or repeats a product."""
-    sweeps = sorted((outputs / "train" / "multiruns").iterdir())
-    if len(sweeps) != 1:
-        raise SweepFailed(f"{len(sweeps)} sweep directories under {outputs}: a rank re-ran the command line")
-    sweep = sweeps[0]
-    run_dirs = sorted(p.parent for p in outputs.rglob(".hydra"))
-    jobs = sorted((p for p in sweep.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-    if run_dirs != jobs:
-        raise SweepFailed(f"run directories {[str(p.relative_to(outputs)) for p in run_dirs]} are not the sweep's jobs")
-    return {
-        "sweep_dir": sweep.name,
-        "jobs": [_job(job) for job in jobs],
-        "world_sizes": _world_sizes(sweep / ".submitit"),
-    }
+def check(outputs: Path, jobs: int = len(MARGINS)) -> dict:
+    """The sweep of ``jobs`` jobs under ``outputs`` (train.py's default run and sweep directories):
+    each job with its margin, test metrics, catalog rows, and each submitted job's DDP world size.
+    Raises :class:`SweepFailed` where a job is missing, a run directory is stray, or a job's outputs
+    are missing or a catalog misses or repeats a product."""
+    try:
+        sweeps = sorted((outputs / "train" / "multiruns").iterdir())
+        if len(sweeps) != 1:
+            raise SweepFailed(f"{len(sweeps)} sweep directories under {outputs}: a rank re-ran the command line")
+        sweep = sweeps[0]
+        found = sorted((p for p in sweep.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+        if [p.name for p in found] != [str(i) for i in range(jobs)]:
+            raise SweepFailed(f"{sweep}: job directories {[p.name for p in found]}, expected {jobs}")
+        run_dirs = {p.parent for p in outputs.rglob(".hydra")}
+        if run_dirs != set(found):
+            raise SweepFailed(f"run directories {sorted(str(p.relative_to(outputs)) for p in run_dirs)} are not the sweep's jobs")
+        return {"sweep_dir": sweep.name, "jobs": [_job(job) for job in found], "world_sizes": _world_sizes(sweep / ".submitit")}
+    except (OSError, KeyError, ValueError, CtlError) as error:  # a job's outputs missing or unreadable
+        raise SweepFailed(f"{outputs}: {type(error).__name__}: {error}") from error
 
 
 def _job(job: Path) -> dict:

@@ -249,9 +249,9 @@ class CatalogBuild:
 
     def publish(self, table: ProductTable, manifest: dict, subspaces: PairSubspaces | None = None, products: Path | None = None) -> Path:
         """Check that the catalog is complete, write its row ids, products and manifest (with a
-        type-aware model's ``subspaces``) and rename it into place. ``products``: the ``products.tsv``
-        of another catalog of the same rows, copied rather than written again (a quarter of a second
-        per 200k products)."""
+        type-aware model's ``subspaces``) and rename it into place. ``products``: a ``products.tsv`` of
+        the same rows (the store's own, for a catalog of every product, or another catalog's), copied
+        rather than formatted again (3 to 5 us a row)."""
         self.require_complete()
         self._handle.close()
         np.save(self._tmp / "row_ids.npy", self.rows)
