@@ -35,7 +35,7 @@ import pytorch_lightning as pl
 import torch
 
 from ctl_lightning.benchmarks import bounds, ddp_sweep, setup
-from ctl_lightning.benchmarks.gpu_report import table
+from ctl_lightning.benchmarks.gpu_report import measured_epoch, table
 from ctl_lightning.benchmarks.machine import machine_info
 from ctl_lightning.benchmarks.release_scale import replicate_ctl
 from ctl_lightning.data.datamodules import TripletsDataModule
@@ -288,10 +288,11 @@ def pure_inference(dm: TripletsDataModule, gpu: bool) -> dict:
     return {"host_img_per_s": len(rows) / run(host), "device_img_per_s": len(rows) / run(resident)}
 
 
-def bounds_part(dm: TripletsDataModule, gpu: bool) -> dict:
-    """benchmarks/bounds.py's floors of the frozen recipe's step next to the trainer's own epoch, and the
+def bounds_part(dm: TripletsDataModule, gpu: bool, trainer_epoch: dict | None) -> dict:
+    """benchmarks/bounds.py's floors of the frozen recipe's step next to the trainer's own epoch
+    (``trainer_epoch``, where the epochs part measured it in this run; else measured here), and the
     catalog build through the device store at larger predict batches, all in this run."""
-    out = {"lightning": epoch(dm, gpu, freeze=True, device_store=True)}
+    out = {"lightning": trainer_epoch or epoch(dm, gpu, freeze=True, device_store=True)}
     out |= bounds.step_floor(np.asarray(dm.train_triplets), len(dm.store), dm.batch_size, gpu)
     size, out["catalog by batch size"] = dm.eval_batch_size, []
     try:
@@ -352,7 +353,11 @@ def seed_scale(results: dict, out: Path, data: Path, smoke: bool, gpu: bool, sav
         part(results, "pure_inference", pure_inference, dm, gpu)
         part(results["profiles"], "catalog build", catalog_build, dm, gpu, True, out / "profile-predict.txt")
     if "bounds" in parts:
-        part(results, "bounds", bounds_part, dm, gpu)
+        try:
+            trainer_epoch = measured_epoch(results, recipe(True), "device store")
+        except StopIteration:  # the epochs part did not run
+            trainer_epoch = None
+        part(results, "bounds", bounds_part, dm, gpu, trainer_epoch)
     return dm
 
 
