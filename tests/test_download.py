@@ -228,6 +228,8 @@ def test_every_recoverable_image_arrives_and_every_other_is_reported(serve, conn
     assert set(report["missing"]) == {f"{signature(n)}.jpg" for n in ("gone-404", "gone-410")}
     failed = {name: entry["reason"] for name, entry in report["failed"].items()}
     assert failed == {f"{signature(n)}.jpg": reason for n, (_, reason) in UNRECOVERABLE.items() if reason != "missing"}
+    assert list(report["failed"]) == sorted(failed) and list(report["missing"]) == sorted(report["missing"])
+    assert list(report["failed_by_reason"]) == sorted(set(failed.values())), "the same failures, the same report"
     assert all(entry["error"] and entry["url"].startswith(server.url) for entry in report["failed"].values())
     assert "Connection reset by peer" in report["failed"][f"{signature('always-reset')}.jpg"]["error"]
     assert (report["fetched"], report["present"]) == (len(good), 0)

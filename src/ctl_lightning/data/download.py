@@ -76,8 +76,9 @@ class DownloadReport:
     missing: dict[str, dict] = field(default_factory=dict)  # file name -> url, error
     failed: dict[str, dict] = field(default_factory=dict)  # file name -> url, reason, error, attempts
 
-    def failed_by_reason(self) -> Counter:
-        return Counter(entry["reason"] for entry in self.failed.values())
+    def failed_by_reason(self) -> dict[str, int]:
+        """Counts by reason in name order, so two runs that fail alike write the same report."""
+        return dict(sorted(Counter(entry["reason"] for entry in self.failed.values()).items()))
 
     def rows(self) -> list[tuple[str, str]]:
         """The final table: what arrived, what did not and why, and how fast."""
@@ -88,7 +89,7 @@ class DownloadReport:
             ("present but unreadable, fetched again", f"{self.refetched:,}"),
             ("missing (404/410)", f"{len(self.missing):,}"),
         ]
-        rows += [(f"failed after retries: {reason}", f"{n:,}") for reason, n in sorted(self.failed_by_reason().items())]
+        rows += [(f"failed after retries: {reason}", f"{n:,}") for reason, n in self.failed_by_reason().items()]
         speed = f"{self.fetched * per_second:,.1f} images/s, {self.bytes / 1e6 * per_second:,.2f} MB/s"
         return [
             *rows,
@@ -102,9 +103,9 @@ class DownloadReport:
         payload = {
             **counts,
             "seconds": round(self.seconds, 3),
-            "failed_by_reason": dict(self.failed_by_reason()),
-            "missing": self.missing,
-            "failed": self.failed,
+            "failed_by_reason": self.failed_by_reason(),
+            "missing": dict(sorted(self.missing.items())),  # by name: completion order is the network's
+            "failed": dict(sorted(self.failed.items())),
         }
         write_json(path, payload)
 
