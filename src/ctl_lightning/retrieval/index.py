@@ -45,7 +45,10 @@ INDEX_KINDS = EXACT_KINDS + APPROXIMATE_KINDS
 # Query counts scored by the scan. Each query reads the block once, where a matrix product reads it
 # once for all of them, so the scan is sure to win for one query only.
 SCAN_QUERIES = 1
-_SLICE_ROWS = 1 << 16  # blocks smaller than two slices are scanned in the calling thread
+# Rows a thread scans at least: blocks under two slices (32,768 rows) stay in the calling thread. Two
+# threads took 0.73x to 0.78x of one thread's time from 16,000 to 100,000 rows on the AMD host, and
+# 1.12x at 8,000, where the hand-off costs more than it saves (NOTES.md, fifth pass).
+_SLICE_ROWS = 1 << 14
 _pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): a forked child starts its own
 # The settings of each approximate kind. Those that shape the built index are part of its saved
 # fingerprint (changing one rebuilds it); the others only steer a search and apply to a saved index.
@@ -122,13 +125,12 @@ def scan_scores(queries: np.ndarray, block: np.ndarray) -> np.ndarray:
     slices = min(_threads(), len(block) // _SLICE_ROWS)
     bounds = np.linspace(0, len(block), max(1, slices) + 1).astype(int)
     for query, row in zip(queries, out):
-        parts = [(block[a:b], row[a:b]) for a, b in itertools.pairwise(bounds)]
-        if len(parts) == 1:
-            np.einsum("ij,j->i", block, query, out=row)
-            continue
-        if _pool is None or _pool[0] != os.getpid() or _pool[1]._max_workers < len(parts):
-            _pool = (os.getpid(), ThreadPoolExecutor(len(parts), thread_name_prefix="ctl-scan"))
-        for future in [_pool[1].submit(np.einsum, "ij,j->i", part, query, out=target) for part, target in parts]:
+        (first, first_row), *others = [(block[a:b], row[a:b]) for a, b in itertools.pairwise(bounds)]
+        if others and (_pool is None or _pool[0] != os.getpid() or _pool[1]._max_workers < len(others)):
+            _pool = (os.getpid(), ThreadPoolExecutor(len(others), thread_name_prefix="ctl-scan"))
+        futures = [_pool[1].submit(np.einsum, "ij,j->i", part, query, out=target) for part, target in others]
+        np.einsum("ij,j->i", first, query, out=first_row)  # the calling thread scans a slice too, not waits
+        for future in futures:
             future.result()
     return out
 
