@@ -115,8 +115,11 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert results["loader"]["workers=0"]["ratio"] > 1
     assert results["catalog"]["throughput"]["products"] > 0 and len(results["catalog"]["peak_rss"]) == 2
     assert results["retrieval"]["catalogs"][0]["scan_identical_top10_share"] == 1.0
-    assert [size["rows"] for size in results["catalog_merge"]["sizes"]] == [10_000, 40_000]
+    assert [(size["rows"], size["runs"]) for size in results["catalog_merge"]["sizes"]] == [(10_000, 12), (40_000, 3)]
     assert all(size["copy_s"] > 0 and size["over_copy"] > 0 for size in results["catalog_merge"]["sizes"])
+    merge = results["catalog_merge"]
+    copies = [size["copy_s"] / size["rows"] for size in merge["sizes"]]
+    assert merge["copy_per_row_growth"] == pytest.approx(copies[-1] / copies[0])
     load = results["loadtest"]  # against two runs it built offline, the second promoted by the reload
     assert load["errors"] == 0 and load["reload"]["status"] == 200 and load["served"]["reload_to"] != load["served"]["run"]
     assert load["command"].startswith("python -m ctl_lightning.benchmarks --quick")
@@ -132,6 +135,7 @@ def test_quick_bench_writes_every_section(tmp_path):
         "## Retrieval",
         "## Image queries: onnxruntime against torch",
         "## Catalog merge at scale",
+        "The plain copy's own time per row grows",
         "## Load test: ctl-serve on loopback",
     ):
         assert heading in text

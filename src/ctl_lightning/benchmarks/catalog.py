@@ -96,12 +96,17 @@ def copy_both(shards: dict[str, list[Shard]], folder: Path) -> None:
         list(pool.map(lambda kind: copy_bytes(shards[kind], folder / f"copy-{kind}.bin"), shards))
 
 
-def merge_scaling(sizes: tuple[int, ...], root: Path, ranks: int = 2, repeats: int = 3) -> dict:
+def merge_scaling(sizes: tuple[int, ...], root: Path, ranks: int = 2, repeats: int = 3, most_runs: int = 15) -> dict:
     """Seconds to merge ``ranks`` interleaved shards (as DistributedSampler deals rows) into both
-    catalogs of every product, and to copy their bytes (:func:`copy_bytes`), in alternating runs."""
+    catalogs of every product, and to copy their bytes (:func:`copy_bytes`), in alternating runs.
+
+    A smaller size runs more often (up to ``most_runs``), so that every size is timed for about as long:
+    the smallest one, a tenth of a second, is the per-row ratio's denominator, and three runs of it
+    measured the host's load as much as the merge (0.81x to 1.51x between runs, NOTES.md)."""
     rng = np.random.default_rng(0)
     results = []
     for rows in sizes:
+        runs = max(repeats, min(most_runs, repeats * max(sizes) // rows))
         table = ProductTable([ProductSpec(f"p{i}", f"o{i // 4}", f"c{i % 13}", "catalog", "", None) for i in range(rows)])
         with tempfile.TemporaryDirectory(dir=root) as tmp:
             shards: dict[str, list[Shard]] = {kind: [] for kind in MERGE_DIMS}
@@ -129,9 +134,11 @@ def merge_scaling(sizes: tuple[int, ...], root: Path, ranks: int = 2, repeats: i
             )
 
             copy = partial(copy_both, shards, Path(tmp))
-            timing = measure_interleaved({"merge": merge, "copy": copy}, repeats=repeats, warmup=0)
+            timing = measure_interleaved({"merge": merge, "copy": copy}, repeats=runs, warmup=0)
         total, copied = timing["merge"]["median_s"], timing["copy"]["median_s"]
-        results.append({"rows": rows, "total_s": total, "us_per_row": 1e6 * total / rows, "copy_s": copied, "over_copy": total / copied})
+        results.append(
+            {"rows": rows, "runs": runs, "total_s": total, "us_per_row": 1e6 * total / rows, "copy_s": copied, "over_copy": total / copied}
+        )
     return {
         "ranks": ranks,
         "dims": MERGE_DIMS,
@@ -139,6 +146,7 @@ def merge_scaling(sizes: tuple[int, ...], root: Path, ranks: int = 2, repeats: i
         "sizes": results,
         "per_row_growth": results[-1]["us_per_row"] / results[0]["us_per_row"],
         "over_copy_growth": results[-1]["over_copy"] / results[0]["over_copy"],
+        "copy_per_row_growth": (results[-1]["copy_s"] / results[-1]["rows"]) / (results[0]["copy_s"] / results[0]["rows"]),
     }
 
 
