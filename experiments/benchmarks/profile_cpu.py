@@ -3,6 +3,7 @@
     python experiments/benchmarks/profile_cpu.py search [--product] [--float16] [--seconds 8]
     python experiments/benchmarks/profile_cpu.py read STORE_DIR [--old] [--batches 1000]
     python experiments/benchmarks/profile_cpu.py compare-read STORE_DIR
+    python experiments/benchmarks/profile_cpu.py worker-handoff [--data .bench-data] [--batches 60]
 
 ``search`` runs single-query exact searches over 1M x 128 rows (``--product``: the matrix product the
 engine used before its scan) and touches ``READY_FILE`` once set up, so that
@@ -11,6 +12,9 @@ engine used before its scan) and touches ``READY_FILE`` once set up, so that
 page-faults,raw_syscalls:sys_enter,task-clock``. ``compare-read`` times the old read, the current
 one and the memory-map read that was tried, in one run, alone and followed by the loader's float
 normalization, and prints the resident file pages during a full pass of the current read.
+``worker-handoff`` splits what a batch of the store loader costs the training process with 2 workers
+(receiving a batch the workers already made, then normalizing it) from what it costs made in process,
+for both of torch's sharing strategies; it builds `make bench`'s 2,000-outfit world under ``--data``.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ctl_lightning.benchmarks.loading import BIAS, SCALE
 from ctl_lightning.benchmarks.retrieval import _catalog
 from ctl_lightning.data.store import ProductStore
+from ctl_lightning.models.module import normalize_images
 from ctl_lightning.retrieval.index import ExactIndex
 
 READY_FILE = Path("/tmp/profile_cpu.ready")
@@ -87,9 +93,6 @@ def mapping_read(store: ProductStore, rows: np.ndarray) -> np.ndarray:
 
 def compare_read(store: ProductStore) -> None:
     """The three reads on the same ascending row sets, alone and followed by the loader's float normalization."""
-    from ctl_lightning.benchmarks.loading import BIAS, SCALE
-    from ctl_lightning.models.module import normalize_images
-
     descriptor = os.open(store.path / "images.u8", os.O_RDONLY)
     batches = [np.unique(rows) for rows in _batches(store, 100)]  # the collates pass unique, ascending rows
     reads = {
@@ -118,18 +121,66 @@ def compare_read(store: ProductStore) -> None:
     print(f"RssFile over a full pass of {len(store) * row_mib:.0f} MiB with read(): {before:.1f} MiB before, {peak:.1f} MiB peak")
 
 
+def _ms(total: float, count: int) -> str:
+    return f"{total / count * 1e3:.2f} ms"
+
+
+def worker_handoff(root: Path, batches: int) -> None:
+    """Per batch: collate + normalize in process, against receive + normalize from 2 idle workers."""
+    import torch.multiprocessing
+    from torch.utils.data import DataLoader
+
+    from ctl_lightning.benchmarks import setup
+    from ctl_lightning.data.batches import RowsDataset, TripletCollate
+
+    dm = setup.datamodule(root, 2000)
+    dataset, collate = RowsDataset(dm.train_triplets), TripletCollate(dm.store, dm.labels, dm.categories)
+    rng = np.random.default_rng(0)
+    made = normalized = 0.0
+    for _ in range(batches):
+        start = time.perf_counter()
+        batch = collate([dataset[i] for i in rng.choice(len(dataset), dm.batch_size, replace=False)])
+        middle = time.perf_counter()
+        normalize_images(batch["images"], SCALE, BIAS)
+        made, normalized = made + middle - start, normalized + time.perf_counter() - middle
+    print(f"in process: read and collate {_ms(made, batches)}, normalize {_ms(normalized, batches)} a batch")
+    for strategy in ("file_descriptor", "file_system"):
+        torch.multiprocessing.set_sharing_strategy(strategy)
+        loader = DataLoader(dataset, batch_size=dm.batch_size, shuffle=True, num_workers=2, collate_fn=collate, persistent_workers=True)
+        batches_in = iter(loader)
+        next(batches_in)
+        received = first = again = 0.0
+        for _ in range(batches):
+            time.sleep(0.05)  # the workers fill their prefetch queue and go idle: no contention for the cores
+            start = time.perf_counter()
+            batch = next(batches_in)
+            got = time.perf_counter()
+            normalize_images(batch["images"], SCALE, BIAS)
+            touched = time.perf_counter()
+            normalize_images(batch["images"], SCALE, BIAS)
+            received, first, again = received + got - start, first + touched - got, again + time.perf_counter() - touched
+        del batches_in, loader
+        print(
+            f"2 idle workers, {strategy}: receive a ready batch {_ms(received, batches)}, normalize it "
+            f"{_ms(first, batches)} (first touch of its shared memory), {_ms(again, batches)} again"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=("search", "read", "compare-read"))
+    parser.add_argument("mode", choices=("search", "read", "compare-read", "worker-handoff"))
     parser.add_argument("store", nargs="?", help="a product store folder (read, compare-read)")
     parser.add_argument("--product", action="store_true")
     parser.add_argument("--float16", action="store_true")
     parser.add_argument("--old", action="store_true")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--batches", type=int, default=1000)
+    parser.add_argument("--data", type=Path, default=Path(".bench-data"), help="make bench's data folder (worker-handoff)")
     args = parser.parse_args()
     if args.mode == "search":
         search(args.product, args.float16, args.seconds)
+    elif args.mode == "worker-handoff":
+        worker_handoff(args.data, min(args.batches, 60))
     elif args.mode == "read":
         read(ProductStore.open(args.store), args.old, args.batches)
     else:
