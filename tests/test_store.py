@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+import ctl_lightning.data.device_store as device_store
 import ctl_lightning.data.store as store_module
 from ctl_lightning.data.crops import crop_square, to_rgb
 from ctl_lightning.data.formats import read_ctl_raw
@@ -121,6 +123,23 @@ def test_read_matches_the_memory_map_and_leaves_no_page_of_it_resident(dataset):
     for bad in ([-1], [len(store)]):
         with pytest.raises(IndexError):
             store.read(np.array(bad))
+
+
+def test_read_into_a_buffer_and_the_resident_copy_of_every_crop(dataset, monkeypatch):
+    """``read(out=)`` fills a reused buffer (the device store's pinned staging) with exactly ``read``'s
+    crops; loading the whole store in chunks, one of them short, gives every crop in row order."""
+    store = build(dataset)
+    rows = np.random.default_rng(1).integers(0, len(store), 40)
+    buffer = np.full((len(rows), SIZE, SIZE, 3), 7, dtype=np.uint8)
+    assert store.read(rows, out=buffer) is buffer and np.array_equal(buffer, store.read(rows))
+    with pytest.raises(ValueError, match=r"out must be a C-contiguous uint8 array of shape \(40, 16, 16, 3\)"):
+        store.read(rows, out=buffer[::-1][:, :, :, :2])
+    images = np.fromfile(store.path / IMAGES, dtype=np.uint8).reshape(store.images.shape)
+    monkeypatch.setattr(device_store, "COPY_ROWS", 7)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # cuda: the pinned double-buffered copy
+    for device in devices:
+        resident = device_store.ResidentPixels.load(store, torch.device(device), share=1.0)
+        assert resident.on_device and np.array_equal(resident.pixels.cpu().numpy(), images)
 
 
 def test_stl_store_takes_whole_product_images(dataset):

@@ -38,6 +38,26 @@ def check_setting(device_store, share: float) -> None:
         raise CtlError(f"data.device_store_share must be in (0, 1], got {share!r}")
 
 
+def _copy_staged(store: ProductStore, pixels: torch.Tensor) -> None:
+    """Fill ``pixels`` on a GPU through two reused pinned buffers: the store reads a chunk into one while
+    the other's copy runs. A read into fresh pageable memory takes a page fault per 4 KiB and is copied
+    once more by the driver before the transfer; these buffers are faulted in once and copied directly."""
+    count = len(pixels)
+    staging = [torch.empty((min(COPY_ROWS, count), *pixels.shape[1:]), dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+    copied: list[torch.cuda.Event | None] = [None, None]  # when each buffer's last copy finished
+    with torch.cuda.device(pixels.device):  # the copies and their events on that device's current stream
+        for chunk, first in enumerate(tqdm(range(0, count, COPY_ROWS), desc="device store", unit="chunk", leave=False)):
+            last, slot = min(first + COPY_ROWS, count), chunk % 2
+            if copied[slot] is not None:
+                copied[slot].synchronize()  # its previous copy has left the buffer
+            buffer = staging[slot][: last - first]
+            store.read(np.arange(first, last), out=buffer.numpy())
+            pixels[first:last].copy_(buffer, non_blocking=True)
+            copied[slot] = torch.cuda.Event()
+            copied[slot].record()
+        torch.cuda.current_stream().synchronize()
+
+
 class ResidentPixels:
     """Every crop of a store as one uint8 ``[N, H, W, 3]`` tensor, on ``device`` or in pinned host memory."""
 
@@ -66,9 +86,12 @@ class ResidentPixels:
                     f"device store: {nbytes / 2**30:.2f} GiB does not fit in {share:.0%} of {free / 2**30:.2f} GiB free; pinned host memory"
                 )
         pixels = torch.empty(shape, dtype=torch.uint8, device=where, pin_memory=where.type == "cpu" and device.type == "cuda")
-        for first in tqdm(range(0, shape[0], COPY_ROWS), desc="device store", unit="chunk", leave=False):
-            rows = np.arange(first, min(first + COPY_ROWS, shape[0]))
-            pixels[first : first + len(rows)].copy_(torch.from_numpy(store.read(rows)), non_blocking=False)
+        if pixels.device.type == "cpu":
+            for first in tqdm(range(0, shape[0], COPY_ROWS), desc="device store", unit="chunk", leave=False):
+                last = min(first + COPY_ROWS, shape[0])
+                store.read(np.arange(first, last), out=pixels[first:last].numpy())  # straight into place
+        else:
+            _copy_staged(store, pixels)
         seconds = time.perf_counter() - start
         log.info(f"device store: {shape[0]} crops ({nbytes / 2**30:.2f} GiB) on {pixels.device} in {seconds:.1f} s")
         return cls(pixels, device, store.fingerprint, seconds)

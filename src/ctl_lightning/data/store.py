@@ -150,8 +150,9 @@ class ProductStore:
             self._images = np.memmap(self.path / IMAGES, dtype=np.uint8, mode="r", shape=(n, self.size, self.size, 3))
         return self._images
 
-    def read(self, rows: np.ndarray) -> np.ndarray:
-        """Crops of ``rows`` (any order), as a new ``[len(rows), H, W, 3]`` uint8 array.
+    def read(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Crops of ``rows`` (any order), as a new ``[len(rows), H, W, 3]`` uint8 array, or into ``out``
+        (C-contiguous, that shape): a buffer reused across reads takes no fresh page faults.
 
         Rows are read in ascending order, one ``preadv`` per run of consecutive rows. Unlike slicing
         the memory map, reading does not leave the file's pages mapped in this process, so its
@@ -162,7 +163,11 @@ class ProductStore:
         and unmapping them after each batch was measured too, and is slower (NOTES.md).
         """
         rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(rows), self.size, self.size, 3), dtype=np.uint8)
+        shape = (len(rows), self.size, self.size, 3)
+        if out is None:
+            out = np.empty(shape, dtype=np.uint8)
+        elif out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous uint8 array of shape {shape}, got {out.dtype} {out.shape}")
         if len(rows) == 0:
             return out
         ascending = bool(np.all(rows[1:] >= rows[:-1]))
