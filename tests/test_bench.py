@@ -167,7 +167,11 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     (rerun,) = json.loads((tmp_path / "results-quick.json").read_text())["hosts"]
     assert rerun["catalog_merge"] != results["catalog_merge"]
-    assert {k: v for k, v in rerun.items() if k != "catalog_merge"} == {k: v for k, v in results.items() if k != "catalog_merge"}
+    assert {k: v for k, v in rerun.items() if k not in ("catalog_merge", "reruns")} == {
+        k: v for k, v in results.items() if k != "catalog_merge"
+    }
+    assert rerun["reruns"] == {"catalog_merge": rerun["commit"]}, "the step records the code it ran"
+    assert f"Rerun since with `--only`: `catalog_merge` (code at {rerun['commit']})." in (tmp_path / "RESULTS-quick.md").read_text()
     printed = float(re.search(r"\[bench\] done in (\d+) s", again.stdout).group(1))
     assert printed <= wall + 1 and rerun["total_seconds"] == results["total_seconds"], (printed, wall, results["total_seconds"])
 

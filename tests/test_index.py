@@ -47,6 +47,23 @@ def test_the_scan_splits_large_blocks_across_threads_without_changing_the_result
     assert scan_scores(one, vectors[:3]).shape == (1, 3)
 
 
+def test_a_scan_while_another_holds_the_pool_runs_in_its_own_thread(monkeypatch):
+    """Concurrent searches (a server's requests) do not queue behind each other's slices: while one
+    scan holds the pool, another scans its whole block in the calling thread, with the same scores."""
+    monkeypatch.setattr(index_module, "_SLICE_ROWS", 1_000)
+    monkeypatch.setattr(index_module, "_threads", lambda: 2)
+    vectors, _, rng = _catalog(4_000, 16, seed=9)
+    query = rng.normal(size=(1, 16)).astype(np.float32)
+    expected = scan_scores(query, vectors)  # split: creates the pool, and releases it
+    _, pool, lock = index_module._pool
+    assert lock.acquire(blocking=False), "the first scan left the pool held"
+    try:
+        monkeypatch.setattr(pool, "submit", lambda *args, **kwargs: pytest.fail("a busy pool was used"))
+        assert np.array_equal(scan_scores(query, vectors), expected)
+    finally:
+        lock.release()
+
+
 def test_more_queries_than_the_scan_takes_use_the_matrix_product(monkeypatch):
     vectors, categories, rng = _catalog(3_000, 16, seed=7)
     calls = []

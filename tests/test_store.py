@@ -127,19 +127,38 @@ def test_read_matches_the_memory_map_and_leaves_no_page_of_it_resident(dataset):
 
 def test_read_into_a_buffer_and_the_resident_copy_of_every_crop(dataset, monkeypatch):
     """``read(out=)`` fills a reused buffer (the device store's pinned staging) with exactly ``read``'s
-    crops; loading the whole store in chunks, one of them short, gives every crop in row order."""
+    crops; loading the whole store in chunks, the last one short, gives every crop in row order."""
     store = build(dataset)
     rows = np.random.default_rng(1).integers(0, len(store), 40)
     buffer = np.full((len(rows), SIZE, SIZE, 3), 7, dtype=np.uint8)
     assert store.read(rows, out=buffer) is buffer and np.array_equal(buffer, store.read(rows))
-    with pytest.raises(ValueError, match=r"out must be a C-contiguous uint8 array of shape \(40, 16, 16, 3\)"):
-        store.read(rows, out=buffer[::-1][:, :, :, :2])
+    ascending = np.sort(rows)
+    assert np.array_equal(store.read(ascending, out=buffer), store.read(ascending))
+    read_only = buffer.copy()
+    read_only.flags.writeable = False
+    for bad in (buffer[:, :, :, :2], np.zeros((len(rows), SIZE, SIZE, 3), dtype=np.int16), buffer[::-1], read_only):
+        with pytest.raises(ValueError, match=r"out must be a writable C-contiguous uint8 array of shape \(40, 16, 16, 3\)"):
+            store.read(rows, out=bad)
     images = np.fromfile(store.path / IMAGES, dtype=np.uint8).reshape(store.images.shape)
-    monkeypatch.setattr(device_store, "COPY_ROWS", 7)
+    monkeypatch.setattr(device_store, "COPY_BYTES", 8 * SIZE * SIZE * 3)  # 8 rows a chunk
+    assert len(store) % 8, "the last chunk must be short"
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # cuda: the pinned double-buffered copy
     for device in devices:
         resident = device_store.ResidentPixels.load(store, torch.device(device), share=1.0)
         assert resident.on_device and np.array_equal(resident.pixels.cpu().numpy(), images)
+
+
+def test_a_store_file_cut_short_is_an_error_not_old_pixels(dataset, monkeypatch):
+    """A read the kernel returns in parts (reads of over 2 GiB) is completed; a file that ends early is
+    a one-line error naming it, not a buffer that still holds an earlier read's crops."""
+    store = build(dataset)
+    rows = np.arange(len(store))
+    real = os.preadv
+    monkeypatch.setattr(store_module.os, "preadv", lambda fd, buffers, offset: real(fd, [buffers[0][:1000]], offset))
+    assert np.array_equal(store.read(rows), np.fromfile(store.path / IMAGES, dtype=np.uint8).reshape(store.images.shape))
+    monkeypatch.setattr(store_module.os, "preadv", lambda fd, buffers, offset: 0)
+    with pytest.raises(CtlError, match=r"images\.u8 ends at byte 0, before the"):
+        store.read(rows)
 
 
 def test_stl_store_takes_whole_product_images(dataset):

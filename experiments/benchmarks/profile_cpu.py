@@ -146,7 +146,7 @@ def worker_handoff(root: Path, batches: int) -> None:
     print(f"in process: read and collate {_ms(made, batches)}, normalize {_ms(normalized, batches)} a batch")
     for strategy in ("file_descriptor", "file_system"):
         torch.multiprocessing.set_sharing_strategy(strategy)
-        loader = DataLoader(dataset, batch_size=dm.batch_size, shuffle=True, num_workers=2, collate_fn=collate, persistent_workers=True)
+        loader = DataLoader(dataset, batch_size=dm.batch_size, shuffle=True, num_workers=2, collate_fn=collate)
         batches_in = iter(loader)
         next(batches_in)
         received = first = again = 0.0
@@ -174,15 +174,15 @@ def main() -> None:
     parser.add_argument("--float16", action="store_true")
     parser.add_argument("--old", action="store_true")
     parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--batches", type=int, default=1000)
+    parser.add_argument("--batches", type=int, help="batches to time (read: 1000, worker-handoff: 60)")
     parser.add_argument("--data", type=Path, default=Path(".bench-data"), help="make bench's data folder (worker-handoff)")
     args = parser.parse_args()
     if args.mode == "search":
         search(args.product, args.float16, args.seconds)
     elif args.mode == "worker-handoff":
-        worker_handoff(args.data, min(args.batches, 60))
+        worker_handoff(args.data, args.batches or 60)
     elif args.mode == "read":
-        read(ProductStore.open(args.store), args.old, args.batches)
+        read(ProductStore.open(args.store), args.old, args.batches or 1000)
     else:
         compare_read(ProductStore.open(args.store))
 

@@ -184,7 +184,9 @@ def main(argv: list[str] | None = None) -> None:
     before = run_of(earlier, results["machine"])
     if set(args.only) != set(STEPS) and before is not None:  # rerun steps update this host's run; its timings stay
         # The host's header describes the run of its other steps: what it recorded wins, new fields are added.
-        results = {**before, **{k: results[k] for k in args.only}, "machine": {**results["machine"], **before["machine"]}}
+        # Each rerun step records the code it ran, since the header's commit is the full run's.
+        reruns = {**before.get("reruns", {}), **dict.fromkeys(args.only, results["commit"])}
+        results = {**before, **{k: results[k] for k in args.only}, "machine": {**results["machine"], **before["machine"]}, "reruns": reruns}
     results["mode"] = "quick" if args.quick else "full"
     recorded = with_run(earlier, results)
     (out / f"{name}.json").write_text(json.dumps(recorded, indent=2, default=float) + "\n")

@@ -100,9 +100,9 @@ def merge_scaling(sizes: tuple[int, ...], root: Path, ranks: int = 2, repeats: i
     """Seconds to merge ``ranks`` interleaved shards (as DistributedSampler deals rows) into both
     catalogs of every product, and to copy their bytes (:func:`copy_bytes`), in alternating runs.
 
-    A smaller size runs more often (up to ``most_runs``), so that every size is timed for about as long:
-    the smallest one, a tenth of a second, is the per-row ratio's denominator, and three runs of it
-    measured the host's load as much as the merge (0.81x to 1.51x between runs, NOTES.md)."""
+    A smaller size runs more often (``repeats`` times the ratio of sizes, up to ``most_runs``): the
+    smallest, about 0.15 s, is the per-row ratio's denominator, and three runs of it measured the
+    host's load as much as the merge (0.81x to 1.51x between runs, NOTES.md)."""
     rng = np.random.default_rng(0)
     results = []
     for rows in sizes:

@@ -201,6 +201,14 @@ def catalog_section(c: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _reruns(run: dict) -> str:
+    """The steps rerun alone since the host's full run (``--only``), each with the code it ran."""
+    if not run.get("reruns"):
+        return ""
+    steps = ", ".join(f"`{step}` (code at {commit or 'not recorded'})" for step, commit in run["reruns"].items())
+    return f" Rerun since with `--only`: {steps}."
+
+
 def merge_section(m: dict) -> list[str]:
     dims = ", ".join(f"`{kind}` {dim}-d" for kind, dim in m["dims"].items())
     lines = [
@@ -209,7 +217,7 @@ def merge_section(m: dict) -> list[str]:
         f"What rank 0 does after a predict on several ranks or nodes: {m['ranks']} interleaved shards (rows dealt",
         f"as DistributedSampler deals them) merged into both catalogs ({dims}, float32), checked and published,",
         "on synthetic shards, the two catalogs in parallel as the writer merges them. Each figure is the median of",
-        "the size's runs, alternating merge and copy; smaller sizes run more often, so each is timed about as long.",
+        "the size's runs, alternating merge and copy; smaller sizes, whose times are short, run more often.",
         "",
         "| rows | runs | both catalogs | per row | plain copy of the same bytes | merge / copy |",
         "|---|---|---|---|---|---|",
@@ -475,7 +483,8 @@ def host_section(run: dict) -> list[str]:
         f"Written by `make {'bench-quick' if run['mode'] == 'quick' else 'bench'}` "
         f"(`python -m ctl_lightning.benchmarks{' --quick' if run['mode'] == 'quick' else ''}`) in {run['total_seconds']:.0f} s, "
         f"code at commit {run.get('commit') or 'not recorded (before hosts were kept)'}. "
-        f"Every figure is the median of {run['plan']['repeats']} or more runs, measured against its reference in the same run.",
+        f"Every figure is the median of {run['plan']['repeats']} or more runs, measured against its reference in the same run."
+        + _reruns(run),
         "",
         f"Machine: {m['cpu']}, vendor {cpu_vendor(m)}, {m['cores']} cores, {m.get('memory_gib', '?')} GiB; SIMD: {simd}; "
         f"BLAS: {blas}; torch {m['torch']} with {m['torch_threads']} intra-op / {m['torch_interop_threads']} inter-op threads; "

@@ -28,7 +28,7 @@ from ctl_lightning.errors import CtlError
 log = logging.getLogger(__name__)
 
 DEVICE_STORE_CHOICES = ("auto", True, False)
-COPY_ROWS = 16_384  # rows per host-to-device copy while loading: bounded host memory, few copies
+COPY_BYTES = 1 << 27  # bytes of crops per chunk while loading: bounded host memory at any image size, few copies
 
 
 def check_setting(device_store, share: float) -> None:
@@ -38,22 +38,27 @@ def check_setting(device_store, share: float) -> None:
         raise CtlError(f"data.device_store_share must be in (0, 1], got {share!r}")
 
 
+def _chunks(store: ProductStore) -> range:
+    """First rows of the chunks a load reads, each about ``COPY_BYTES``."""
+    return range(0, len(store), max(1, COPY_BYTES // (store.size * store.size * 3)))
+
+
 def _copy_staged(store: ProductStore, pixels: torch.Tensor) -> None:
     """Fill ``pixels`` on a GPU through two reused pinned buffers: the store reads a chunk into one while
     the other's copy runs. A read into fresh pageable memory takes a page fault per 4 KiB and is copied
-    once more by the driver before the transfer; these buffers are faulted in once and copied directly."""
-    count = len(pixels)
-    staging = [torch.empty((min(COPY_ROWS, count), *pixels.shape[1:]), dtype=torch.uint8, pin_memory=True) for _ in range(2)]
-    copied: list[torch.cuda.Event | None] = [None, None]  # when each buffer's last copy finished
+    once more by the driver before the transfer; these buffers are faulted in once and copied directly.
+    Not yet run on a GPU in this project's measurements (experiments/benchmarks/GPU.md, session 10)."""
+    starts = _chunks(store)
+    staging = [torch.empty((min(starts.step, len(store)), *pixels.shape[1:]), dtype=torch.uint8, pin_memory=True) for _ in range(2)]
     with torch.cuda.device(pixels.device):  # the copies and their events on that device's current stream
-        for chunk, first in enumerate(tqdm(range(0, count, COPY_ROWS), desc="device store", unit="chunk", leave=False)):
-            last, slot = min(first + COPY_ROWS, count), chunk % 2
-            if copied[slot] is not None:
-                copied[slot].synchronize()  # its previous copy has left the buffer
+        copied = [torch.cuda.Event(), torch.cuda.Event()]  # recorded after each buffer's latest copy
+        for chunk, first in enumerate(tqdm(starts, desc="device store", unit="chunk", leave=False)):
+            last, slot = min(first + starts.step, len(store)), chunk % 2
+            if chunk >= 2:
+                copied[slot].synchronize()  # the copy two chunks back has left this buffer
             buffer = staging[slot][: last - first]
             store.read(np.arange(first, last), out=buffer.numpy())
             pixels[first:last].copy_(buffer, non_blocking=True)
-            copied[slot] = torch.cuda.Event()
             copied[slot].record()
         torch.cuda.current_stream().synchronize()
 
@@ -87,8 +92,9 @@ class ResidentPixels:
                 )
         pixels = torch.empty(shape, dtype=torch.uint8, device=where, pin_memory=where.type == "cpu" and device.type == "cuda")
         if pixels.device.type == "cpu":
-            for first in tqdm(range(0, shape[0], COPY_ROWS), desc="device store", unit="chunk", leave=False):
-                last = min(first + COPY_ROWS, shape[0])
+            starts = _chunks(store)
+            for first in tqdm(starts, desc="device store", unit="chunk", leave=False):
+                last = min(first + starts.step, shape[0])
                 store.read(np.arange(first, last), out=pixels[first:last].numpy())  # straight into place
         else:
             _copy_staged(store, pixels)

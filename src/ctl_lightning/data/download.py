@@ -77,7 +77,7 @@ class DownloadReport:
     failed: dict[str, dict] = field(default_factory=dict)  # file name -> url, reason, error, attempts
 
     def failed_by_reason(self) -> dict[str, int]:
-        """Counts by reason in name order, so two runs that fail alike write the same report."""
+        """Counts by reason, in name order: two runs that fail alike list their failures in the same order."""
         return dict(sorted(Counter(entry["reason"] for entry in self.failed.values()).items()))
 
     def rows(self) -> list[tuple[str, str]]:

@@ -113,6 +113,17 @@ class BuildStats:
         return out
 
 
+def _read_fully(descriptor: int, view: memoryview, offset: int, path: Path) -> None:
+    """Fill ``view`` from ``offset``: one ``preadv`` unless the kernel returns less (reads of over 2 GiB);
+    a file that ends first is an error, never a buffer left holding an earlier read's crops."""
+    done = 0
+    while done < len(view):
+        got = os.preadv(descriptor, [view[done:]], offset + done)
+        if got == 0:
+            raise CtlError(f"{path} ends at byte {offset + done}, before the {len(view)} bytes from {offset} that were asked for")
+        done += got
+
+
 class ProductStore:
     """A built store: the metadata table and a lazily opened memory map of the crops."""
 
@@ -152,7 +163,8 @@ class ProductStore:
 
     def read(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Crops of ``rows`` (any order), as a new ``[len(rows), H, W, 3]`` uint8 array, or into ``out``
-        (C-contiguous, that shape): a buffer reused across reads takes no fresh page faults.
+        (writable, C-contiguous, that shape): a buffer reused across reads of ascending rows takes no
+        fresh page faults (other orders go through a scratch array).
 
         Rows are read in ascending order, one ``preadv`` per run of consecutive rows. Unlike slicing
         the memory map, reading does not leave the file's pages mapped in this process, so its
@@ -166,8 +178,8 @@ class ProductStore:
         shape = (len(rows), self.size, self.size, 3)
         if out is None:
             out = np.empty(shape, dtype=np.uint8)
-        elif out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
-            raise ValueError(f"out must be a C-contiguous uint8 array of shape {shape}, got {out.dtype} {out.shape}")
+        elif out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError(f"out must be a writable C-contiguous uint8 array of shape {shape}, got {out.dtype} {out.shape} {out.flags}")
         if len(rows) == 0:
             return out
         ascending = bool(np.all(rows[1:] >= rows[:-1]))
@@ -181,7 +193,7 @@ class ProductStore:
         runs = np.flatnonzero(np.diff(ordered) != 1) + 1
         descriptor = self._descriptor()
         for start, stop in zip(np.r_[0, runs], np.r_[runs, len(rows)]):
-            os.preadv(descriptor, [memoryview(target[start:stop]).cast("B")], int(ordered[start]) * row_bytes)
+            _read_fully(descriptor, memoryview(target[start:stop]).cast("B"), int(ordered[start]) * row_bytes, self.path / IMAGES)
         if order is not None:
             out[order] = target
         return out

@@ -25,7 +25,8 @@ import contextlib
 import functools
 import itertools
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -45,11 +46,12 @@ INDEX_KINDS = EXACT_KINDS + APPROXIMATE_KINDS
 # Query counts scored by the scan. Each query reads the block once, where a matrix product reads it
 # once for all of them, so the scan is sure to win for one query only.
 SCAN_QUERIES = 1
-# Rows a thread scans at least: blocks under two slices (32,768 rows) stay in the calling thread. Two
-# threads took 0.73x to 0.78x of one thread's time from 16,000 to 100,000 rows on the AMD host, and
-# 1.12x at 8,000, where the hand-off costs more than it saves (NOTES.md, fifth pass).
-_SLICE_ROWS = 1 << 14
-_pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): a forked child starts its own
+# Rows a thread scans at least: blocks under two slices (16,384 rows) stay in the calling thread. Two
+# halves took 0.73x to 0.81x of one thread's time for blocks of 16,000 to 200,000 rows on the AMD
+# host, and 1.12x at 8,000, where the hand-off costs more than it saves (NOTES.md, fifth pass).
+_SLICE_ROWS = 1 << 13
+# (pid, pool, lock): a forked child starts its own; the lock is held by the scan using the pool.
+_pool: tuple[int, ThreadPoolExecutor, threading.Lock] | None = None
 # The settings of each approximate kind. Those that shape the built index are part of its saved
 # fingerprint (changing one rebuilds it); the others only steer a search and apply to a saved index.
 BUILD_SETTINGS = {"ivf": ("nlist",), "hnsw": ("m", "ef_construction")}
@@ -118,20 +120,39 @@ def _threads() -> int:
     return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
 
 
-def scan_scores(queries: np.ndarray, block: np.ndarray) -> np.ndarray:
-    """``queries @ block.T`` for float32 arrays, by einsum, one query at a time: ``[Q, N]`` float32."""
+def _idle_pool(workers: int) -> tuple[ThreadPoolExecutor, threading.Lock] | None:
+    """The scan's thread pool and its lock, now held, or None while another scan holds it: concurrent
+    searches (a server's requests) then each scan in their own thread, rather than queue their slices
+    behind another search's while the cores are busy anyway."""
     global _pool
+    if _pool is None or _pool[0] != os.getpid() or _pool[1]._max_workers < workers:
+        _pool = (os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="ctl-scan"), threading.Lock())
+    _, pool, lock = _pool
+    return (pool, lock) if lock.acquire(blocking=False) else None
+
+
+def scan_scores(queries: np.ndarray, block: np.ndarray) -> np.ndarray:
+    """``queries @ block.T`` for float32 arrays, by einsum, one query at a time: ``[Q, N]`` float32.
+    A large block is split into slices: the calling thread scans the first, the pool the others."""
     out = np.empty((len(queries), len(block)), dtype=np.float32)
     slices = min(_threads(), len(block) // _SLICE_ROWS)
-    bounds = np.linspace(0, len(block), max(1, slices) + 1).astype(int)
-    for query, row in zip(queries, out):
-        (first, first_row), *others = [(block[a:b], row[a:b]) for a, b in itertools.pairwise(bounds)]
-        if others and (_pool is None or _pool[0] != os.getpid() or _pool[1]._max_workers < len(others)):
-            _pool = (os.getpid(), ThreadPoolExecutor(len(others), thread_name_prefix="ctl-scan"))
-        futures = [_pool[1].submit(np.einsum, "ij,j->i", part, query, out=target) for part, target in others]
-        np.einsum("ij,j->i", first, query, out=first_row)  # the calling thread scans a slice too, not waits
-        for future in futures:
-            future.result()
+    (first, last), *others = itertools.pairwise(np.linspace(0, len(block), max(1, slices) + 1).astype(int))
+    held = _idle_pool(len(others)) if others else None
+    try:
+        for query, row in zip(queries, out):
+            if held is None:
+                np.einsum("ij,j->i", block, query, out=row)
+                continue
+            futures = [held[0].submit(np.einsum, "ij,j->i", block[a:b], query, out=row[a:b]) for a, b in others]
+            try:
+                np.einsum("ij,j->i", block[first:last], query, out=row[first:last])
+            finally:
+                wait(futures)  # no slice is still writing into `out` when this returns or raises
+            for future in futures:
+                future.result()
+    finally:
+        if held is not None:
+            held[1].release()
     return out
 
 
