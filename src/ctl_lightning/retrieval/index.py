@@ -14,9 +14,10 @@ A single query against a float32 block is a matrix-vector product, bound by the 
 torch hands it to MKL, whose ``sgemv`` takes its generic code path on non-Intel CPUs
 (``mkl_blas_def_xsgemv`` on AMD EPYC: 3 to 4 times the memory bound, experiments/benchmarks/NOTES.md).
 numpy's ``einsum`` has its own SIMD loop, chosen by the CPU's features (AVX2, AVX-512) rather than
-its vendor, which reads the block at the memory bound there; so up to ``SCAN_QUERIES`` queries are
-scored by that scan, one query at a time, over slices of the block in parallel threads (einsum
-releases the GIL).
+its vendor, and faiss's ``fvec_inner_products_ny`` a faster one (0.71x of einsum's time on the AMD
+host, NOTES.md); so up to ``SCAN_QUERIES`` queries are scored by that scan (faiss's kernel, einsum
+where faiss is missing), one query at a time, over slices of the block in parallel threads (both
+release the GIL).
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ INDEX_KINDS = EXACT_KINDS + APPROXIMATE_KINDS
 # Query counts scored by the scan. Each query reads the block once, where a matrix product reads it
 # once for all of them, so the scan is sure to win for one query only.
 SCAN_QUERIES = 1
-# Rows a thread scans at least: blocks under two slices (16,384 rows) stay in the calling thread. Two
-# halves took 0.73x to 0.81x of one thread's time for blocks of 16,000 to 200,000 rows on the AMD
-# host, and 1.12x at 8,000, where the hand-off costs more than it saves (NOTES.md, fifth pass).
-_SLICE_ROWS = 1 << 13
+# Rows a thread scans at least: blocks under two slices (32,768 rows) stay in the calling thread. With
+# faiss's kernel two halves took 0.70x to 0.81x of one thread's time for blocks of 32,768 to 200,000
+# rows on the AMD host, and 1.26x at 16,384, where the hand-off costs more than it saves (NOTES.md).
+_SLICE_ROWS = 1 << 14
 # (pid, pool, lock): a forked child starts its own; the lock is held by the scan using the pool.
 _pool: tuple[int, ThreadPoolExecutor, threading.Lock] | None = None
 # The settings of each approximate kind. Those that shape the built index are part of its saved
@@ -131,9 +132,28 @@ def _idle_pool(workers: int) -> tuple[ThreadPoolExecutor, threading.Lock] | None
     return (pool, lock) if lock.acquire(blocking=False) else None
 
 
+@functools.cache
+def _row_products():
+    """``f(block, query, out)``: ``out[i] = block[i] . query`` for C-contiguous float32 arrays, by
+    faiss's SIMD kernel, or numpy's einsum where faiss does not import."""
+    try:
+        import faiss
+    except ImportError:
+        return functools.partial(np.einsum, "ij,j->i")
+    pointer = faiss.swig_ptr
+
+    def products(block: np.ndarray, query: np.ndarray, out: np.ndarray) -> None:
+        if len(block):
+            faiss.fvec_inner_products_ny(pointer(out), pointer(query), pointer(block), block.shape[1], len(block))
+
+    return products
+
+
 def scan_scores(queries: np.ndarray, block: np.ndarray) -> np.ndarray:
-    """``queries @ block.T`` for float32 arrays, by einsum, one query at a time: ``[Q, N]`` float32.
+    """``queries @ block.T`` for float32 arrays, one query at a time: ``[Q, N]`` float32.
     A large block is split into slices: the calling thread scans the first, the pool the others."""
+    queries, block = np.ascontiguousarray(queries, dtype=np.float32), np.ascontiguousarray(block, dtype=np.float32)
+    products = _row_products()
     out = np.empty((len(queries), len(block)), dtype=np.float32)
     slices = min(_threads(), len(block) // _SLICE_ROWS)
     (first, last), *others = itertools.pairwise(np.linspace(0, len(block), max(1, slices) + 1).astype(int))
@@ -141,11 +161,11 @@ def scan_scores(queries: np.ndarray, block: np.ndarray) -> np.ndarray:
     try:
         for query, row in zip(queries, out):
             if held is None:
-                np.einsum("ij,j->i", block, query, out=row)
+                products(block, query, out=row)
                 continue
-            futures = [held[0].submit(np.einsum, "ij,j->i", block[a:b], query, out=row[a:b]) for a, b in others]
+            futures = [held[0].submit(products, block[a:b], query, out=row[a:b]) for a, b in others]
             try:
-                np.einsum("ij,j->i", block[first:last], query, out=row[first:last])
+                products(block[first:last], query, out=row[first:last])
             finally:
                 wait(futures)  # no slice is still writing into `out` when this returns or raises
             for future in futures:
@@ -160,7 +180,7 @@ class ExactIndex:
     """Exact inner-product top-k by batched matrix products over per-category blocks.
 
     ``dtype=float16`` halves the memory (and the bytes a query reads) at a small cost in recall.
-    ``scan_queries``: up to this many queries against a float32 block are scored by the einsum scan
+    ``scan_queries``: up to this many queries against a float32 block are scored by the scan
     (0: always the matrix product, the engine before the scan).
     """
 
