@@ -509,3 +509,16 @@ def test_real_data_end_to_end(serve, tmp_path):
         "recommend", "similar", "--catalog", str(evaluated / "run"), "--product", "0", "--out", str(tmp_path / "stl-recs")
     )
     assert len(server.log) == len(served), "each image fetched once"
+
+
+def test_the_fault_matrix_experiment_reports_what_the_test_asserts():
+    """experiments/download_faults.py runs this module's fault matrix: its report counts what the test
+    above asserts, with no address of the loopback server left in it."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    try:
+        import download_faults
+    finally:
+        sys.path.remove(str(REPO / "experiments"))
+    text, report = download_faults.run()
+    assert (report["fetched"], len(report["missing"]), len(report["failed"])) == (6 + len(RECOVERABLE), 2, len(UNRECOVERABLE) - 2)
+    assert "9 images did not arrive" in text and "127.0.0.1" not in json.dumps(report) + text
