@@ -6,6 +6,8 @@ the same top-k rows in the same order, and the same scores up to float rounding.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -112,3 +114,17 @@ def test_auto_keeps_the_faster_exact_engine_and_says_why(monkeypatch):
             np.testing.assert_allclose(scores, want_scores, rtol=0, atol=1e-5)
     half = make_index("auto", vectors, categories, "float16")
     assert half.auto_choice["engine"] == "exact" and set(half.auto_choice["single_query_ms"]) == {"exact"}
+
+
+def test_the_scan_imports_faiss_without_its_loader_lines():
+    """A training run's console shows INFO; its recommendation examples search with the scan, whose
+    first call imports faiss, and faiss's loader must not add its lines about SIMD builds there."""
+    code = (
+        "import logging, numpy as np\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "from ctl_lightning.retrieval.index import scan_scores\n"
+        "print(scan_scores(np.ones((1, 4), np.float32), np.ones((3, 4), np.float32)).tolist())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[[4.0, 4.0, 4.0]]", result.stderr[-2000:]
+    assert "faiss" not in result.stderr, result.stderr

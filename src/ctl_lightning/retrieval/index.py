@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -137,7 +138,7 @@ def _row_products():
     """``f(block, query, out)``: ``out[i] = block[i] . query`` for C-contiguous float32 arrays, by
     faiss's SIMD kernel, or numpy's einsum where faiss does not import."""
     try:
-        import faiss
+        faiss = _load_faiss()
     except ImportError:
         return functools.partial(np.einsum, "ij,j->i")
     pointer = faiss.swig_ptr
@@ -238,10 +239,19 @@ class ExactIndex:
         return top.values.numpy(), top.indices.numpy()
 
 
+def _load_faiss():
+    """faiss, imported without its loader's INFO lines on which SIMD build it found: a training run's
+    console shows INFO, and its recommendation examples search with the scan, which imports faiss."""
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    import faiss
+
+    return faiss
+
+
 def import_faiss():
     """The faiss module, or a one-line error saying how to get it."""
     try:
-        import faiss
+        faiss = _load_faiss()
     except ImportError as error:
         raise CtlError("the faiss, ivf and hnsw indexes need faiss-cpu: `pip install faiss-cpu`, or use the exact index") from error
     return faiss
