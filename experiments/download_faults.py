@@ -28,12 +28,9 @@ from ctl_lightning.cli.data import main as ctl_data  # noqa: E402
 
 def run() -> tuple[str, dict]:
     """The table `ctl-data download` prints and its download_report.json, with the folder path removed."""
-    names = [f"clean-{i}" for i in range(6)] + list(matrix.RECOVERABLE) + list(matrix.UNRECOVERABLE)
     with tempfile.TemporaryDirectory() as tmp:
-        folder, images = matrix.ctl_folder(Path(tmp), names)
-        faults = {matrix.signature(n): script for n, script in matrix.RECOVERABLE.items()}
-        faults |= {matrix.signature(n): script for n, (script, _) in matrix.UNRECOVERABLE.items()}
-        server = matrix.LoopbackServer({s: b for s, b in images.items() if s != matrix.signature("gone-404")}, faults)
+        _, folder, _, served, faults = matrix.fault_matrix(Path(tmp))
+        server = matrix.LoopbackServer(served, faults)
         server.thread.start()
         printed = io.StringIO()
         try:

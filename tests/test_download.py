@@ -213,12 +213,19 @@ UNRECOVERABLE = {
 }
 
 
-def test_every_recoverable_image_arrives_and_every_other_is_reported(serve, connections, tmp_path, capsys):
+def fault_matrix(root: Path) -> tuple[list[str], Path, dict[str, bytes], dict[str, bytes], dict[str, list[str]]]:
+    """The matrix below as a CTL folder: its names, the folder, every image, the images the server
+    holds (all but the 404's) and each faulty signature's script (experiments/download_faults.py too)."""
     names = [f"clean-{i}" for i in range(6)] + list(RECOVERABLE) + list(UNRECOVERABLE)
-    folder, images = ctl_folder(tmp_path, names)
+    folder, images = ctl_folder(root, names)
     faults = {signature(n): script for n, script in RECOVERABLE.items()}
     faults |= {signature(n): script for n, (script, _) in UNRECOVERABLE.items()}
-    server = serve({s: b for s, b in images.items() if s != signature("gone-404")}, faults)
+    return names, folder, images, {s: b for s, b in images.items() if s != signature("gone-404")}, faults
+
+
+def test_every_recoverable_image_arrives_and_every_other_is_reported(serve, connections, tmp_path, capsys):
+    names, folder, images, served, faults = fault_matrix(tmp_path)
+    server = serve(served, faults)
     main(["download", str(folder), "--base-url", server.url, *FAST])
 
     arrived = {p.stem: p.read_bytes() for p in (folder / "images").iterdir()}
