@@ -38,9 +38,10 @@ def check_setting(device_store, share: float) -> None:
         raise CtlError(f"data.device_store_share must be in (0, 1], got {share!r}")
 
 
-def _chunks(store: ProductStore) -> range:
-    """First rows of the chunks a load reads, each about ``COPY_BYTES``."""
-    return range(0, len(store), max(1, COPY_BYTES // (store.size * store.size * 3)))
+def _chunks(store: ProductStore) -> list[tuple[int, int]]:
+    """The row ranges ``[first, last)`` a load reads, each about ``COPY_BYTES``."""
+    step = max(1, COPY_BYTES // (store.size * store.size * 3))
+    return [(first, min(first + step, len(store))) for first in range(0, len(store), step)]
 
 
 def _copy_staged(store: ProductStore, pixels: torch.Tensor) -> None:
@@ -48,12 +49,13 @@ def _copy_staged(store: ProductStore, pixels: torch.Tensor) -> None:
     the other's copy runs. A read into fresh pageable memory takes a page fault per 4 KiB and is copied
     once more by the driver before the transfer; these buffers are faulted in once and copied directly.
     Not yet run on a GPU in this project's measurements (experiments/benchmarks/GPU.md, session 10)."""
-    starts = _chunks(store)
-    staging = [torch.empty((min(starts.step, len(store)), *pixels.shape[1:]), dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+    chunks = _chunks(store)
+    rows = max((last - first for first, last in chunks), default=0)
+    staging = [torch.empty((rows, *pixels.shape[1:]), dtype=torch.uint8, pin_memory=True) for _ in range(2)]
     with torch.cuda.device(pixels.device):  # the copies and their events on that device's current stream
         copied = [torch.cuda.Event(), torch.cuda.Event()]  # recorded after each buffer's latest copy
-        for chunk, first in enumerate(tqdm(starts, desc="device store", unit="chunk", leave=False)):
-            last, slot = min(first + starts.step, len(store)), chunk % 2
+        for chunk, (first, last) in enumerate(tqdm(chunks, desc="device store", unit="chunk", leave=False)):
+            slot = chunk % 2
             if chunk >= 2:
                 copied[slot].synchronize()  # the copy two chunks back has left this buffer
             buffer = staging[slot][: last - first]
@@ -92,9 +94,7 @@ class ResidentPixels:
                 )
         pixels = torch.empty(shape, dtype=torch.uint8, device=where, pin_memory=where.type == "cpu" and device.type == "cuda")
         if pixels.device.type == "cpu":
-            starts = _chunks(store)
-            for first in tqdm(starts, desc="device store", unit="chunk", leave=False):
-                last = min(first + starts.step, shape[0])
+            for first, last in tqdm(_chunks(store), desc="device store", unit="chunk", leave=False):
                 store.read(np.arange(first, last), out=pixels[first:last].numpy())  # straight into place
         else:
             _copy_staged(store, pixels)
