@@ -95,6 +95,19 @@ def triplet_rows(samples: list[np.ndarray]) -> dict[str, torch.Tensor]:
     return {"triplet_rows": torch.from_numpy(np.asarray(samples, dtype=np.int64))}
 
 
+class StepRows:
+    """``[K * B, 3]`` triplets -> ``{step_rows [K * B, 3], step_size: B}``: several training steps'
+    triplets as sampled, every member its own row, for the fixed-shape step
+    (``model.steps_per_call``, :mod:`ctl_lightning.models.member_steps`), which splits them into
+    batches of ``step_size``; the epoch's last call may hold fewer."""
+
+    def __init__(self, step_size: int):
+        self.step_size = step_size
+
+    def __call__(self, samples: list[np.ndarray]) -> dict[str, torch.Tensor | int]:
+        return {"step_rows": torch.from_numpy(np.asarray(samples, dtype=np.int64)), "step_size": self.step_size}
+
+
 class OutfitCollate(_TrainingCollate):
     """Outfit groups (``[K]`` row ids of one outfit, -1 padded) -> the same batch as :class:`TripletCollate`,
     whose ``triplets`` are all those the CTL protocol allows among the batch's products

@@ -21,6 +21,7 @@ from ctl_lightning.data.batches import (
     OutfitCollate,
     ProductCollate,
     RowsDataset,
+    StepRows,
     TripletCollate,
     category_codes,
     triplet_rows,
@@ -177,7 +178,7 @@ class _StoreDataModule(pl.LightningDataModule):
             self.resident = ResidentPixels.load(store, device, self.device_store_share)
 
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
-        if self.resident is not None and self.load_images and "images" not in batch:
+        if self.resident is not None and self.load_images and "images" not in batch and "row_ids" in batch:
             batch["images"] = self.resident.gather(batch["row_ids"])
         return batch
 
@@ -236,6 +237,7 @@ class TripletsDataModule(_StoreDataModule):
         items_per_outfit: int = 4,
         device_store: str | bool = "auto",
         device_store_share: float = 0.5,
+        steps_per_call: int | None = None,
     ):
         super().__init__(source, image_size, batch_size, eval_batch_size, num_workers, seed, pin_memory, device_store, device_store_share)
         if triplets_per_outfit < 1:
@@ -247,8 +249,13 @@ class TripletsDataModule(_StoreDataModule):
                 f"outfit-grouped batches need outfits_per_batch >= 2 and items_per_outfit >= 2 (a negative "
                 f"and a positive), got {outfits_per_batch} and {items_per_outfit}"
             )
+        if steps_per_call is not None and steps_per_call < 1:
+            raise CtlError(f"data.steps_per_call must be a positive number of steps (or null), got {steps_per_call}")
+        if steps_per_call is not None and batching != "triplets":
+            raise CtlError(f"data.steps_per_call={steps_per_call} groups sampled triplets: it needs data.batching=triplets")
         self.triplets_per_outfit = triplets_per_outfit
         self.batching = batching
+        self.steps_per_call = steps_per_call
         self.outfits_per_batch = outfits_per_batch
         self.items_per_outfit = items_per_outfit
         self.val_fraction = val_fraction
@@ -352,6 +359,8 @@ class TripletsDataModule(_StoreDataModule):
         if self.batching == "outfits":
             collate = OutfitCollate(self._open(), self.labels, self.categories, self._host_images)
             return self._loader(self.train_groups, collate, self.outfits_per_batch, shuffle=True)
+        if self.steps_per_call is not None:  # the same shuffled order, steps_per_call batches at a time
+            return self._loader(self.train_triplets, StepRows(self.batch_size), self.batch_size * self.steps_per_call, shuffle=True)
         return self._triplet_loader(self.train_triplets, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -14,6 +14,9 @@ Beyond the paper's recipe this module:
   every epoch;
 * can let the frozen backbone's last stages learn (``trainable_stages``): the cache then holds the
   frozen trunk's output, and those stages train on it;
+* can run several head-only steps over cached features in one trainer call, at a fixed shape that a
+  GPU can replay from a CUDA graph (``steps_per_call``, ``cuda_graph``;
+  :mod:`ctl_lightning.models.member_steps`);
 * saves the global random state in checkpoints, so a resumed run continues exactly like an
   uninterrupted one.
 """
@@ -36,6 +39,7 @@ from ctl_lightning.evaluation.metrics import triplet_wins
 from ctl_lightning.models.backbones import check_split, create_backbone, run_modules, split_after_stages
 from ctl_lightning.models.epoch_means import EpochMeans
 from ctl_lightning.models.heads import EmbeddingHead
+from ctl_lightning.models.member_steps import MemberSteps, check_recipe
 from ctl_lightning.models.subspaces import CategorySubspaces
 
 FEATURE_CACHE_CHOICES = ("auto", True, False)
@@ -73,6 +77,8 @@ class CompatibilityModule(pl.LightningModule):
         augment: bool = False,
         input_size: int | None = None,
         embed_batch_size: int = 256,
+        steps_per_call: int | None = None,
+        cuda_graph: bool = False,
     ):
         super().__init__()
         if feature_cache not in FEATURE_CACHE_CHOICES:
@@ -107,8 +113,23 @@ class CompatibilityModule(pl.LightningModule):
         # by the feature cache; None: every batch carries its images.
         self.cached_features: torch.Tensor | None = None
         self.train_means = EpochMeans()  # training-step values, logged once an epoch
+        # null: one deduplicated batch a trainer call (automatic optimisation); a number: that many
+        # fixed-shape steps a call (models/member_steps.py), the data module grouping their batches.
+        self.steps_per_call = steps_per_call
+        self.member_steps: MemberSteps | None = None
+        if cuda_graph and steps_per_call is None:
+            raise CtlError("model.cuda_graph=true needs model.steps_per_call (a number of steps, e.g. 16)")
+        if steps_per_call is not None:
+            check_recipe(self)
+            self.member_steps = MemberSteps(self.head, self.loss, cuda_graph)
+            self.automatic_optimization = False
 
     def setup(self, stage: str) -> None:
+        if self.steps_per_call is not None and stage == "fit" and self.trainer.world_size > 1:
+            raise CtlError(
+                f"model.steps_per_call runs several backward passes in one trainer call, which DDP's gradient "
+                f"synchronisation does not allow (world size {self.trainer.world_size}); set model.steps_per_call=null"
+            )
         if self.trainer.strategy.root_device.type == "cuda":
             # The layout normalize_images gives: convolutions then run without a transpose each
             # (cuDNN's NHWC kernels for bf16). The CPU path stays as it is.
@@ -218,15 +239,42 @@ class CompatibilityModule(pl.LightningModule):
         with torch.no_grad():  # on the device: no host synchronization per step
             accuracy = self.batch_triplet_wins(embeddings.detach(), batch).float().mean()
         if stage == "train":
-            self.train_means.add("train/loss_epoch", loss, n)
-            self.train_means.add("train/triplet_accuracy", accuracy, n)
-            if self.trainer._logger_connector.should_update_logs:  # the steps whose values reach the logger
-                self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
+            self._record_training_step(loss, accuracy, n)
+            self._log_step_loss(loss, n)
             return loss
         if loss is not None:
             self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         self.log(f"{stage}/triplet_accuracy", accuracy, on_epoch=True, prog_bar=stage == "val", batch_size=n, sync_dist=True)
         return loss
+
+    def _record_training_step(self, loss: torch.Tensor, accuracy: torch.Tensor, n: int) -> None:
+        self.train_means.add("train/loss_epoch", loss, n)
+        self.train_means.add("train/triplet_accuracy", accuracy, n)
+
+    def _log_step_loss(self, loss: torch.Tensor, n: int) -> None:
+        if self.trainer._logger_connector.should_update_logs:  # the steps whose values reach the logger
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
+
+    def _member_steps_call(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``steps_per_call`` optimizer steps, each over ``step_size`` of the call's triplets in their
+        order: the batches, and their order, of ``steps_per_call=null`` (models/member_steps.py)."""
+        if "step_rows" not in batch:
+            raise CtlError(
+                f"model.steps_per_call={self.steps_per_call} needs training batches grouped by the data module: "
+                f"set data.steps_per_call={self.steps_per_call} (its default follows the model's)"
+            )
+        if self.cached_features is None:
+            raise CtlError("model.steps_per_call needs the feature cache callback (callbacks.feature_cache), which fills it before fit")
+        optimizer = self.optimizers()
+        size = batch["step_size"]
+        for rows in batch["step_rows"].split(size):
+            loss, accuracy = self.member_steps(self.cached_features, rows, size)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+            self._record_training_step(loss.detach(), accuracy, len(rows))
+        self._log_step_loss(loss.detach(), len(rows))
+        return loss.detach()
 
     def on_train_epoch_end(self) -> None:
         for name, mean in self.train_means.pop().items():
@@ -254,6 +302,8 @@ class CompatibilityModule(pl.LightningModule):
         return None
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.steps_per_call is not None:
+            return self._member_steps_call(batch)
         return self._triplet_step(batch, "train")
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:

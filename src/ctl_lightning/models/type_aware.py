@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ctl_lightning.errors import CtlError
 from ctl_lightning.evaluation.metrics import triplet_wins
 from ctl_lightning.models.module import CompatibilityModule
 from ctl_lightning.models.subspaces import CategorySubspaces
@@ -20,6 +21,8 @@ from ctl_lightning.models.subspaces import CategorySubspaces
 
 class TypeAwareModule(CompatibilityModule):
     def __init__(self, loss, optimizer, categories: list[str], subspaces: str = "learned", **kwargs):
+        if kwargs.get("steps_per_call") is not None:
+            raise CtlError("model.steps_per_call is the plain head's fixed-shape step; model=type_aware needs model.steps_per_call=null")
         super().__init__(loss, optimizer, **kwargs)
         self.subspaces = CategorySubspaces(list(categories), self.head.embedding_dim, subspaces)
 

@@ -1,0 +1,147 @@
+"""The fixed-shape step (``model.steps_per_call``) trains exactly like today's deduplicated step: the
+same losses step by step and the same weights, so its speed is not bought with another recipe."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import TINY, compose_config
+from test_fast_paths import LossRecorder
+
+from ctl_lightning.errors import CtlError, user_error
+from ctl_lightning.losses import TripletLoss
+from ctl_lightning.models.heads import EmbeddingHead
+from ctl_lightning.pipeline import build
+
+
+def _triplet_rows(generator: torch.Generator, batch: int = 32, products: int = 40) -> torch.Tensor:
+    """Rows drawn from few products, so that triplets share members, as a real batch's do."""
+    return torch.randint(0, products, (batch, 3), generator=generator)
+
+
+def test_members_give_the_deduplicated_batch_loss_gradients_and_statistics():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(40, 24, generator=generator)
+    triplets = _triplet_rows(generator)
+    torch.manual_seed(0)
+    dedup_head = EmbeddingHead(24, hidden_dim=16, embedding_dim=8, dropout=0.0).train()
+    member_head = EmbeddingHead(24, hidden_dim=16, embedding_dim=8, dropout=0.0).train()
+    member_head.load_state_dict(dedup_head.state_dict())
+    loss_fn = TripletLoss(margin=0.2)
+
+    rows, inverse = torch.unique(triplets, sorted=True, return_inverse=True)
+    assert len(rows) < triplets.numel()  # the batch has duplicates, so the weights matter
+    dedup_loss = loss_fn(dedup_head(features[rows]), None, inverse)
+    members = triplets.reshape(-1)
+    member_loss = loss_fn(member_head.forward_members(features[members], members), None, torch.arange(members.numel()).view(-1, 3))
+    dedup_loss.backward()
+    member_loss.backward()
+
+    torch.testing.assert_close(member_loss, dedup_loss, atol=1e-6, rtol=0)
+    for (name, dedup), member in zip(dedup_head.named_parameters(), member_head.parameters(), strict=True):
+        torch.testing.assert_close(member.grad, dedup.grad, atol=1e-6, rtol=1e-5, msg=name)
+    for (name, dedup), member in zip(dedup_head.named_buffers(), member_head.buffers(), strict=True):
+        torch.testing.assert_close(member, dedup, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_duplicate_members_share_one_dropout_mask():
+    generator = torch.Generator().manual_seed(1)
+    triplets = _triplet_rows(generator, products=10)
+    members = triplets.reshape(-1)
+    head = EmbeddingHead(24, hidden_dim=64, embedding_dim=8, dropout=0.5).train()
+    out = head.forward_members(torch.randn(10, 24, generator=generator)[members], members)
+    same = members[:, None] == members[None, :]
+    distance = (out[:, None] - out[None, :]).abs().amax(-1)
+    assert distance[same].max() == 0  # one product, one embedding
+    assert distance[~same].min() > 0
+
+
+class RecordingSteps:
+    """The model's fixed-shape steps, recording each step's loss (a trainer call runs several)."""
+
+    def __init__(self, steps):
+        self.steps = steps
+        self.losses: list[float] = []
+
+    def __call__(self, *args):
+        loss, accuracy = self.steps(*args)
+        self.losses.append(float(loss.detach()))
+        return loss, accuracy
+
+
+def _fit(data_dir, tmp_path, *overrides: str):
+    cfg = compose_config(
+        "train",
+        tmp_path,
+        data_dir,
+        [*TINY, "trainer.max_epochs=2", "trainer.deterministic=true", "model.feature_cache=true", "model.dropout=0", *overrides],
+    )
+    datamodule, model, trainer = build(cfg)
+    recorder = LossRecorder()
+    trainer.callbacks.append(recorder)
+    if model.member_steps is not None:  # one trainer call runs several steps: record each
+        model.member_steps = RecordingSteps(model.member_steps)
+    trainer.fit(model, datamodule=datamodule)
+    losses = model.member_steps.losses if model.member_steps is not None else recorder.losses
+    return losses, model, trainer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device_store", ["false", "true"])
+def test_several_steps_a_call_train_exactly_like_one_batch_a_call(data_dir, tmp_path, device_store):
+    """Two epochs of the head-only recipe over cached features, 5 steps a trainer call (the last call
+    of an epoch shorter, its last batch smaller): the same losses step by step, optimizer steps and
+    weights as the deduplicated step, one batch a call, with the pixels on the host or the device."""
+    store = f"data.device_store={device_store}"
+    steps, stepped, stepped_trainer = _fit(data_dir, tmp_path / "steps", "model.steps_per_call=5", store)
+    plain, plain_model, plain_trainer = _fit(data_dir, tmp_path / "plain", store)
+    assert not stepped.automatic_optimization and plain_model.automatic_optimization
+    assert len(steps) == len(plain) > 10
+    assert len(plain) % 5 != 0 and stepped_trainer.global_step == plain_trainer.global_step == len(plain)
+    np.testing.assert_allclose(steps, plain, atol=1e-5, rtol=0)
+    # The first Linear's bias is left out: BatchNorm subtracts it again, so its gradient is zero but
+    # for rounding, which Adam scales up to full steps in either run. So the head is compared in
+    # training mode too, where that bias cancels: eval mode subtracts the running mean, which lags it.
+    expected = dict(plain_model.head.named_parameters())
+    for name, value in stepped.head.named_parameters():
+        if name != "0.bias":
+            torch.testing.assert_close(value, expected[name], atol=5e-5, rtol=1e-4, msg=name)
+    torch.testing.assert_close(stepped.head[1].running_var, plain_model.head[1].running_var, atol=1e-5, rtol=1e-4)
+    features = plain_model.cached_features[:256]
+    torch.testing.assert_close(stepped.head.train()(features), plain_model.head.train()(features), atol=1e-4, rtol=1e-4)
+    for key in ("val/triplet_accuracy", "train/loss_epoch", "train/triplet_accuracy"):
+        assert float(stepped_trainer.callback_metrics[key]) == pytest.approx(float(plain_trainer.callback_metrics[key]), abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.steps_per_call=0"], "positive number of steps"),
+        (["model.steps_per_call=4", "model.trainable_stages=1"], "trainable_stages=0"),
+        (["model.steps_per_call=4", "model.freeze_backbone=false"], "the feature cache"),
+        (["model.steps_per_call=4", "loss=softtriple"], "a loss without classes"),
+        (["model.steps_per_call=4", "loss.miner=batch_hard"], "loss.miner=none"),
+        (["model.cuda_graph=true"], "needs model.steps_per_call"),
+        (["model.steps_per_call=4", "data.batching=outfits"], "data.batching=triplets"),
+    ],
+)
+def test_other_recipes_are_a_clear_error(data_dir, tmp_path, overrides, message):
+    with pytest.raises(Exception) as raised:  # Hydra wraps what a target raises
+        build(compose_config("train", tmp_path, data_dir, [*TINY, *overrides]))
+    assert message in str(user_error(raised.value))
+
+
+def test_cuda_graph_on_the_cpu_is_a_clear_error(data_dir, tmp_path):
+    with pytest.raises(CtlError, match=r"model\.cuda_graph=true needs a CUDA device; this run trains on cpu"):
+        _fit(data_dir, tmp_path, "model.steps_per_call=2", "model.cuda_graph=true", "+trainer.limit_train_batches=1")
+
+
+def test_ddp_is_a_clear_error(data_dir, tmp_path):
+    """Several backward passes in one DDP forward break its gradient synchronisation: refused at setup."""
+    from types import SimpleNamespace
+
+    _, model, _ = build(compose_config("train", tmp_path, data_dir, [*TINY, "model.steps_per_call=4"]))
+    model._trainer = SimpleNamespace(world_size=2)
+    with pytest.raises(CtlError, match=r"DDP's gradient synchronisation does not allow \(world size 2\)"):
+        model.setup("fit")
