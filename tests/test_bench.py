@@ -79,11 +79,15 @@ def test_gpu_script_smoke_runs_on_the_cpu(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "gpu-results.json").read_text())
-    runs = {(e["recipe"], e["path"]): e for e in results["epochs"]}
-    assert set(runs) == {(recipe, path) for recipe in ("fine-tuning", "frozen + feature cache") for path in ("loader", "device store")}
+    runs = {(e["recipe"], e["step"], e["path"]): e for e in results["epochs"]}
+    plain = {
+        (recipe, "one batch a call", path) for recipe in ("fine-tuning", "frozen + feature cache") for path in ("loader", "device store")
+    }
+    # The frozen recipe's fixed-shape step too; its CUDA-graph variant runs on a GPU only.
+    assert set(runs) == {*plain, ("frozen + feature cache", "16 steps a call", "device store")}
     assert {e["triplets"] for e in runs.values()} == {128}
-    assert [e["feature_cache_s"] is not None for e in runs.values()] == [False, False, True, True]
-    assert [e["device_store_load_s"] is not None for e in runs.values()] == [False, True, False, True]
+    assert [e["feature_cache_s"] is not None for e in runs.values()] == [False, False, True, True, True]
+    assert [e["device_store_load_s"] is not None for e in runs.values()] == [False, True, False, True, True]
     assert results["errors"] == []
     assert set(results["profiles"]) == {"fine-tuning", "frozen + feature cache", "catalog build"}
     for profile in results["profiles"].values():
@@ -99,8 +103,10 @@ def test_gpu_script_smoke_runs_on_the_cpu(tmp_path):
     assert {c["products"] for c in bounds["catalog by batch size"]} == {results["data"]["products"]}
     release = results["release"]
     assert release["products"] == 5 * results["data"]["products"] and release["catalog"]["products"] == release["products"]
+    assert release["epoch, fixed-shape step"]["step"] == "16 steps a call" and release["epoch, fixed-shape step"]["epoch_s"] > 0
     table = (tmp_path / "out" / "GPU-table.md").read_text()
-    assert "| ms a step |" in table and "| fine-tuning | device store |" in table and "Release scale: 750 outfits, 3,600 products" in table
+    assert "| ms a step |" in table and "| fine-tuning | one batch a call | device store |" in table
+    assert "| frozen + feature cache | 16 steps a call | device store |" in table and "Release scale: 750 outfits, 3,600 products" in table
 
 
 @pytest.mark.slow

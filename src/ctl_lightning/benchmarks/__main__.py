@@ -136,7 +136,7 @@ def run(plan: Plan, data_root: Path, only: tuple[str, ...] = STEPS, command: str
         "feature_cache",
         lambda: {
             name: fastpaths.feature_cache(
-                lambda: setup.datamodule(data_root, plan.outfits),
+                lambda **kw: setup.datamodule(data_root, plan.outfits, **kw),
                 lambda spec=spec, **kw: setup.model(**spec, **kw),
                 plan.uncached_steps,
                 plan.repeats,

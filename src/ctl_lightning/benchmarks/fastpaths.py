@@ -3,6 +3,7 @@ forward passes that outfit-grouped batches share."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 
 import numpy as np
@@ -16,9 +17,12 @@ from ctl_lightning.data.products import ProductTable
 from ctl_lightning.data.triplets import OutfitIndex, sample_triplets
 from ctl_lightning.losses.mining import OutfitMiner
 
+STEPS_PER_CALL = 16  # model.steps_per_call of the fixed-shape step's epoch (models/member_steps.py)
 
-def _epoch_seconds(model, dm, steps: int | None, skip: int = 2) -> tuple[float, int]:
-    """Seconds for ``steps`` training steps (after ``skip`` warm-up steps) and the steps of a full epoch."""
+
+def _epoch_seconds(model, dm, steps: int | None, skip: int = 2, cache_dir: str | None = None) -> tuple[float, int]:
+    """Seconds for ``steps`` trainer calls (after ``skip`` warm-up calls) and the calls of a full epoch;
+    ``cache_dir``: the feature cache's folder on disk, so that repeated fits compute it once."""
     timer = _StepTimer(skip)
     trainer = pl.Trainer(
         max_epochs=1,
@@ -29,7 +33,7 @@ def _epoch_seconds(model, dm, steps: int | None, skip: int = 2) -> tuple[float, 
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        callbacks=[*setup.fit_callbacks(dm), timer],
+        callbacks=[*setup.fit_callbacks(dm, cache_dir), timer],
     )
     trainer.fit(model, datamodule=dm)
     return timer.times[0], len(dm.train_dataloader())
@@ -39,20 +43,26 @@ def feature_cache(dm_factory, model_factory, uncached_steps: int, repeats: int) 
     """Epochs after the first, with the cache (head only) against recomputing the frozen backbone.
 
     The cached epoch is timed whole; the uncached one from ``uncached_steps`` steps, scaled to the
-    epoch's step count (every step embeds a batch's unique products, so steps cost alike).
+    epoch's step count (every step embeds a batch's unique products, so steps cost alike). The cached
+    epoch is timed again with the fixed-shape step, ``STEPS_PER_CALL`` steps a trainer call (the same
+    batches; tests/test_member_steps.py), its first call left out and the rest scaled to the epoch.
     """
-    cached_runs, uncached_runs = [], []
+    cached_runs, uncached_runs, stepped_runs = [], [], []
     build_s = None
-    for _ in range(repeats):
-        dm = dm_factory()
-        model = model_factory(feature_cache=True)
-        start = time.perf_counter()
-        seconds, epoch_steps = _epoch_seconds(model, dm, None)
-        build_s = time.perf_counter() - start - seconds
-        cached_runs.append(seconds * epoch_steps / (epoch_steps - 2))
-        dm = dm_factory()
-        seconds, _ = _epoch_seconds(model_factory(feature_cache=False), dm, uncached_steps)
-        uncached_runs.append(seconds * epoch_steps / uncached_steps)
+    with tempfile.TemporaryDirectory() as cache_dir:  # the stepped fits compute the cache once between them
+        for _ in range(repeats):
+            dm = dm_factory()
+            model = model_factory(feature_cache=True)
+            start = time.perf_counter()
+            seconds, epoch_steps = _epoch_seconds(model, dm, None)
+            build_s = time.perf_counter() - start - seconds
+            cached_runs.append(seconds * epoch_steps / (epoch_steps - 2))
+            dm = dm_factory(steps_per_call=STEPS_PER_CALL)
+            seconds, calls = _epoch_seconds(model_factory(feature_cache=True, steps_per_call=STEPS_PER_CALL), dm, None, 1, cache_dir)
+            stepped_runs.append(seconds * calls / (calls - 1))
+            dm = dm_factory()
+            seconds, _ = _epoch_seconds(model_factory(feature_cache=False), dm, uncached_steps)
+            uncached_runs.append(seconds * epoch_steps / uncached_steps)
     cached, uncached = float(np.median(cached_runs)), float(np.median(uncached_runs))
     # The same head steps over the same triplets in a plain loop (no Lightning): the floor of the cached epoch.
     features = torch.randn(len(dm.store), model.backbone.num_features)
@@ -62,6 +72,9 @@ def feature_cache(dm_factory, model_factory, uncached_steps: int, repeats: int) 
         "plain_loop_runs_s": loop_runs,
         "epoch_steps": epoch_steps,
         "cached_epoch_s": cached,
+        "steps_per_call": STEPS_PER_CALL,
+        "stepped_epoch_s": float(np.median(stepped_runs)),
+        "stepped_runs_s": stepped_runs,
         "uncached_epoch_s": uncached,
         "speedup": uncached / cached,
         "cached_runs_s": cached_runs,

@@ -35,7 +35,7 @@ import pytorch_lightning as pl
 import torch
 
 from ctl_lightning.benchmarks import bounds, ddp_sweep, setup
-from ctl_lightning.benchmarks.gpu_report import measured_epoch, table
+from ctl_lightning.benchmarks.gpu_report import STEPS_PER_CALL, measured_epoch, step_label, table
 from ctl_lightning.benchmarks.machine import machine_info
 from ctl_lightning.benchmarks.release_scale import replicate_ctl
 from ctl_lightning.data.datamodules import TripletsDataModule
@@ -174,19 +174,24 @@ def recipe(freeze: bool) -> str:
     return "frozen + feature cache" if freeze else "fine-tuning"
 
 
-def _recipe_model(dm: TripletsDataModule, freeze: bool):
-    """ResNet18 for a recipe: the whole network trains, or the frozen backbone feeds the feature cache."""
-    return setup.model("resnet18", pretrained=False, freeze_backbone=freeze, feature_cache="auto", embed_batch_size=dm.eval_batch_size)
+def _recipe_model(dm: TripletsDataModule, freeze: bool, **step):
+    """ResNet18 for a recipe: the whole network trains, or the frozen backbone feeds the feature cache;
+    ``step``: ``steps_per_call`` and ``cuda_graph`` (the frozen recipe's fixed-shape step)."""
+    return setup.model(
+        "resnet18", pretrained=False, freeze_backbone=freeze, feature_cache="auto", embed_batch_size=dm.eval_batch_size, **step
+    )
 
 
 def _steps(dm: TripletsDataModule) -> int:
     return int(np.ceil(len(dm.train_triplets) / dm.batch_size))
 
 
-def epoch(dm: TripletsDataModule, gpu: bool, freeze: bool, device_store: bool) -> dict:
-    """One measured training epoch of a recipe through a data path."""
-    dm.load_images, dm.device_store = True, device_store
-    model = _recipe_model(dm, freeze)
+def epoch(
+    dm: TripletsDataModule, gpu: bool, freeze: bool, device_store: bool, steps_per_call: int | None = None, cuda_graph: bool = False
+) -> dict:
+    """One measured training epoch of a recipe through a data path (and trainer step: ``steps_per_call``)."""
+    dm.load_images, dm.device_store, dm.steps_per_call = True, device_store, steps_per_call
+    model = _recipe_model(dm, freeze, steps_per_call=steps_per_call, cuda_graph=cuda_graph)
     clock = _EpochClock()
     callbacks = [*setup.fit_callbacks(dm), clock]
     steps = _steps(dm)
@@ -194,10 +199,14 @@ def epoch(dm: TripletsDataModule, gpu: bool, freeze: bool, device_store: bool) -
     _memory()
     resident = dm.resident
     start = time.perf_counter()
-    trainer.fit(model, datamodule=dm)
+    try:
+        trainer.fit(model, datamodule=dm)
+    finally:
+        dm.steps_per_call = None
     total = time.perf_counter() - start
     result = {
         "recipe": recipe(freeze),
+        "step": step_label(steps_per_call, cuda_graph),
         "path": "device store" if device_store else "loader",
         "triplets": len(dm.train_triplets),
         "steps": steps,
@@ -345,6 +354,8 @@ def seed_scale(results: dict, out: Path, data: Path, smoke: bool, gpu: bool, sav
     for freeze in (False, True) if "epochs" in parts else ():
         for device_store in PATHS.values():
             part(results["epochs"], None, epoch, dm, gpu, freeze, device_store)
+        for cuda_graph in (False, True) if freeze and gpu else (False,) if freeze else ():
+            part(results["epochs"], None, epoch, dm, gpu, freeze, True, STEPS_PER_CALL, cuda_graph)
         trace = out / f"profile-{'frozen' if freeze else 'finetune'}.txt"
         part(results["profiles"], recipe(freeze), profile_steps, dm, gpu, freeze, trace)  # through the device store
     for device_store in PATHS.values() if "catalog" in parts else ():
@@ -379,6 +390,13 @@ def release_scale(results: dict, seed_dm: TripletsDataModule, data: Path, gpu: b
     }
     save()
     release["epoch"] = epoch(dm, gpu, freeze=True, device_store=True)
+    save()
+    try:  # the fixed-shape step at release scale; a failure is recorded, the catalog build still runs
+        release["epoch, fixed-shape step"] = epoch(dm, gpu, True, True, STEPS_PER_CALL, cuda_graph=gpu)
+    except Exception as error:
+        results["errors"].append(f"release epoch, fixed-shape step: {type(error).__name__}: {error}")
+        if not gpu:
+            raise
     save()
     release["catalog"] = catalog_build(dm, gpu, device_store=True)
     save()

@@ -27,6 +27,7 @@ def datamodule(
     triplets_per_outfit: int = 8,
     seed: int = 42,
     batching: str = "triplets",
+    steps_per_call: int | None = None,
 ) -> TripletsDataModule:
     source = SyntheticCtl(root, seed=0, outfits=outfits)
     dm = TripletsDataModule(
@@ -37,6 +38,7 @@ def datamodule(
         triplets_per_outfit=triplets_per_outfit,
         seed=seed,
         batching=batching,
+        steps_per_call=steps_per_call,
     )
     dm.prepare_data()
     dm.setup("fit")
@@ -54,10 +56,10 @@ def model(backbone: str = "tf_efficientnet_lite0", pretrained: bool = True, **kw
     )
 
 
-def fit_callbacks(dm: TripletsDataModule) -> list[pl.Callback]:
-    """What a training run's fit starts with (conf/callbacks/default.yaml): the feature cache, then
-    the untrained baseline; timed fits include them as ``train.py`` does."""
-    return [FeatureCache(dm), HeldOutMetrics(dm)]
+def fit_callbacks(dm: TripletsDataModule, cache_dir: str | None = None) -> list[pl.Callback]:
+    """What a training run's fit starts with (conf/callbacks/default.yaml): the feature cache (on disk
+    in ``cache_dir``, if given), then the untrained baseline; timed fits include them as ``train.py`` does."""
+    return [FeatureCache(dm, cache_dir), HeldOutMetrics(dm)]
 
 
 def crop_files(dm: TripletsDataModule, folder: Path) -> list[Path]:
