@@ -128,7 +128,8 @@ def cache_section(cache: dict) -> list[str]:
         "per-step work and the step's batch-accuracy bookkeeping. The fixed-shape step (`model.steps_per_call=16`,",
         "src/ctl_lightning/models/member_steps.py) trains on the same batches in the same order, 16 optimizer steps a",
         "trainer call, each triplet member its own row (tests/test_member_steps.py: the same losses step by step);",
-        "its ratio is to the cached epoch of the same run.",
+        "its ratio is to the cached epoch of the same run. The first-epoch extra includes writing the cache to disk,",
+        "from where the fixed-shape fit loads it.",
         "",
     ]
 
