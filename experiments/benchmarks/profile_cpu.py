@@ -4,6 +4,7 @@
     python experiments/benchmarks/profile_cpu.py read STORE_DIR [--old] [--batches 1000]
     python experiments/benchmarks/profile_cpu.py compare-read STORE_DIR
     python experiments/benchmarks/profile_cpu.py worker-handoff [--data .bench-data] [--batches 60]
+    python experiments/benchmarks/profile_cpu.py search-parts [--rows 100000] [--batches 200]
 
 ``search`` runs single-query exact searches over 1M x 128 rows (``--product``: the matrix product the
 engine used before its scan) and touches ``READY_FILE`` once set up, so that
@@ -15,6 +16,9 @@ normalization, and prints the resident file pages during a full pass of the curr
 ``worker-handoff`` splits what a batch of the store loader costs the training process with 2 workers
 (receiving a batch the workers already made, then normalizing it) from what it costs made in process,
 for both of torch's sharing strategies; it builds `make bench`'s 2,000-outfit world under ``--data``.
+``search-parts`` splits an exact single-query search of ``--rows`` rows into what `make bench` takes as its
+bound (a full read of the block: its float32 sum), the scan of every row's score, and the top-10 of
+those scores, timed in ``--batches`` alternating rounds with the whole search.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from ctl_lightning.benchmarks.loading import BIAS, SCALE
 from ctl_lightning.benchmarks.retrieval import _catalog
 from ctl_lightning.data.store import ProductStore
 from ctl_lightning.models.module import normalize_images
-from ctl_lightning.retrieval.index import ExactIndex
+from ctl_lightning.retrieval.index import ExactIndex, scan_scores
+from ctl_lightning.timing import measure_interleaved
 
 READY_FILE = Path("/tmp/profile_cpu.ready")
 
@@ -49,6 +54,27 @@ def search(product: bool, float16: bool, seconds: float) -> None:
         index.search(query, 10, "0")
         count += 1
     print(f"{count} searches, {(time.perf_counter() - start) / count * 1e3:.1f} ms each")
+
+
+def search_parts(rows: int, rounds: int) -> None:
+    vectors, categories = _catalog(rows)
+    query = np.random.default_rng(1).standard_normal((1, 128), dtype=np.float32)
+    index = ExactIndex(vectors, categories)
+    index.search(query, 10, "0")
+    block = index._block("0")
+    scores = torch.from_numpy(scan_scores(query, block.numpy()))
+    parts = measure_interleaved(
+        {
+            "read (the bound)": block.sum,
+            "scan": lambda: scan_scores(query, block.numpy()),
+            "top-10": lambda: torch.topk(scores, 10, dim=1),
+            "search": lambda: index.search(query, 10, "0"),
+        },
+        repeats=rounds,
+    )
+    read = parts["read (the bound)"]["median_s"]
+    for name, timing in parts.items():
+        print(f"{name}: {timing['median_s'] * 1e3:.2f} ms, {timing['median_s'] / read:.2f}x the read")
 
 
 def old_read(store: ProductStore, descriptor: int, rows: np.ndarray) -> np.ndarray:
@@ -168,17 +194,20 @@ def worker_handoff(root: Path, batches: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=("search", "read", "compare-read", "worker-handoff"))
+    parser.add_argument("mode", choices=("search", "read", "compare-read", "worker-handoff", "search-parts"))
+    parser.add_argument("--rows", type=int, default=100_000, help="catalog rows (search-parts)")
     parser.add_argument("store", nargs="?", help="a product store folder (read, compare-read)")
     parser.add_argument("--product", action="store_true")
     parser.add_argument("--float16", action="store_true")
     parser.add_argument("--old", action="store_true")
     parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--batches", type=int, help="batches to time (read: 1000, worker-handoff: 60)")
+    parser.add_argument("--batches", type=int, help="batches (rounds) to time (read: 1000, worker-handoff: 60, search-parts: 200)")
     parser.add_argument("--data", type=Path, default=Path(".bench-data"), help="make bench's data folder (worker-handoff)")
     args = parser.parse_args()
     if args.mode == "search":
         search(args.product, args.float16, args.seconds)
+    elif args.mode == "search-parts":
+        search_parts(args.rows, args.batches or 200)
     elif args.mode == "worker-handoff":
         worker_handoff(args.data, args.batches or 60)
     elif args.mode == "read":
