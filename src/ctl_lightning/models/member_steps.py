@@ -80,7 +80,7 @@ class MemberSteps:
         self.cuda_graph = cuda_graph
         self.features: torch.Tensor | None = None
         self.eager: MemberStep | None = None
-        self.graphed: tuple[int, nn.Module] | None = None  # (batch size, graphed step)
+        self.graphed: nn.Module | None = None  # the full-size step, captured
 
     def __call__(self, features: torch.Tensor, triplet_rows: torch.Tensor, full_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         if features is not self.features:  # a new feature cache: the graph read the old one
@@ -91,8 +91,8 @@ class MemberSteps:
             raise CtlError(f"model.cuda_graph=true needs a CUDA device; this run trains on {triplet_rows.device}")
         with _autocast_without_cache():
             if self.graphed is None:
-                self.graphed = (full_size, self._capture(triplet_rows))
-            return self.graphed[1](triplet_rows)
+                self.graphed = self._capture(triplet_rows)
+            return self.graphed(triplet_rows)
 
     def _capture(self, sample_rows: torch.Tensor) -> nn.Module:
         """The step's forward and backward captured at ``sample_rows``'s shape. Capture runs the step

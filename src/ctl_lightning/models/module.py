@@ -273,8 +273,9 @@ class CompatibilityModule(pl.LightningModule):
             self.manual_backward(loss)
             optimizer.step()
             self._record_training_step(loss.detach(), accuracy, len(rows))
-        self._log_step_loss(loss.detach(), len(rows))
-        return loss.detach()
+        loss = loss.detach().clone()  # a graph's output is overwritten by its next replay
+        self._log_step_loss(loss, len(rows))
+        return loss
 
     def on_train_epoch_end(self) -> None:
         for name, mean in self.train_means.pop().items():
