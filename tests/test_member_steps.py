@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import TINY, compose_config
-from test_fast_paths import LossRecorder
+from test_fast_paths import _fit as fit_recording_losses
 
 from ctl_lightning.errors import CtlError, user_error
 from ctl_lightning.losses import TripletLoss
@@ -57,33 +57,9 @@ def test_duplicate_members_share_one_dropout_mask():
     assert distance[~same].min() > 0
 
 
-class RecordingSteps:
-    """The model's fixed-shape steps, recording each step's loss (a trainer call runs several)."""
-
-    def __init__(self, steps):
-        self.steps = steps
-        self.losses: list[float] = []
-
-    def __call__(self, *args):
-        loss, accuracy = self.steps(*args)
-        self.losses.append(float(loss.detach()))
-        return loss, accuracy
-
-
 def _fit(data_dir, tmp_path, *overrides: str):
-    cfg = compose_config(
-        "train",
-        tmp_path,
-        data_dir,
-        [*TINY, "trainer.max_epochs=2", "trainer.deterministic=true", "model.feature_cache=true", "model.dropout=0", *overrides],
-    )
-    datamodule, model, trainer = build(cfg)
-    recorder = LossRecorder()
-    trainer.callbacks.append(recorder)
-    if model.member_steps is not None:  # one trainer call runs several steps: record each
-        model.member_steps = RecordingSteps(model.member_steps)
-    trainer.fit(model, datamodule=datamodule)
-    losses = model.member_steps.losses if model.member_steps is not None else recorder.losses
+    """test_fast_paths's run (2 epochs, deterministic), head only over cached features, no dropout."""
+    losses, model, _, trainer = fit_recording_losses(data_dir, tmp_path, "model.feature_cache=true", "model.dropout=0", *overrides)
     return losses, model, trainer
 
 
