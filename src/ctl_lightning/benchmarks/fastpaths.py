@@ -12,12 +12,11 @@ import torch
 from pytorch_metric_learning.distances import LpDistance
 
 from ctl_lightning.benchmarks import bounds, setup
+from ctl_lightning.benchmarks.gpu_report import STEPS_PER_CALL
 from ctl_lightning.benchmarks.loading import _StepTimer
 from ctl_lightning.data.products import ProductTable
 from ctl_lightning.data.triplets import OutfitIndex, sample_triplets
 from ctl_lightning.losses.mining import OutfitMiner
-
-STEPS_PER_CALL = 16  # model.steps_per_call of the fixed-shape step's epoch (models/member_steps.py)
 
 
 def _epoch_seconds(model, dm, steps: int | None, skip: int = 2, cache_dir: str | None = None) -> tuple[float, int]:

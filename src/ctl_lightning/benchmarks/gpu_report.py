@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-STEPS_PER_CALL = 16  # model.steps_per_call of the frozen recipe's fixed-shape variants (models/member_steps.py)
+from collections.abc import Callable
+
+STEPS_PER_CALL = 16  # model.steps_per_call of the fixed-shape step's epochs, here and in make bench (models/member_steps.py)
 
 
 def step_label(steps_per_call: int | None, cuda_graph: bool = False) -> str:
@@ -12,7 +14,7 @@ def step_label(steps_per_call: int | None, cuda_graph: bool = False) -> str:
     return f"{steps_per_call} steps a call" + (", CUDA graph" if cuda_graph else "")
 
 
-def _frozen_epoch(*step) -> object:
+def _frozen_epoch(*step) -> Callable[[dict], float]:
     return lambda r: measured_epoch(r, "frozen + feature cache", "device store", step_label(*step))["epoch_s"]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ctl_lightning.benchmarks.gpu_report import STEPS_PER_CALL
 from ctl_lightning.benchmarks.machine import cpu_vendor, host_key
 
 
@@ -125,8 +126,9 @@ def cache_section(cache: dict) -> list[str]:
         f"The uncached epoch is timed over {first['uncached_measured_steps']} steps and scaled to the epoch. The plain loop",
         "(benchmarks/bounds.py) runs the same head steps (the head, the triplet loss, Adam) over the same triplets",
         "without Lightning, each batch deduplicated beforehand: what the cached epoch costs beyond it is Lightning's",
-        "per-step work and the step's batch-accuracy bookkeeping. The fixed-shape step (`model.steps_per_call=16`,",
-        "src/ctl_lightning/models/member_steps.py) trains on the same batches in the same order, 16 optimizer steps a",
+        "per-step work and the step's batch-accuracy bookkeeping. The fixed-shape step "
+        f"(`model.steps_per_call={first.get('steps_per_call', STEPS_PER_CALL)}`,",
+        "src/ctl_lightning/models/member_steps.py) trains on the same batches in the same order, that many optimizer steps a",
         "trainer call, each triplet member its own row (tests/test_member_steps.py: the same losses step by step);",
         "its ratio is to the cached epoch of the same run. The first-epoch extra includes writing the cache to disk,",
         "from where the fixed-shape fit loads it.",
