@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Seed-scale GPU benchmark: one epoch of 77,494 synthetic CTL triplets (ResNet18, 64 px, batch 64),
 # fine-tuned and with the frozen recipe + feature cache, plus catalog-build throughput, the release
-# scale, and the README's sweep of DDP jobs on this machine's GPUs (--parts; default: all).
+# scale, the README's sweep of DDP jobs on this machine's GPUs, and the fine-tuning epoch compiled
+# (model.compile; inductor compiles for a minute or more) (--parts; default: all).
 #
-#   bench/gpu.sh [--out DIR] [--data DIR]     # on a machine with a GPU (every part: about 6 minutes on an H200)
+#   bench/gpu.sh [--out DIR] [--data DIR]     # on a machine with a GPU (all but the newer parts: 333 s on an H200;
+#                                             # split a device's 600 s calls with --parts, e.g. compile alone)
 #   bench/gpu.sh --smoke --out /tmp/gpu       # the same code on the CPU with tiny sizes (its ddp_sweep part
 #                                             # runs the CPU sweep of tests/test_scaleout.py: --parts to skip it)
 #

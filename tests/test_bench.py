@@ -65,7 +65,7 @@ def test_gpu_script_smoke_runs_on_the_cpu(tmp_path):
             str(REPO / "bench" / "gpu.sh"),
             "--smoke",
             "--parts",
-            "epochs,catalog,bounds,release",
+            "epochs,catalog,bounds,release,compile",
             "--out",
             str(tmp_path / "out"),
             "--data",
@@ -83,11 +83,15 @@ def test_gpu_script_smoke_runs_on_the_cpu(tmp_path):
     plain = {
         (recipe, "one batch a call", path) for recipe in ("fine-tuning", "frozen + feature cache") for path in ("loader", "device store")
     }
-    # The frozen recipe's fixed-shape step too; its CUDA-graph variant runs on a GPU only.
-    assert set(runs) == {*plain, ("frozen + feature cache", "16 steps a call", "device store")}
+    # The frozen recipe's fixed-shape step too, its CUDA-graph variant on a GPU only; the fine-tuning
+    # step compiled, on the CPU with the aot_eager backend and its default mode only.
+    fixed_shape = ("frozen + feature cache", "16 steps a call", "device store")
+    compiled = ("fine-tuning", "one batch a call, compiled (default)", "device store")
+    assert set(runs) == {*plain, fixed_shape, compiled}
     assert {e["triplets"] for e in runs.values()} == {128}
-    assert [e["feature_cache_s"] is not None for e in runs.values()] == [False, False, True, True, True]
-    assert [e["device_store_load_s"] is not None for e in runs.values()] == [False, True, False, True, True]
+    assert [e["feature_cache_s"] is not None for e in runs.values()] == [False, False, True, True, True, False]
+    assert [e["device_store_load_s"] is not None for e in runs.values()] == [False, True, False, True, True, True]
+    assert runs[compiled]["compile_backend"] == "aot_eager" and runs[compiled]["first_epoch_s"] > runs[compiled]["epoch_s"]
     assert results["errors"] == []
     assert set(results["profiles"]) == {"fine-tuning", "frozen + feature cache", "catalog build"}
     for profile in results["profiles"].values():
@@ -107,6 +111,7 @@ def test_gpu_script_smoke_runs_on_the_cpu(tmp_path):
     table = (tmp_path / "out" / "GPU-table.md").read_text()
     assert "| ms a step |" in table and "| fine-tuning | one batch a call | device store |" in table
     assert "| frozen + feature cache | 16 steps a call | device store |" in table and "Release scale: 750 outfits, 3,600 products" in table
+    assert "fine-tuning, one batch a call, compiled (default): the row shows the second epoch" in table
 
 
 @pytest.mark.slow

@@ -225,3 +225,48 @@ def test_device_deduplication_gives_the_host_collates_batch(data_dir, tmp_path):
         assert host.keys() == device.keys()
         for key in host:
             torch.testing.assert_close(device[key], host[key], rtol=0, atol=0, msg=key)
+
+
+def test_compiled_training_step_trains_exactly_like_the_eager_one(data_dir, tmp_path):
+    """``model.compile`` traces the training step's embedding (fine-tuning: the whole backbone, then the
+    head) into one graph for any row count. The aot_eager backend runs that traced graph, forward and
+    backward, with eager kernels: the same losses step by step, weights and BatchNorm statistics show
+    that the capture changes nothing (batch statistics, running buffers, the row count of each
+    deduplicated batch, dropout's draws). Inductor's kernels round differently, and any rounding change
+    grows about tenfold a step in this recipe (as turning oneDNN off does), so only the first steps of
+    an inductor run could be compared: bench/gpu.sh measures it."""
+    from torch._dynamo.utils import counters
+
+    recipe = ["model=resnet18", "model.pretrained=false", "model.freeze_backbone=false", "data.device_store=true"]
+    recipe += ["+trainer.limit_train_batches=6", "+trainer.limit_val_batches=2"]
+    torch._dynamo.reset()
+    counters.clear()
+    compiled, compiled_model, _, _ = _fit(
+        data_dir, tmp_path / "compiled", "model.compile=default", "model.compile_backend=aot_eager", *recipe
+    )
+    graphs, breaks = counters["stats"]["unique_graphs"], dict(counters["graph_break"])
+    eager, eager_model, _, _ = _fit(data_dir, tmp_path / "eager", *recipe)
+    assert graphs == 1 and breaks == {}  # every step ran the one captured graph, whole
+    assert len(compiled) == len(eager) == 12
+    np.testing.assert_allclose(compiled, eager, atol=1e-6, rtol=0)
+    eager_state = eager_model.state_dict()
+    for name, value in compiled_model.state_dict().items():
+        torch.testing.assert_close(value, eager_state[name], atol=1e-6, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"compile": "fast"}, "model.compile must be null or one of default, reduce-overhead"),
+        ({"compile": "default", "compile_backend": "tvm-ish"}, "model.compile_backend='tvm-ish' is not a torch.compile backend"),
+        ({"compile": "reduce-overhead", "compile_backend": "aot_eager"}, "takes model.compile=default"),
+        ({"compile": "default", "steps_per_call": 4}, "set one of them to null"),
+    ],
+)
+def test_compile_settings_that_cannot_run_are_one_line_errors(settings, message):
+    from ctl_lightning.errors import CtlError
+    from ctl_lightning.losses import TripletLoss
+    from ctl_lightning.models.module import CompatibilityModule
+
+    with pytest.raises(CtlError, match=message):
+        CompatibilityModule(loss=TripletLoss(), optimizer=torch.optim.Adam, backbone="resnet18", pretrained=False, **settings)

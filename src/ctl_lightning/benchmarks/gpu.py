@@ -35,7 +35,7 @@ import pytorch_lightning as pl
 import torch
 
 from ctl_lightning.benchmarks import bounds, ddp_sweep, setup
-from ctl_lightning.benchmarks.gpu_report import STEPS_PER_CALL, measured_epoch, step_label, table
+from ctl_lightning.benchmarks.gpu_report import COMPILE_MODES, STEPS_PER_CALL, measured_epoch, step_label, table
 from ctl_lightning.benchmarks.machine import machine_info
 from ctl_lightning.benchmarks.release_scale import replicate_ctl
 from ctl_lightning.data.datamodules import TripletsDataModule
@@ -45,9 +45,9 @@ from ctl_lightning.retrieval.writer import CatalogWriter
 SEED_TRIPLETS = 77_494
 PATHS = {"loader": False, "device store": True}  # data.device_store of each data path
 # --parts: seed-scale epochs and profiles, seed-scale catalog builds and profile, what bounds the missed
-# goals (benchmarks/bounds.py), release scale, and the README's sweep of DDP jobs (issue 10) on this
-# machine's GPUs
-PARTS = ("epochs", "catalog", "bounds", "release", "ddp_sweep")
+# goals (benchmarks/bounds.py), release scale, the README's sweep of DDP jobs (issue 10) on this
+# machine's GPUs, and the fine-tuning epoch with model.compile (its compilation takes minutes: its own call)
+PARTS = ("epochs", "catalog", "bounds", "release", "ddp_sweep", "compile")
 CATALOG_BATCHES = (1, 4, 8)  # the bounds part's predict batch sizes, in multiples of the eval batch size
 RELEASE_COPIES = 5  # 20,000 seed-scale outfits listed 5 times: about the release's 107,000 outfits
 
@@ -115,7 +115,10 @@ def _memory() -> dict:
 
 
 class _EpochClock(pl.Callback):
-    """Wall time of the training epoch itself, apart from fit start (device store, feature cache, baseline)."""
+    """Wall time of each training epoch itself, apart from fit start (device store, feature cache, baseline)."""
+
+    def __init__(self):
+        self.epochs: list[float] = []
 
     def on_train_epoch_start(self, trainer, pl_module):
         _sync()
@@ -123,7 +126,7 @@ class _EpochClock(pl.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module):
         _sync()
-        self.seconds = time.perf_counter() - self.start
+        self.epochs.append(time.perf_counter() - self.start)
 
 
 class _Profile(pl.Callback):
@@ -176,7 +179,8 @@ def recipe(freeze: bool) -> str:
 
 def _recipe_model(dm: TripletsDataModule, freeze: bool, **step):
     """ResNet18 for a recipe: the whole network trains, or the frozen backbone feeds the feature cache;
-    ``step``: ``steps_per_call`` and ``cuda_graph`` (the frozen recipe's fixed-shape step)."""
+    ``step``: ``steps_per_call`` and ``cuda_graph`` (the frozen recipe's fixed-shape step), or
+    ``compile`` and ``compile_backend``."""
     return setup.model(
         "resnet18", pretrained=False, freeze_backbone=freeze, feature_cache="auto", embed_batch_size=dm.eval_batch_size, **step
     )
@@ -187,15 +191,25 @@ def _steps(dm: TripletsDataModule) -> int:
 
 
 def epoch(
-    dm: TripletsDataModule, gpu: bool, freeze: bool, device_store: bool, steps_per_call: int | None = None, cuda_graph: bool = False
+    dm: TripletsDataModule,
+    gpu: bool,
+    freeze: bool,
+    device_store: bool,
+    steps_per_call: int | None = None,
+    cuda_graph: bool = False,
+    compile: str | None = None,
 ) -> dict:
-    """One measured training epoch of a recipe through a data path (and trainer step: ``steps_per_call``)."""
+    """One measured training epoch of a recipe through a data path (and trainer step: ``steps_per_call``).
+    With ``compile`` (a torch.compile mode) two epochs: the first compiles, the second is the one shown.
+    On the CPU (--smoke) the aot_eager backend traces the same graph without building kernels (minutes here)."""
     dm.load_images, dm.device_store, dm.steps_per_call = True, device_store, steps_per_call
-    model = _recipe_model(dm, freeze, steps_per_call=steps_per_call, cuda_graph=cuda_graph)
+    backend = "inductor" if gpu else "aot_eager"
+    compiled = {} if compile is None else {"compile": compile if gpu else "default", "compile_backend": backend}
+    model = _recipe_model(dm, freeze, steps_per_call=steps_per_call, cuda_graph=cuda_graph, **compiled)
     clock = _EpochClock()
     callbacks = [*setup.fit_callbacks(dm), clock]
     steps = _steps(dm)
-    trainer = _trainer(gpu, max_epochs=1, callbacks=callbacks)
+    trainer = _trainer(gpu, max_epochs=1 if compile is None else 2, callbacks=callbacks)
     _memory()
     resident = dm.resident
     start = time.perf_counter()
@@ -206,17 +220,19 @@ def epoch(
     total = time.perf_counter() - start
     result = {
         "recipe": recipe(freeze),
-        "step": step_label(steps_per_call, cuda_graph),
+        "step": step_label(steps_per_call, cuda_graph, compiled.get("compile")),
         "path": "device store" if device_store else "loader",
         "triplets": len(dm.train_triplets),
         "steps": steps,
-        "epoch_s": clock.seconds,
-        "fit_start_s": total - clock.seconds,
+        "epoch_s": clock.epochs[-1],
+        "fit_start_s": total - sum(clock.epochs),
         "device_store_load_s": _store_load(dm, resident),
         "feature_cache_s": callbacks[0].seconds if model.cached_features is not None else None,
-        "triplets_per_s": len(dm.train_triplets) / clock.seconds,
+        "triplets_per_s": len(dm.train_triplets) / clock.epochs[-1],
         **_memory(),
     }
+    if compile is not None:
+        result |= {"first_epoch_s": clock.epochs[0], "compile_backend": backend}
     return result
 
 
@@ -340,7 +356,7 @@ def seed_scale(results: dict, out: Path, data: Path, smoke: bool, gpu: bool, sav
         try:
             value = measure(*args, **kwargs)
         except Exception as error:
-            results["errors"].append(f"{measure.__name__}{args[2:]}: {type(error).__name__}: {error}")
+            results["errors"].append(f"{measure.__name__}{args[2:]}{kwargs or ''}: {type(error).__name__}: {error}")
             save()
             if not gpu:
                 raise
@@ -358,6 +374,8 @@ def seed_scale(results: dict, out: Path, data: Path, smoke: bool, gpu: bool, sav
             part(results["epochs"], None, epoch, dm, gpu, freeze, True, STEPS_PER_CALL, cuda_graph)
         trace = out / f"profile-{'frozen' if freeze else 'finetune'}.txt"
         part(results["profiles"], recipe(freeze), profile_steps, dm, gpu, freeze, trace)  # through the device store
+    for mode in (COMPILE_MODES if gpu else COMPILE_MODES[:1]) if "compile" in parts else ():
+        part(results["epochs"], None, epoch, dm, gpu, False, True, compile=mode)
     for device_store in PATHS.values() if "catalog" in parts else ():
         part(results["catalog"], None, catalog_build, dm, gpu, device_store)
     if "catalog" in parts:
@@ -434,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
             if not gpu:
                 raise
         save()
-    if not parts & {"epochs", "catalog", "bounds", "release"}:
+    if not parts & {"epochs", "catalog", "bounds", "release", "compile"}:
         print(table(results))
         return
     dm = seed_scale(results, out, Path(args.data), args.smoke, gpu, save, parts)

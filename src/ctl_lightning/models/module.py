@@ -17,6 +17,8 @@ Beyond the paper's recipe this module:
 * can run several head-only steps over cached features in one trainer call, at a fixed shape that a
   GPU can replay from a CUDA graph (``steps_per_call``, ``cuda_graph``;
   :mod:`ctl_lightning.models.member_steps`);
+* can compile the training step's embedding with ``torch.compile`` (``compile``): on a GPU the
+  fine-tuning step is bound by its kernel launches, which fusion and CUDA graphs cut;
 * saves the global random state in checkpoints, so a resumed run continues exactly like an
   uninterrupted one.
 """
@@ -43,6 +45,8 @@ from ctl_lightning.models.member_steps import MemberSteps, check_recipe
 from ctl_lightning.models.subspaces import CategorySubspaces
 
 FEATURE_CACHE_CHOICES = ("auto", True, False)
+# torch.compile's modes (model.compile); null: the training step runs eagerly.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def normalization(mean, std) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,10 +83,24 @@ class CompatibilityModule(pl.LightningModule):
         embed_batch_size: int = 256,
         steps_per_call: int | None = None,
         cuda_graph: bool = False,
+        compile: str | None = None,
+        compile_backend: str = "inductor",
     ):
         super().__init__()
         if feature_cache not in FEATURE_CACHE_CHOICES:
             raise CtlError(f"model.feature_cache must be auto, true or false, got {feature_cache!r}")
+        if compile is not None and compile not in COMPILE_MODES:
+            raise CtlError(f"model.compile must be null or one of {', '.join(COMPILE_MODES)}, got {compile!r}")
+        if compile is not None and compile_backend not in torch.compiler.list_backends(exclude_tags=()):
+            raise CtlError(
+                f"model.compile_backend={compile_backend!r} is not a torch.compile backend: {', '.join(torch.compiler.list_backends())}"
+            )
+        if compile not in (None, "default") and compile_backend != "inductor":
+            raise CtlError(
+                f"model.compile={compile} is a mode of the inductor backend; model.compile_backend={compile_backend} takes model.compile=default"
+            )
+        if compile is not None and steps_per_call is not None:
+            raise CtlError("model.compile and model.steps_per_call are two ways to speed up the step: set one of them to null")
         self.backbone_name = backbone
         self.backbone = create_backbone(backbone, pretrained=pretrained, weights=weights)
         data_config = timm.data.resolve_model_data_config(self.backbone)
@@ -123,6 +141,10 @@ class CompatibilityModule(pl.LightningModule):
             check_recipe(self)
             self.member_steps = MemberSteps(self.head, self.loss, cuda_graph)
             self.automatic_optimization = False
+        # The training step's embedding (the head over the backbone or the feature cache): compiled by
+        # setup("fit") when model.compile names a mode; validation, test and predict stay eager.
+        self.compile_mode, self.compile_backend = compile, compile_backend
+        self.train_embed = self.embed
 
     def setup(self, stage: str) -> None:
         if self.steps_per_call is not None and stage == "fit" and self.trainer.world_size > 1:
@@ -134,6 +156,10 @@ class CompatibilityModule(pl.LightningModule):
             # The layout normalize_images gives: convolutions then run without a transpose each
             # (cuDNN's NHWC kernels for bf16). The CPU path stays as it is.
             self.backbone.to(memory_format=torch.channels_last)
+        if self.compile_mode is not None and stage == "fit":
+            # Fusion cuts the step's kernel launches, and reduce-overhead replays them from CUDA graphs.
+            # A deduplicated batch's row count varies: one graph for any count (dynamic), not one for each.
+            self.train_embed = torch.compile(self.embed, mode=self.compile_mode, backend=self.compile_backend, dynamic=True)
 
     # ----------------------------------------------------------------------------------- embedding
     def train(self, mode: bool = True) -> CompatibilityModule:
@@ -228,9 +254,13 @@ class CompatibilityModule(pl.LightningModule):
         self.train(was_training)
         return out
 
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The embeddings of a batch's products, in the head's current mode."""
+        return self.head(self.features(batch))
+
     # ---------------------------------------------------------------------------------------- fit
     def _triplet_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor | None:
-        embeddings = self.head(self.features(batch))
+        embeddings = (self.train_embed if stage == "train" else self.embed)(batch)
         n = len(batch["triplets"])
         loss = None
         # Validation outfits have no class (label -1): a class loss such as SoftTriple has no value on them.
