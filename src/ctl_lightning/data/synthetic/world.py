@@ -17,6 +17,7 @@ items (label noise), drawn from another look; test outfits are clean.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -140,9 +141,18 @@ def sample_look(rng: np.random.Generator, pairs: list[tuple[int, int]]) -> Look:
     )
 
 
-def _silhouette_order(category: str) -> np.ndarray:
-    """Which shape variant each formality level prefers in ``category``: a fixed permutation per role."""
-    return np.random.default_rng([sum(ROLE[category].encode()), 3]).permutation(SILHOUETTES)
+@functools.cache
+def _role_permutation(role: str, stream: int, n: int) -> np.ndarray:
+    """A permutation of ``n`` fixed per role, made once: the likelihood of every look asks for it
+    thousands of times, and seeding a generator is most of its cost."""
+    permutation = np.random.default_rng([sum(role.encode()), stream]).permutation(n)
+    permutation.flags.writeable = False  # shared by every caller
+    return permutation
+
+
+def _silhouette_order(role: str) -> np.ndarray:
+    """Which shape variant each formality level prefers in ``role``'s categories: a fixed permutation."""
+    return _role_permutation(role, 3, SILHOUETTES)
 
 
 @dataclass(frozen=True)
@@ -166,17 +176,16 @@ def _is_carrier(look: Look, role: str) -> bool:
     return CARRIERS[look.carrier] == role
 
 
-def _motif_patterns(category: str) -> np.ndarray:
-    """The pattern family that shows each motif in ``category``: a fixed permutation per role, so
+def _motif_patterns(role: str) -> np.ndarray:
+    """The pattern family that shows each motif in ``role``'s categories: a fixed permutation, so
     that a look's motif is stripes on a top but checks on a scarf (no shared pattern identity)."""
-    return np.random.default_rng([sum(ROLE[category].encode()), 7]).permutation(len(LOUD_PATTERNS))
+    return _role_permutation(role, 7, len(LOUD_PATTERNS))
 
 
-def _pattern_probs(look: Look, category: str) -> np.ndarray:
+def _pattern_probs(look: Look, role: str) -> np.ndarray:
     """Probabilities over :data:`PATTERNS`: the carrier wears the motif loud, others small or solid."""
     probs = np.zeros(len(PATTERNS))
-    role = ROLE[category]
-    family = 1 + _motif_patterns(category)[look.pattern]
+    family = 1 + _motif_patterns(role)[look.pattern]
     loud = _is_carrier(look, role)
     fidelity = LOUD_FIDELITY if loud else QUIET_MOTIF
     probs[0] = 0.0 if loud else QUIET_SOLID
@@ -185,9 +194,9 @@ def _pattern_probs(look: Look, category: str) -> np.ndarray:
     return probs
 
 
-def _silhouette_probs(look: Look, category: str) -> np.ndarray:
+def _silhouette_probs(look: Look, role: str) -> np.ndarray:
     probs = np.full(SILHOUETTES, (1 - SILHOUETTE_FIDELITY) / (SILHOUETTES - 1))
-    probs[_silhouette_order(category)[look.formality]] = SILHOUETTE_FIDELITY
+    probs[_silhouette_order(role)[look.formality]] = SILHOUETTE_FIDELITY
     return probs
 
 
@@ -198,7 +207,7 @@ def _metal_probs(look: Look) -> np.ndarray:
 def sample_item(look: Look, category: str, rng: np.random.Generator) -> Item:
     role = ROLE[category]
     colour = _role_colour(look, role)
-    pattern = PATTERNS[int(rng.choice(len(PATTERNS), p=_pattern_probs(look, category)))]
+    pattern = PATTERNS[int(rng.choice(len(PATTERNS), p=_pattern_probs(look, role)))]
     return Item(
         hue=float((colour.hue + rng.normal(0, HUE_JITTER)) % 360),
         sat=float(np.clip(colour.sat + rng.normal(0, SAT_JITTER), 0.0, 1.0)),
@@ -206,7 +215,7 @@ def sample_item(look: Look, category: str, rng: np.random.Generator) -> Item:
         pattern=pattern,
         large_pattern=pattern != "solid" and _is_carrier(look, role),
         texture=TEXTURES[int(rng.choice(len(TEXTURES), p=TEXTURE_OF_FORMALITY[look.formality]))],
-        silhouette=int(rng.choice(SILHOUETTES, p=_silhouette_probs(look, category))),
+        silhouette=int(rng.choice(SILHOUETTES, p=_silhouette_probs(look, role))),
         metal=METALS[int(rng.choice(2, p=_metal_probs(look)))] if role == "metal" else "",
     )
 
@@ -221,39 +230,57 @@ def _normal(x: np.ndarray, mu: np.ndarray, sigma: float) -> np.ndarray:
     return -0.5 * ((x - mu) / sigma) ** 2 - np.log(sigma * np.sqrt(2 * np.pi))
 
 
-def log_likelihoods(categories: list[str], items: list[Item], looks: list[Look] | None = None) -> np.ndarray:
+@functools.cache
+def _look_parameters(role: str) -> dict[str, np.ndarray]:
+    """What every look of :func:`all_looks` gives an item of ``role``, as arrays over the looks (rows of
+    the probability tables: attribute values): computed once for each of the few roles."""
+    looks = all_looks()
+    colours = [_role_colour(look, role) for look in looks]
+    parameters = {
+        "hue": np.array([c.hue for c in colours]),
+        "sat": np.array([c.sat for c in colours]),
+        "light": np.array([c.light for c in colours]),
+        "pattern": np.log(np.stack([_pattern_probs(look, role) for look in looks], 1) + 1e-12),
+        "carries": np.array([_is_carrier(look, role) for look in looks]),
+        "texture": np.log(TEXTURE_OF_FORMALITY[[look.formality for look in looks]].T),
+        "silhouette": np.log(np.stack([_silhouette_probs(look, role) for look in looks], 1)),
+        "metal": np.log(np.stack([_metal_probs(look) for look in looks], 1)),
+    }
+    for values in parameters.values():
+        values.flags.writeable = False  # shared by every call
+    return parameters
+
+
+def log_likelihoods(categories: list[str], items: list[Item]) -> np.ndarray:
     """``[n_items, n_looks]``: log p(item | look, category) under the generator (densities for the
-    continuous attributes, clipping ignored), for every look of :func:`all_looks`."""
-    looks = looks if looks is not None else all_looks()
-    out = np.zeros((len(items), len(looks)))
-    by_category: dict[str, list[int]] = {}
+    continuous attributes, clipping ignored), for every look of :func:`all_looks`. An item's category
+    matters only through its role."""
+    out = np.zeros((len(items), len(all_looks())))
+    by_role: dict[str, list[int]] = {}
     for i, category in enumerate(categories):
-        by_category.setdefault(category, []).append(i)
-    for category, idx in by_category.items():
-        role = ROLE[category]
+        by_role.setdefault(ROLE[category], []).append(i)
+    for role, idx in by_role.items():
+        look = _look_parameters(role)
         rows = [items[i] for i in idx]
         hue = np.array([r.hue for r in rows])[:, None]
         sat = np.array([r.sat for r in rows])[:, None]
         light = np.array([r.light for r in rows])[:, None]
-        colours = [_role_colour(look, role) for look in looks]
-        mu_hue = np.array([c.hue for c in colours])[None]
-        d_hue = (hue - mu_hue + 180) % 360 - 180
+        d_hue = (hue - look["hue"][None] + 180) % 360 - 180
         ll = _normal(d_hue, 0, HUE_JITTER)
-        ll += _normal(sat, np.array([c.sat for c in colours])[None], SAT_JITTER)
-        ll += _normal(light, np.array([c.light for c in colours])[None], LIGHT_JITTER)
+        ll += _normal(sat, look["sat"][None], SAT_JITTER)
+        ll += _normal(light, look["light"][None], LIGHT_JITTER)
         pattern = np.array([PATTERNS.index(r.pattern) for r in rows])
         texture = np.array([TEXTURES.index(r.texture) for r in rows])
         silhouette = np.array([r.silhouette for r in rows])
-        ll += np.log(np.stack([_pattern_probs(look, category) for look in looks], 1)[pattern] + 1e-12)
+        ll += look["pattern"][pattern]
         # Only the look's carrier wears a large pattern: the scale tells which role carries it.
         large = np.array([r.large_pattern for r in rows])[:, None]
-        carries = np.array([_is_carrier(look, role) for look in looks])[None] & (pattern != 0)[:, None]
+        carries = look["carries"][None] & (pattern != 0)[:, None]
         ll += np.where(large == carries, 0.0, IMPOSSIBLE)
-        ll += np.log(TEXTURE_OF_FORMALITY[[look.formality for look in looks]].T[texture])
-        ll += np.log(np.stack([_silhouette_probs(look, category) for look in looks], 1)[silhouette])
+        ll += look["texture"][texture]
+        ll += look["silhouette"][silhouette]
         if role == "metal":
-            metal = np.array([METALS.index(r.metal) for r in rows])
-            ll += np.log(np.stack([_metal_probs(look) for look in looks], 1)[metal])
+            ll += look["metal"][np.array([METALS.index(r.metal) for r in rows])]
         out[idx] = ll
     return out
 
