@@ -200,11 +200,10 @@ def epoch(
     compile: str | None = None,
 ) -> dict:
     """One measured training epoch of a recipe through a data path (and trainer step: ``steps_per_call``).
-    With ``compile`` (a torch.compile mode) two epochs: the first compiles, the second is the one shown.
-    On the CPU (--smoke) the aot_eager backend traces the same graph without building kernels (minutes here)."""
+    With ``compile`` (a torch.compile mode, see :func:`_compiled`) two epochs: the first compiles, the
+    second is the one shown."""
     dm.load_images, dm.device_store, dm.steps_per_call = True, device_store, steps_per_call
-    backend = "inductor" if gpu else "aot_eager"
-    compiled = {} if compile is None else {"compile": compile if gpu else "default", "compile_backend": backend}
+    compiled = _compiled(compile, gpu)
     model = _recipe_model(dm, freeze, steps_per_call=steps_per_call, cuda_graph=cuda_graph, **compiled)
     clock = _EpochClock()
     callbacks = [*setup.fit_callbacks(dm), clock]
@@ -232,8 +231,16 @@ def epoch(
         **_memory(),
     }
     if compile is not None:
-        result |= {"first_epoch_s": clock.epochs[0], "compile_backend": backend}
+        result |= {"first_epoch_s": clock.epochs[0], "compile_backend": compiled["compile_backend"]}
     return result
+
+
+def _compiled(compile: str | None, gpu: bool) -> dict:
+    """The model's compile settings: ``compile`` with inductor on a GPU; on the CPU (--smoke) the
+    aot_eager backend, which traces the same graph without building kernels (minutes here)."""
+    if compile is None:
+        return {}
+    return {"compile": compile, "compile_backend": "inductor"} if gpu else {"compile": "default", "compile_backend": "aot_eager"}
 
 
 def warm_up(dm: TripletsDataModule, gpu: bool) -> None:
@@ -245,11 +252,12 @@ def warm_up(dm: TripletsDataModule, gpu: bool) -> None:
         _trainer(gpu, max_epochs=1, limit_train_batches=20 if gpu else 2).fit(model, datamodule=dm)
 
 
-def profile_steps(dm: TripletsDataModule, gpu: bool, freeze: bool, path: Path) -> dict:
+def profile_steps(dm: TripletsDataModule, gpu: bool, freeze: bool, path: Path, compile: str | None = None) -> dict:
     """A profiler trace of 30 steps after 50 (fewer with --smoke) through the device store, in a fit of
-    its own so that the profiler's cost stays out of the measured epochs; the tables go to ``path``."""
+    its own so that the profiler's cost stays out of the measured epochs; the tables go to ``path``.
+    ``compile``: the step compiled in that mode (:func:`_compiled`), its first step compiling."""
     dm.load_images, dm.device_store = True, True
-    model = _recipe_model(dm, freeze)
+    model = _recipe_model(dm, freeze, **_compiled(compile, gpu))
     steps = _steps(dm)
     profiler = _Profile(path, skip=min(50, steps // 4), active=min(30, steps // 4))
     trainer = _trainer(
@@ -376,6 +384,18 @@ def seed_scale(results: dict, out: Path, data: Path, smoke: bool, gpu: bool, sav
         part(results["profiles"], recipe(freeze), profile_steps, dm, gpu, freeze, trace)  # through the device store
     for mode in (COMPILE_MODES if gpu else COMPILE_MODES[:1]) if "compile" in parts else ():
         part(results["epochs"], None, epoch, dm, gpu, False, True, compile=mode)
+        if gpu:  # what bounds the compiled step (it compiles again, from inductor's cache)
+            trace = out / f"profile-finetune-{mode}.txt"
+            part(
+                results["profiles"],
+                f"{recipe(False)}, {step_label(None, compile=mode)}",
+                profile_steps,
+                dm,
+                gpu,
+                False,
+                trace,
+                compile=mode,
+            )
     for device_store in PATHS.values() if "catalog" in parts else ():
         part(results["catalog"], None, catalog_build, dm, gpu, device_store)
     if "catalog" in parts:

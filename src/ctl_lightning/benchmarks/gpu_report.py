@@ -106,7 +106,8 @@ def table(results: dict) -> str:
             step = e.get("step", step_label(None))
             base = next((b for b in epochs if b["recipe"] == e["recipe"] and b["path"] == "loader"), e)
             plain = e["path"] == "device store" and step == step_label(None)
-            p = results.get("profiles", {}).get(e["recipe"]) if plain else None
+            # The plain step's trace is the recipe's; a compiled step's is named by its step too.
+            p = results.get("profiles", {}).get(e["recipe"] if plain else f"{e['recipe']}, {step}")
             traced = f"{p['gpu_kernel_ms_per_step']:.2f} ({p['kernels_per_step']:.0f} kernels)" if p else ""
             lines.append(
                 f"| {e['recipe']} | {step} | {e['path']} | **{e['epoch_s']:.2f}** | {1000 * e['epoch_s'] / e['steps']:.2f} | {e['triplets_per_s']:,.0f} | "
