@@ -92,6 +92,7 @@ def test_gpu_script_smoke_runs_on_the_cpu(tmp_path):
     assert [e["feature_cache_s"] is not None for e in runs.values()] == [False, False, True, True, True, False]
     assert [e["device_store_load_s"] is not None for e in runs.values()] == [False, True, False, True, True, True]
     assert runs[compiled]["compile_backend"] == "aot_eager" and runs[compiled]["first_epoch_s"] > runs[compiled]["epoch_s"]
+    assert runs[compiled]["compiler_counters"]["stats"]["unique_graphs"] == 1 and "graph_break" not in runs[compiled]["compiler_counters"]
     assert results["errors"] == []
     assert set(results["profiles"]) == {"fine-tuning", "frozen + feature cache", "catalog build"}
     for profile in results["profiles"].values():
@@ -112,6 +113,7 @@ def test_gpu_script_smoke_runs_on_the_cpu(tmp_path):
     assert "| ms a step |" in table and "| fine-tuning | one batch a call | device store |" in table
     assert "| frozen + feature cache | 16 steps a call | device store |" in table and "Release scale: 750 outfits, 3,600 products" in table
     assert "fine-tuning, one batch a call, compiled (default): the row shows the second epoch" in table
+    assert "Compiled graphs: 1; graph breaks: 0; CUDA graphs skipped: 0." in table
 
 
 @pytest.mark.slow

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from torch._dynamo.utils import counters
 
 from ctl_lightning.benchmarks import bounds, ddp_sweep, setup
 from ctl_lightning.benchmarks.gpu_report import COMPILE_MODES, STEPS_PER_CALL, measured_epoch, step_label, table
@@ -210,6 +211,7 @@ def epoch(
     steps = _steps(dm)
     trainer = _trainer(gpu, max_epochs=1 if compile is None else 2, callbacks=callbacks)
     _memory()
+    counters.clear()
     resident = dm.resident
     start = time.perf_counter()
     try:
@@ -231,7 +233,10 @@ def epoch(
         **_memory(),
     }
     if compile is not None:
-        result |= {"first_epoch_s": clock.epochs[0], "compile_backend": compiled["compile_backend"]}
+        # Dynamo's and inductor's own counts for this fit: graphs, graph breaks, cache hits, and on a GPU
+        # any CUDA graph it skipped (inductor's cudagraph_skips) and why (logged).
+        compiler = {group: dict(values) for group, values in counters.items() if values and group != "aten_mm_info"}
+        result |= {"first_epoch_s": clock.epochs[0], "compile_backend": compiled["compile_backend"], "compiler_counters": compiler}
     return result
 
 

@@ -116,9 +116,12 @@ def table(results: dict) -> str:
             )
         for e in epochs:
             if "first_epoch_s" in e:
+                count = e.get("compiler_counters", {})
                 lines.append(
                     f"\n{e['recipe']}, {e['step']}: the row shows the second epoch; the first, which compiles "
-                    f"({e['compile_backend']} backend), took {e['first_epoch_s']:.1f} s."
+                    f"({e['compile_backend']} backend), took {e['first_epoch_s']:.1f} s. Compiled graphs: "
+                    f"{count.get('stats', {}).get('unique_graphs', 0)}; graph breaks: {sum(count.get('graph_break', {}).values())}; "
+                    f"CUDA graphs skipped: {count.get('inductor', {}).get('cudagraph_skips', 0)}."
                 )
     if "pure_inference" in results:
         pure = results["pure_inference"]
