@@ -4,7 +4,8 @@
 # scale, the README's sweep of DDP jobs on this machine's GPUs, and the fine-tuning epoch compiled
 # (model.compile; inductor compiles for a minute or more) (--parts; default: all).
 #
-#   bench/gpu.sh [--out DIR] [--data DIR]     # on a machine with a GPU (all but the newer parts: 333 s on an H200;
+#   bench/gpu.sh [--out DIR] [--data DIR]     # on a machine with a GPU (session 9's parts, without the fixed-shape
+#                                             # and compiled epochs of sessions 11-12: 333 s on an H200;
 #                                             # split a device's 600 s calls with --parts, e.g. compile alone)
 #   bench/gpu.sh --smoke --out /tmp/gpu       # the same code on the CPU with tiny sizes (its ddp_sweep part
 #                                             # runs the CPU sweep of tests/test_scaleout.py: --parts to skip it)

@@ -8,6 +8,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from helpers import TINY, compose_config
+from torch._dynamo import register_backend
+from torch._dynamo.backends.registry import lookup_backend
 
 from ctl_lightning.data.batches import TripletCollate
 from ctl_lightning.pipeline import build
@@ -227,26 +229,48 @@ def test_device_deduplication_gives_the_host_collates_batch(data_dir, tmp_path):
             torch.testing.assert_close(device[key], host[key], rtol=0, atol=0, msg=key)
 
 
-def test_compiled_training_step_trains_exactly_like_the_eager_one(data_dir, tmp_path):
-    """``model.compile`` traces the training step's embedding (fine-tuning: the whole backbone, then the
-    head) into one graph for any row count. The aot_eager backend runs that traced graph, forward and
-    backward, with eager kernels: the same losses step by step, weights and BatchNorm statistics show
-    that the capture changes nothing (batch statistics, running buffers, the row count of each
-    deduplicated batch, dropout's draws). Inductor's kernels round differently, and any rounding change
-    grows about tenfold a step in this recipe (as turning oneDNN off does), so only the first steps of
-    an inductor run could be compared: bench/gpu.sh measures it."""
+GRAPH_INPUTS: list[tuple[int, ...]] = []  # the shapes of every input of the graphs recording_aot_eager compiled
+
+
+@register_backend
+def recording_aot_eager(graph, example_inputs):
+    """aot_eager that records its graphs' input shapes (``model.compile_backend=recording_aot_eager``)."""
+    GRAPH_INPUTS.extend(tuple(int(n) for n in x.shape) for x in example_inputs if isinstance(x, torch.Tensor))
+    return lookup_backend("aot_eager")(graph, example_inputs)
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        ["model=resnet18", "model.pretrained=false", "model.freeze_backbone=false"],
+        ["model.trainable_stages=1", "model.feature_cache=true"],
+    ],
+    ids=["fine-tuning", "last stage over the feature cache"],
+)
+def test_compiled_training_step_trains_exactly_like_the_eager_one(data_dir, tmp_path, recipe):
+    """``model.compile`` traces the training step's embedding (the whole backbone, or the last stage over
+    the cached trunk's maps, then the head) into one graph for any row count. The aot_eager backend runs
+    that traced graph, forward and backward, with eager kernels: the same losses step by step, weights
+    and BatchNorm statistics show that the capture changes nothing (batch statistics, running buffers,
+    the row count of each deduplicated batch, dropout's draws). The cache itself is no input of the
+    graph, only the batch's rows of it. Inductor's kernels round differently, and in the fine-tuning
+    recipe any such change grows by one to two orders of magnitude a step (as turning oneDNN off does:
+    experiments/benchmarks/compile_rounding.py), so an inductor run cannot be compared step by step:
+    bench/gpu.sh measures its speed."""
     from torch._dynamo.utils import counters
 
-    recipe = ["model=resnet18", "model.pretrained=false", "model.freeze_backbone=false", "data.device_store=true"]
-    recipe += ["+trainer.limit_train_batches=6", "+trainer.limit_val_batches=2"]
+    recipe = [*recipe, "data.device_store=true", "+trainer.limit_train_batches=6", "+trainer.limit_val_batches=2"]
     torch._dynamo.reset()
     counters.clear()
-    compiled, compiled_model, _, _ = _fit(
-        data_dir, tmp_path / "compiled", "model.compile=default", "model.compile_backend=aot_eager", *recipe
-    )
+    GRAPH_INPUTS.clear()
+    compile_ = ["model.compile=default", "model.compile_backend=recording_aot_eager"]
+    compiled, compiled_model, _, _ = _fit(data_dir, tmp_path / "compiled", *compile_, *recipe)
     graphs, breaks = counters["stats"]["unique_graphs"], dict(counters["graph_break"])
     eager, eager_model, _, _ = _fit(data_dir, tmp_path / "eager", *recipe)
     assert graphs == 1 and breaks == {}  # every step ran the one captured graph, whole
+    cache = compiled_model.cached_features
+    assert (cache is not None) == ("model.feature_cache=true" in recipe)
+    assert cache is None or tuple(cache.shape) not in GRAPH_INPUTS
     assert len(compiled) == len(eager) == 12
     np.testing.assert_allclose(compiled, eager, atol=1e-6, rtol=0)
     eager_state = eager_model.state_dict()

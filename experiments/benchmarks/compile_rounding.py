@@ -3,7 +3,8 @@
     python experiments/benchmarks/compile_rounding.py [--data .bench-data/compile-rounding] [--batches 8]
 
 The same tiny fine-tuning run (ResNet18 from random weights, 32 px, dropout 0 so that nothing is drawn
-at random inside the step, Adam, two epochs of ``--batches`` batches through the device store), five ways:
+at random inside the step, Adam, two epochs of at most ``--batches`` batches through the device store:
+7 are all the tiny world has), five ways:
 
 * eager, twice: the run repeats exactly;
 * ``model.compile=default`` with the aot_eager backend: the captured graph run with eager kernels;

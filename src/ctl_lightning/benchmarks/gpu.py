@@ -16,7 +16,8 @@ each through both data paths, in the same run, so that every speed-up is a ratio
 
 It measures the catalog build (predict of every product, both catalogs written) against pure
 inference, records a profiler trace of each recipe's steps, and repeats the frozen recipe and the
-catalog build at the real CTL release's scale (:mod:`ctl_lightning.benchmarks.release_scale`).
+catalog build at the real CTL release's scale (:mod:`ctl_lightning.benchmarks.release_scale`). Its
+``compile`` part runs the fine-tuning epoch with ``model.compile`` (two epochs: the first compiles).
 Results are written after each part into --out: gpu-results.json, GPU-table.md, profile-*.txt.
 """
 
@@ -36,7 +37,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from ctl_lightning.benchmarks import bounds, ddp_sweep, setup
-from ctl_lightning.benchmarks.gpu_report import COMPILE_MODES, STEPS_PER_CALL, measured_epoch, step_label, table
+from ctl_lightning.benchmarks.gpu_report import BENCH_COMPILE_MODES, STEPS_PER_CALL, measured_epoch, step_label, table
 from ctl_lightning.benchmarks.machine import machine_info
 from ctl_lightning.benchmarks.release_scale import replicate_ctl
 from ctl_lightning.data.datamodules import TripletsDataModule
@@ -387,7 +388,7 @@ def seed_scale(results: dict, out: Path, data: Path, smoke: bool, gpu: bool, sav
             part(results["epochs"], None, epoch, dm, gpu, freeze, True, STEPS_PER_CALL, cuda_graph)
         trace = out / f"profile-{'frozen' if freeze else 'finetune'}.txt"
         part(results["profiles"], recipe(freeze), profile_steps, dm, gpu, freeze, trace)  # through the device store
-    for mode in (COMPILE_MODES if gpu else COMPILE_MODES[:1]) if "compile" in parts else ():
+    for mode in (BENCH_COMPILE_MODES if gpu else BENCH_COMPILE_MODES[:1]) if "compile" in parts else ():
         part(results["epochs"], None, epoch, dm, gpu, False, True, compile=mode)
         if gpu:  # what bounds the compiled step (it compiles again, from inductor's cache)
             trace = out / f"profile-finetune-{mode}.txt"

@@ -91,10 +91,9 @@ class CompatibilityModule(pl.LightningModule):
             raise CtlError(f"model.feature_cache must be auto, true or false, got {feature_cache!r}")
         if compile is not None and compile not in COMPILE_MODES:
             raise CtlError(f"model.compile must be null or one of {', '.join(COMPILE_MODES)}, got {compile!r}")
-        if compile is not None and compile_backend not in torch.compiler.list_backends(exclude_tags=()):
-            raise CtlError(
-                f"model.compile_backend={compile_backend!r} is not a torch.compile backend: {', '.join(torch.compiler.list_backends())}"
-            )
+        backends = torch.compiler.list_backends(exclude_tags=()) if compile is not None else []
+        if compile is not None and compile_backend not in backends:
+            raise CtlError(f"model.compile_backend={compile_backend!r} is not a torch.compile backend: {', '.join(backends)}")
         if compile not in (None, "default") and compile_backend != "inductor":
             raise CtlError(
                 f"model.compile={compile} is a mode of the inductor backend; model.compile_backend={compile_backend} takes model.compile=default"
@@ -141,10 +140,10 @@ class CompatibilityModule(pl.LightningModule):
             check_recipe(self)
             self.member_steps = MemberSteps(self.head, self.loss, cuda_graph)
             self.automatic_optimization = False
-        # The training step's embedding (the head over the backbone or the feature cache): compiled by
-        # setup("fit") when model.compile names a mode; validation, test and predict stay eager.
+        # The training step's embedding (embed_input): compiled by setup("fit") when model.compile names
+        # a mode; validation, test and predict stay eager.
         self.compile_mode, self.compile_backend = compile, compile_backend
-        self.train_embed = self.embed
+        self.compiled_embed: Callable | None = None
 
     def setup(self, stage: str) -> None:
         if self.steps_per_call is not None and stage == "fit" and self.trainer.world_size > 1:
@@ -157,9 +156,10 @@ class CompatibilityModule(pl.LightningModule):
             # (cuDNN's NHWC kernels for bf16). The CPU path stays as it is.
             self.backbone.to(memory_format=torch.channels_last)
         if self.compile_mode is not None and stage == "fit":
-            # Fusion cuts the step's kernel launches, and reduce-overhead replays them from CUDA graphs.
-            # A deduplicated batch's row count varies: one graph for any count (dynamic), not one for each.
-            self.train_embed = torch.compile(self.embed, mode=self.compile_mode, backend=self.compile_backend, dynamic=True)
+            # Fusion cuts the step's kernel launches, and the CUDA-graph modes replay them. The row count
+            # is traced as a variable (train_embed marks it), so one compiled graph serves every batch;
+            # a CUDA graph, of fixed shape, is still recorded for each row count met.
+            self.compiled_embed = torch.compile(self.embed_input, mode=self.compile_mode, backend=self.compile_backend)
 
     # ----------------------------------------------------------------------------------- embedding
     def train(self, mode: bool = True) -> CompatibilityModule:
@@ -203,11 +203,17 @@ class CompatibilityModule(pl.LightningModule):
     def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone_forward(self.preprocess(images))
 
-    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def step_input(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What the batch's features are computed from: its rows of the feature cache, or its images."""
         if self.cached_features is not None:
-            frozen = self.cached_features[batch["row_ids"].to(self.cached_features.device)].to(self.device)
-            return self.trainable_features(frozen)
-        return self.backbone_features(batch["images"])
+            return self.cached_features[batch["row_ids"].to(self.cached_features.device)].to(self.device)
+        return batch["images"]
+
+    def features_of(self, x: torch.Tensor, from_cache: bool) -> torch.Tensor:
+        return self.trainable_features(x) if from_cache else self.backbone_features(x)
+
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.features_of(self.step_input(batch), self.cached_features is not None)
 
     @torch.no_grad()
     def embed_store(self, pixels, rows: np.ndarray, description: str, frozen_only: bool = False) -> torch.Tensor:
@@ -254,13 +260,23 @@ class CompatibilityModule(pl.LightningModule):
         self.train(was_training)
         return out
 
-    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The embeddings of a batch's products, in the head's current mode."""
-        return self.head(self.features(batch))
+    def embed_input(self, x: torch.Tensor, from_cache: bool) -> torch.Tensor:
+        """Embeddings from :meth:`step_input`'s tensor, in the head's current mode: what model.compile
+        compiles. The cache's lookup stays outside, so that the whole cache is no input of the graph
+        (a CUDA graph would copy it before every replay)."""
+        return self.head(self.features_of(x, from_cache))
+
+    def train_embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The training step's embeddings: compiled where model.compile asks for it."""
+        x, from_cache = self.step_input(batch), self.cached_features is not None
+        if self.compiled_embed is None:
+            return self.embed_input(x, from_cache)
+        torch._dynamo.maybe_mark_dynamic(x, 0)  # the row count varies with deduplication: a variable of the graph
+        return self.compiled_embed(x, from_cache)
 
     # ---------------------------------------------------------------------------------------- fit
     def _triplet_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor | None:
-        embeddings = (self.train_embed if stage == "train" else self.embed)(batch)
+        embeddings = self.train_embed(batch) if stage == "train" else self.head(self.features(batch))
         n = len(batch["triplets"])
         loss = None
         # Validation outfits have no class (label -1): a class loss such as SoftTriple has no value on them.

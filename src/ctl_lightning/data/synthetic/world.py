@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import itertools
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 
@@ -63,6 +64,8 @@ ROLE = {
     "Watches": "metal",
 }
 
+ROLES = frozenset(ROLE.values())
+
 # Item attribute noise around its role (real looks are never exact).
 HUE_JITTER = 8.0  # degrees
 SAT_JITTER = 0.07
@@ -71,8 +74,8 @@ SATURATION = (0.80, 0.60, 0.42)  # colourful items by formality: casual is vivid
 NEUTRAL_SATURATION = 0.10
 NEUTRAL_HUE = (30.0, 220.0)  # warm looks take beige and brown neutrals, cool looks grey and navy
 KEY_LIGHTNESS = (0.28, 0.74)  # dark and light keys; roles in contrast take the other one
-# Formality shows in the shape (a variant per formality level, permuted per category so that no
-# shape index means the same thing across categories) and in the fabric.
+# Formality shows in the shape (a variant per formality level, permuted per role so that no shape
+# index means the same thing across roles) and in the fabric.
 SILHOUETTE_FIDELITY = 0.95
 TEXTURE_OF_FORMALITY = np.array(
     [[0.10, 0.15, 0.45, 0.30], [0.30, 0.45, 0.15, 0.10], [0.70, 0.20, 0.05, 0.05]]
@@ -145,6 +148,8 @@ def sample_look(rng: np.random.Generator, pairs: list[tuple[int, int]]) -> Look:
 def _role_permutation(role: str, stream: int, n: int) -> np.ndarray:
     """A permutation of ``n`` fixed per role, made once: the likelihood of every look asks for it
     thousands of times, and seeding a generator is most of its cost."""
+    if role not in ROLES:
+        raise KeyError(f"{role!r} is not a role ({', '.join(sorted(ROLES))}); a category's role is ROLE[category]")
     permutation = np.random.default_rng([sum(role.encode()), stream]).permutation(n)
     permutation.flags.writeable = False  # shared by every caller
     return permutation
@@ -231,7 +236,7 @@ def _normal(x: np.ndarray, mu: np.ndarray, sigma: float) -> np.ndarray:
 
 
 @functools.cache
-def _look_parameters(role: str) -> dict[str, np.ndarray]:
+def _look_parameters(role: str) -> MappingProxyType[str, np.ndarray]:
     """What every look of :func:`all_looks` gives an item of ``role``, as arrays over the looks (rows of
     the probability tables: attribute values): computed once for each of the few roles."""
     looks = all_looks()
@@ -248,7 +253,7 @@ def _look_parameters(role: str) -> dict[str, np.ndarray]:
     }
     for values in parameters.values():
         values.flags.writeable = False  # shared by every call
-    return parameters
+    return MappingProxyType(parameters)
 
 
 def log_likelihoods(categories: list[str], items: list[Item]) -> np.ndarray:
