@@ -37,7 +37,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from ctl_lightning.benchmarks import bounds, ddp_sweep, setup
-from ctl_lightning.benchmarks.gpu_report import BENCH_COMPILE_MODES, STEPS_PER_CALL, measured_epoch, step_label, table
+from ctl_lightning.benchmarks.gpu_report import BENCH_COMPILE_MODES, STEPS_PER_CALL, measured_epoch, profile_name, step_label, table
 from ctl_lightning.benchmarks.machine import machine_info
 from ctl_lightning.benchmarks.release_scale import replicate_ctl
 from ctl_lightning.data.datamodules import TripletsDataModule
@@ -387,14 +387,14 @@ def seed_scale(results: dict, out: Path, data: Path, smoke: bool, gpu: bool, sav
         for cuda_graph in (False, True) if freeze and gpu else (False,) if freeze else ():
             part(results["epochs"], None, epoch, dm, gpu, freeze, True, STEPS_PER_CALL, cuda_graph)
         trace = out / f"profile-{'frozen' if freeze else 'finetune'}.txt"
-        part(results["profiles"], recipe(freeze), profile_steps, dm, gpu, freeze, trace)  # through the device store
+        part(results["profiles"], profile_name(recipe(freeze), step_label(None)), profile_steps, dm, gpu, freeze, trace)  # device store
     for mode in (BENCH_COMPILE_MODES if gpu else BENCH_COMPILE_MODES[:1]) if "compile" in parts else ():
         part(results["epochs"], None, epoch, dm, gpu, False, True, compile=mode)
         if gpu:  # what bounds the compiled step (it compiles again, from inductor's cache)
             trace = out / f"profile-finetune-{mode}.txt"
             part(
                 results["profiles"],
-                f"{recipe(False)}, {step_label(None, compile=mode)}",
+                profile_name(recipe(False), step_label(None, compile=mode)),
                 profile_steps,
                 dm,
                 gpu,

@@ -19,12 +19,21 @@ def step_label(steps_per_call: int | None, cuda_graph: bool = False, compile: st
     return f"{steps_per_call} steps a call" + (", CUDA graph" if cuda_graph else "")
 
 
-def _frozen_epoch(*step) -> Callable[[dict], float]:
-    return lambda r: measured_epoch(r, "frozen + feature cache", "device store", step_label(*step))["epoch_s"]
+def profile_name(recipe: str, step: str) -> str:
+    """The key of a device-store run's profiler trace: the recipe's for its plain step, else with the step."""
+    return recipe if step == step_label(None) else f"{recipe}, {step}"
+
+
+def _device_store_epoch(recipe: str, step: str) -> Callable[[dict], float]:
+    return lambda r: measured_epoch(r, recipe, "device store", step)["epoch_s"]
 
 
 def _fine_tuning_epoch(compile: str | None) -> Callable[[dict], float]:
-    return lambda r: measured_epoch(r, "fine-tuning", "device store", step_label(None, compile=compile))["epoch_s"]
+    return _device_store_epoch("fine-tuning", step_label(None, compile=compile))
+
+
+def _frozen_epoch(*step) -> Callable[[dict], float]:
+    return _device_store_epoch("frozen + feature cache", step_label(*step))
 
 
 GOALS = (  # (figure, how to read it from the results, goal text, test)
@@ -106,9 +115,7 @@ def table(results: dict) -> str:
             step = e.get("step", step_label(None))
             base = next((b for b in epochs if b["recipe"] == e["recipe"] and b["path"] == "loader"), None)
             speed_up = f"{base['epoch_s'] / e['epoch_s']:.1f}x" if base else "-"  # no loader run of the recipe in this run
-            plain = e["path"] == "device store" and step == step_label(None)
-            # The plain step's trace is the recipe's; a compiled step's is named by its step too.
-            p = results.get("profiles", {}).get(e["recipe"] if plain else f"{e['recipe']}, {step}")
+            p = results.get("profiles", {}).get(profile_name(e["recipe"], step)) if e["path"] == "device store" else None
             traced = f"{p['gpu_kernel_ms_per_step']:.2f} ({p['kernels_per_step']:.0f} kernels)" if p else ""
             lines.append(
                 f"| {e['recipe']} | {step} | {e['path']} | **{e['epoch_s']:.2f}** | {1000 * e['epoch_s'] / e['steps']:.2f} | {e['triplets_per_s']:,.0f} | "

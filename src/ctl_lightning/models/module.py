@@ -49,6 +49,21 @@ FEATURE_CACHE_CHOICES = ("auto", True, False)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+def check_compile(mode: str, backend: str, steps_per_call: int | None) -> None:
+    """One-line errors for model.compile settings torch.compile cannot run."""
+    if mode not in COMPILE_MODES:
+        raise CtlError(f"model.compile must be null or one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    backends = torch.compiler.list_backends(exclude_tags=())
+    if backend not in backends:
+        raise CtlError(f"model.compile_backend={backend!r} is not a torch.compile backend: {', '.join(backends)}")
+    if mode != "default" and backend != "inductor":
+        raise CtlError(
+            f"model.compile={mode} is a mode of the inductor backend; model.compile_backend={backend} takes model.compile=default"
+        )
+    if steps_per_call is not None:
+        raise CtlError("model.compile and model.steps_per_call are two ways to speed up the step: set one of them to null")
+
+
 def normalization(mean, std) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel ``scale, bias`` with ``x * scale + bias == (x / 255 - mean) / std``."""
     mean, std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
@@ -89,17 +104,8 @@ class CompatibilityModule(pl.LightningModule):
         super().__init__()
         if feature_cache not in FEATURE_CACHE_CHOICES:
             raise CtlError(f"model.feature_cache must be auto, true or false, got {feature_cache!r}")
-        if compile is not None and compile not in COMPILE_MODES:
-            raise CtlError(f"model.compile must be null or one of {', '.join(COMPILE_MODES)}, got {compile!r}")
-        backends = torch.compiler.list_backends(exclude_tags=()) if compile is not None else []
-        if compile is not None and compile_backend not in backends:
-            raise CtlError(f"model.compile_backend={compile_backend!r} is not a torch.compile backend: {', '.join(backends)}")
-        if compile not in (None, "default") and compile_backend != "inductor":
-            raise CtlError(
-                f"model.compile={compile} is a mode of the inductor backend; model.compile_backend={compile_backend} takes model.compile=default"
-            )
-        if compile is not None and steps_per_call is not None:
-            raise CtlError("model.compile and model.steps_per_call are two ways to speed up the step: set one of them to null")
+        if compile is not None:
+            check_compile(compile, compile_backend, steps_per_call)
         self.backbone_name = backbone
         self.backbone = create_backbone(backbone, pretrained=pretrained, weights=weights)
         data_config = timm.data.resolve_model_data_config(self.backbone)
@@ -141,7 +147,7 @@ class CompatibilityModule(pl.LightningModule):
             self.member_steps = MemberSteps(self.head, self.loss, cuda_graph)
             self.automatic_optimization = False
         # The training step's embedding (embed_input): compiled by setup("fit") when model.compile names
-        # a mode; validation, test and predict stay eager.
+        # a mode (see embed); validation, test and predict stay eager.
         self.compile_mode, self.compile_backend = compile, compile_backend
         self.compiled_embed: Callable | None = None
 
@@ -157,7 +163,7 @@ class CompatibilityModule(pl.LightningModule):
             self.backbone.to(memory_format=torch.channels_last)
         if self.compile_mode is not None and stage == "fit":
             # Fusion cuts the step's kernel launches, and the CUDA-graph modes replay them. The row count
-            # is traced as a variable (train_embed marks it), so one compiled graph serves every batch;
+            # is traced as a variable (embed marks it), so one compiled graph serves every batch;
             # a CUDA graph, of fixed shape, is still recorded for each row count met.
             self.compiled_embed = torch.compile(self.embed_input, mode=self.compile_mode, backend=self.compile_backend)
 
@@ -266,17 +272,17 @@ class CompatibilityModule(pl.LightningModule):
         (a CUDA graph would copy it before every replay)."""
         return self.head(self.features_of(x, from_cache))
 
-    def train_embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The training step's embeddings: compiled where model.compile asks for it."""
+    def embed(self, batch: dict[str, torch.Tensor], compiled: bool = False) -> torch.Tensor:
+        """The batch's embeddings; ``compiled``: through the step model.compile compiled, where it did."""
         x, from_cache = self.step_input(batch), self.cached_features is not None
-        if self.compiled_embed is None:
+        if not compiled or self.compiled_embed is None:
             return self.embed_input(x, from_cache)
         torch._dynamo.maybe_mark_dynamic(x, 0)  # the row count varies with deduplication: a variable of the graph
         return self.compiled_embed(x, from_cache)
 
     # ---------------------------------------------------------------------------------------- fit
     def _triplet_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor | None:
-        embeddings = self.train_embed(batch) if stage == "train" else self.head(self.features(batch))
+        embeddings = self.embed(batch, compiled=stage == "train")
         n = len(batch["triplets"])
         loss = None
         # Validation outfits have no class (label -1): a class loss such as SoftTriple has no value on them.

@@ -225,10 +225,11 @@ def sample_item(look: Look, category: str, rng: np.random.Generator) -> Item:
     )
 
 
-def all_looks() -> list[Look]:
+@functools.cache
+def all_looks() -> tuple[Look, ...]:
     """Every look, in the order of :func:`log_likelihoods`' last axis (a uniform prior over them)."""
     ranges = (HUES, len(SCHEMES), len(KEYS), len(FORMALITY), len(LOUD_PATTERNS), len(CARRIERS))
-    return [Look(*values) for values in itertools.product(*(range(n) for n in ranges))]
+    return tuple(Look(*values) for values in itertools.product(*(range(n) for n in ranges)))
 
 
 def _normal(x: np.ndarray, mu: np.ndarray, sigma: float) -> np.ndarray:
