@@ -1,8 +1,8 @@
 """How far a change of kernels moves the fine-tuning recipe's losses, step by step (GPU.md, session 12).
 
-    python experiments/benchmarks/compile_rounding.py [--data .bench-data/compile-rounding] [--batches 8]
+    python experiments/benchmarks/compile_rounding.py [--data .bench-data/compile-rounding] [--batches 8] [--seeds 0 1 2]
 
-The same tiny fine-tuning run (ResNet18 from random weights, 32 px, dropout 0 so that nothing is drawn
+For each seed (the initial weights and the triplets sampled), the same tiny fine-tuning run (ResNet18 from random weights, 32 px, dropout 0 so that nothing is drawn
 at random inside the step, Adam, two epochs of at most ``--batches`` batches through the device store:
 7 are all the tiny world has), five ways:
 
@@ -11,8 +11,8 @@ at random inside the step, Adam, two epochs of at most ``--batches`` batches thr
 * ``model.compile=default`` with inductor: the graph compiled into its own kernels (about a minute on 2 cores);
 * eager with oneDNN off: PyTorch's own convolution kernels instead of oneDNN's, the same math rounded otherwise.
 
-It prints each run's largest |loss - eager loss| over its first steps and over all of them, and writes
-every loss to ``experiments/benchmarks/compile-rounding.json``.
+It prints, for each way, the mean ± std over the seeds of |loss - eager loss| at each of the first
+steps and of its largest over the run, and writes every loss to ``experiments/benchmarks/compile-rounding.json``.
 """
 
 from __future__ import annotations
@@ -46,9 +46,9 @@ class _Losses(pl.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
-def fit(dm, batches: int, compiled: dict, onednn: bool) -> tuple[list[float], float]:
-    pl.seed_everything(0, verbose=False)
-    model = setup.model("resnet18", pretrained=False, freeze_backbone=False, feature_cache=False, dropout=0.0, **compiled)
+def fit(dm, seed: int, batches: int, compiled: dict, onednn: bool) -> tuple[list[float], float]:
+    pl.seed_everything(seed, verbose=False)
+    model = setup.model("resnet18", pretrained=False, seed=seed, freeze_backbone=False, feature_cache=False, dropout=0.0, **compiled)
     losses = _Losses()
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -72,26 +72,36 @@ def fit(dm, batches: int, compiled: dict, onednn: bool) -> tuple[list[float], fl
     return losses.losses, time.perf_counter() - start
 
 
+def _spread(values: np.ndarray) -> str:
+    return f"{values.mean():.1e} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.1e}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=".bench-data/compile-rounding")
     parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
-    dm = setup.datamodule(Path(args.data), outfits=150, image_size=32, batch_size=64, triplets_per_outfit=4)
-    dm.device_store = True  # the GPU's data path, here on the CPU: gathered and deduplicated after the transfer
-    runs = {}
-    for name, (compiled, onednn) in RUNS.items():
-        losses, seconds = fit(dm, args.batches, compiled, onednn)
-        runs[name] = {"losses": losses, "fit_s": seconds}
-    reference = np.array(runs["eager"]["losses"])
-    for name, run in runs.items():
-        gaps = np.abs(np.array(run["losses"]) - reference)
-        run["abs_gap"] = gaps.tolist()
-        first = ", ".join(f"{g:.1e}" for g in gaps[:4])
-        print(f"{name:22s} fit {run['fit_s']:6.1f} s   |loss - eager| first steps: {first}   largest: {gaps.max():.1e}")
-    OUT.write_text(
-        json.dumps({"command": "python experiments/benchmarks/compile_rounding.py", "batches": args.batches, "runs": runs}, indent=2) + "\n"
-    )
+    runs: dict[str, list[dict]] = {name: [] for name in RUNS}
+    for seed in args.seeds:
+        dm = setup.datamodule(Path(args.data), outfits=150, image_size=32, batch_size=64, triplets_per_outfit=4, seed=42 + seed)
+        dm.device_store = True  # the GPU's data path, here on the CPU: gathered and deduplicated after the transfer
+        for name, (compiled, onednn) in RUNS.items():
+            losses, seconds = fit(dm, seed, args.batches, compiled, onednn)
+            runs[name].append({"seed": seed, "losses": losses, "fit_s": seconds})
+        for name in RUNS:
+            run, reference = runs[name][-1], runs["eager"][-1]
+            run["abs_gap"] = np.abs(np.array(run["losses"]) - np.array(reference["losses"])).tolist()
+    summary = {}
+    for name, seeded in runs.items():
+        gaps = np.array([run["abs_gap"] for run in seeded])  # [seeds, steps]
+        summary[name] = {"first_steps": [_spread(gaps[:, step]) for step in range(4)], "largest": _spread(gaps.max(axis=1))}
+        print(
+            f"{name:22s} |loss - eager| (mean ± std over {len(args.seeds)} seeds) first steps: "
+            f"{', '.join(summary[name]['first_steps'])}   largest: {summary[name]['largest']}"
+        )
+    record = {"command": "python experiments/benchmarks/compile_rounding.py", "batches": args.batches, "seeds": args.seeds}
+    OUT.write_text(json.dumps({**record, "summary": summary, "runs": runs}, indent=2) + "\n")
     print(f"wrote {OUT}")
 
 

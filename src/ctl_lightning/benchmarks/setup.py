@@ -45,8 +45,8 @@ def datamodule(
     return dm
 
 
-def model(backbone: str = "tf_efficientnet_lite0", pretrained: bool = True, **kwargs) -> CompatibilityModule:
-    torch.manual_seed(0)
+def model(backbone: str = "tf_efficientnet_lite0", pretrained: bool = True, seed: int = 0, **kwargs) -> CompatibilityModule:
+    torch.manual_seed(seed)  # the head's (and a random backbone's) initial weights
     return CompatibilityModule(
         loss=TripletLoss(0.2),
         optimizer=lambda params: torch.optim.Adam(params, lr=1e-3),
