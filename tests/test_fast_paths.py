@@ -248,8 +248,9 @@ def recording_aot_eager(graph, example_inputs):
     ids=["fine-tuning", "last stage over the feature cache"],
 )
 def test_compiled_training_step_trains_exactly_like_the_eager_one(data_dir, tmp_path, recipe):
-    """``model.compile`` traces the training step's embedding (the whole backbone, or the last stage over
-    the cached trunk's maps, then the head) into one graph for any row count. The aot_eager backend runs
+    """``model.compile`` traces the training step's model work (the whole backbone, or the last stage over
+    the cached trunk's maps, then the head, the loss and the triplet accuracy) into one graph for any
+    row count. The aot_eager backend runs
     that traced graph, forward and backward, with eager kernels: the same losses step by step, weights
     and BatchNorm statistics show that the capture changes nothing (batch statistics, running buffers,
     the row count of each deduplicated batch, dropout's draws). The cache itself is no input of the
@@ -264,13 +265,14 @@ def test_compiled_training_step_trains_exactly_like_the_eager_one(data_dir, tmp_
     counters.clear()
     GRAPH_INPUTS.clear()
     compile_ = ["model.compile=default", "model.compile_backend=recording_aot_eager"]
-    compiled, compiled_model, _, _ = _fit(data_dir, tmp_path / "compiled", *compile_, *recipe)
+    compiled, compiled_model, datamodule, _ = _fit(data_dir, tmp_path / "compiled", *compile_, *recipe)
     graphs, breaks = counters["stats"]["unique_graphs"], dict(counters["graph_break"])
     eager, eager_model, _, _ = _fit(data_dir, tmp_path / "eager", *recipe)
     assert graphs == 1 and breaks == {}  # every step ran the one captured graph, whole
     cache = compiled_model.cached_features
     assert (cache is not None) == ("model.feature_cache=true" in recipe)
     assert cache is None or tuple(cache.shape) not in GRAPH_INPUTS
+    assert (datamodule.batch_size, 3) in GRAPH_INPUTS  # the batch's triplets: the loss is in the graph
     assert len(compiled) == len(eager) == 12
     np.testing.assert_allclose(compiled, eager, atol=1e-6, rtol=0)
     eager_state = eager_model.state_dict()
@@ -294,3 +296,23 @@ def test_compile_settings_that_cannot_run_are_one_line_errors(settings, message)
 
     with pytest.raises(CtlError, match=message):
         CompatibilityModule(loss=TripletLoss(), optimizer=torch.optim.Adam, backbone="resnet18", pretrained=False, **settings)
+
+
+def test_fused_adam_trains_like_the_default_update(data_dir, tmp_path):
+    """``optimizer.fused=true`` (Adam's update in one kernel: on a GPU it cuts the step's host time,
+    experiments/benchmarks/GPU.md) is the same optimisation: the head-only recipe over the feature
+    cache gives the default update's losses step by step and its weights, up to the last bits' rounding."""
+    recipe = ["model.trainable_stages=0", "model.feature_cache=true", "+trainer.limit_train_batches=6", "+trainer.limit_val_batches=2"]
+    fused, fused_model = _training_losses(data_dir, tmp_path / "fused", "optimizer.fused=true", *recipe)
+    default, default_model = _training_losses(data_dir, tmp_path / "default", *recipe)
+    assert fused_model.optimizers().optimizer.defaults["fused"] is True
+    assert default_model.optimizers().optimizer.defaults["fused"] is None
+    assert len(fused) == len(default) == 12
+    np.testing.assert_allclose(fused, default, atol=1e-5, rtol=0)
+    # The first Linear's bias, and the running mean it shifts, are left out: BatchNorm subtracts that
+    # bias again, so its gradient is rounding noise, which Adam turns into full steps under either
+    # update (as in tests/test_member_steps.py).
+    default_state = default_model.head.state_dict()
+    for name, value in fused_model.head.state_dict().items():
+        if name not in ("0.bias", "1.running_mean"):
+            torch.testing.assert_close(value, default_state[name], atol=1e-4, rtol=0, msg=name)

@@ -146,10 +146,10 @@ class CompatibilityModule(pl.LightningModule):
             check_recipe(self)
             self.member_steps = MemberSteps(self.head, self.loss, cuda_graph)
             self.automatic_optimization = False
-        # The training step's embedding (embed_input): compiled by setup("fit") when model.compile names
-        # a mode (see embed); validation, test and predict stay eager.
+        # The training step's model work (score): compiled by setup("fit") when model.compile names a
+        # mode; validation, test and predict stay eager.
         self.compile_mode, self.compile_backend = compile, compile_backend
-        self.compiled_embed: Callable | None = None
+        self.compiled_score: Callable | None = None
 
     def setup(self, stage: str) -> None:
         if self.steps_per_call is not None and stage == "fit" and self.trainer.world_size > 1:
@@ -163,9 +163,9 @@ class CompatibilityModule(pl.LightningModule):
             self.backbone.to(memory_format=torch.channels_last)
         if self.compile_mode is not None and stage == "fit":
             # Fusion cuts the step's kernel launches, and the CUDA-graph modes replay them. The row count
-            # is traced as a variable (embed marks it), so one compiled graph serves every batch;
+            # is traced as a variable (_triplet_step marks it), so one compiled graph serves every batch;
             # a CUDA graph, of fixed shape, is still recorded for each row count met.
-            self.compiled_embed = torch.compile(self.embed_input, mode=self.compile_mode, backend=self.compile_backend)
+            self.compiled_score = torch.compile(self.score, mode=self.compile_mode, backend=self.compile_backend)
 
     # ----------------------------------------------------------------------------------- embedding
     def train(self, mode: bool = True) -> CompatibilityModule:
@@ -267,29 +267,37 @@ class CompatibilityModule(pl.LightningModule):
         return out
 
     def embed_input(self, x: torch.Tensor, from_cache: bool) -> torch.Tensor:
-        """Embeddings from :meth:`step_input`'s tensor, in the head's current mode: what model.compile
-        compiles. The cache's lookup stays outside, so that the whole cache is no input of the graph
-        (a CUDA graph would copy it before every replay)."""
+        """Embeddings from :meth:`step_input`'s tensor, in the head's current mode."""
         return self.head(self.features_of(x, from_cache))
 
-    def embed(self, batch: dict[str, torch.Tensor], compiled: bool = False) -> torch.Tensor:
-        """The batch's embeddings; ``compiled``: through the step model.compile compiled, where it did."""
-        x, from_cache = self.step_input(batch), self.cached_features is not None
-        if not compiled or self.compiled_embed is None:
-            return self.embed_input(x, from_cache)
-        torch._dynamo.maybe_mark_dynamic(x, 0)  # the row count varies with deduplication: a variable of the graph
-        return self.compiled_embed(x, from_cache)
-
-    # ---------------------------------------------------------------------------------------- fit
-    def _triplet_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor | None:
-        embeddings = self.embed(batch, compiled=stage == "train")
-        n = len(batch["triplets"])
+    def score(
+        self, x: torch.Tensor, from_cache: bool, batch: dict[str, torch.Tensor], stage: str
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """A triplet batch's loss (``None`` where it has none) and triplet accuracy, from
+        :meth:`step_input`'s tensor: the step's model work, which model.compile compiles for training.
+        The loss is inside, as on a GPU its many small kernels and their backward cost more host time
+        than the backbone's (experiments/benchmarks/GPU.md). The cache's lookup stays outside, so
+        that the whole cache is no input of the graph (a CUDA graph would copy it before every replay)."""
+        embeddings = self.embed_input(x, from_cache)
         loss = None
         # Validation outfits have no class (label -1): a class loss such as SoftTriple has no value on them.
         if stage == "train" or not self.loss.uses_classes:
             loss = self.loss_value(embeddings, batch, self._loss_triplets(batch, embeddings, stage))
         with torch.no_grad():  # on the device: no host synchronization per step
             accuracy = self.batch_triplet_wins(embeddings.detach(), batch).float().mean()
+        return loss, accuracy
+
+    # ---------------------------------------------------------------------------------------- fit
+    def _triplet_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor | None:
+        x, from_cache, n = self.step_input(batch), self.cached_features is not None, len(batch["triplets"])
+        score = self.score
+        if stage == "train" and self.compiled_score is not None:
+            # A deduplicated batch's row count, and the epoch's last batch's triplet count, vary: each
+            # tensor's first dimension is a variable of the graph, so that it compiles once.
+            for tensor in (x, *batch.values()):
+                torch._dynamo.maybe_mark_dynamic(tensor, 0)
+            score = self.compiled_score
+        loss, accuracy = score(x, from_cache, batch, stage)
         if stage == "train":
             self._record_training_step(loss, accuracy, n)
             self._log_step_loss(loss, n)
