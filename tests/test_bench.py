@@ -83,18 +83,25 @@ def test_gpu_script_smoke_runs_on_the_cpu(tmp_path):
     plain = {
         (recipe, "one batch a call", path) for recipe in ("fine-tuning", "frozen + feature cache") for path in ("loader", "device store")
     }
-    # The frozen recipe's fixed-shape step too, its CUDA-graph variant on a GPU only; the fine-tuning
-    # step compiled, on the CPU with the aot_eager backend and its default mode only.
+    # The frozen recipe's fixed-shape step too, with Adam's default and fused update (its CUDA-graph
+    # variants on a GPU only); the fine-tuning step compiled, on the CPU with the aot_eager backend and
+    # its default mode only.
     fixed_shape = ("frozen + feature cache", "16 steps a call", "device store")
+    fixed_shape_fused = ("frozen + feature cache", "16 steps a call, fused Adam", "device store")
     compiled = ("fine-tuning", "one batch a call, compiled (default)", "device store")
-    assert set(runs) == {*plain, fixed_shape, compiled}
+    assert set(runs) == {*plain, fixed_shape, fixed_shape_fused, compiled}
     assert {e["triplets"] for e in runs.values()} == {128}
-    assert [e["feature_cache_s"] is not None for e in runs.values()] == [False, False, True, True, True, False]
-    assert [e["device_store_load_s"] is not None for e in runs.values()] == [False, True, False, True, True, True]
+    assert [e["feature_cache_s"] is not None for e in runs.values()] == [False, False, True, True, True, True, False]
+    assert [e["device_store_load_s"] is not None for e in runs.values()] == [False, True, False, True, True, True, True]
     assert runs[compiled]["compile_backend"] == "aot_eager" and runs[compiled]["first_epoch_s"] > runs[compiled]["epoch_s"]
     assert runs[compiled]["compiler_counters"]["stats"]["unique_graphs"] == 1 and "graph_break" not in runs[compiled]["compiler_counters"]
     assert results["errors"] == []
-    assert set(results["profiles"]) == {"fine-tuning", "frozen + feature cache", "catalog build"}
+    assert set(results["profiles"]) == {
+        "fine-tuning",
+        "frozen + feature cache",
+        "frozen + feature cache, 16 steps a call, fused Adam",
+        "catalog build",
+    }
     for profile in results["profiles"].values():
         assert (
             profile["host_ms_per_step_profiled"] > 0

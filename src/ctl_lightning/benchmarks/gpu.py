@@ -137,8 +137,9 @@ class _Profile(pl.Callback):
     host's time per step (inflated by the profiler itself: compare the kernel time with the
     unprofiled run's ms a step)."""
 
-    def __init__(self, path: Path, skip: int, active: int):
+    def __init__(self, path: Path, skip: int, active: int, steps_per_batch: int = 1):
         self.path, self.skip, self.active = path, skip, active
+        self.steps = active * steps_per_batch  # optimizer steps traced (several a batch with model.steps_per_call)
         activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
         schedule = torch.profiler.schedule(wait=skip - 1, warmup=1, active=active, repeat=1)
         self.profiler = torch.profiler.profile(activities=activities, schedule=schedule, on_trace_ready=self._write)
@@ -165,9 +166,9 @@ class _Profile(pl.Callback):
         kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA and not e.is_user_annotation]
         self.summary.update(
             {
-                "gpu_kernel_ms_per_step": sum(e.self_device_time_total for e in kernels) / 1000 / self.active,
-                "kernels_per_step": sum(e.count for e in kernels) / self.active,
-                "host_ms_per_step_profiled": sum(e.self_cpu_time_total for e in events) / 1000 / self.active,
+                "gpu_kernel_ms_per_step": sum(e.self_device_time_total for e in kernels) / 1000 / self.steps,
+                "kernels_per_step": sum(e.count for e in kernels) / self.steps,
+                "host_ms_per_step_profiled": sum(e.self_cpu_time_total for e in events) / 1000 / self.steps,
             }
         )
         sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
@@ -182,7 +183,7 @@ def recipe(freeze: bool) -> str:
 def _recipe_model(dm: TripletsDataModule, freeze: bool, **step):
     """ResNet18 for a recipe: the whole network trains, or the frozen backbone feeds the feature cache;
     ``step``: ``steps_per_call`` and ``cuda_graph`` (the frozen recipe's fixed-shape step), or
-    ``compile`` and ``compile_backend``."""
+    ``compile`` and ``compile_backend``; ``fused_adam``."""
     return setup.model(
         "resnet18", pretrained=False, freeze_backbone=freeze, feature_cache="auto", embed_batch_size=dm.eval_batch_size, **step
     )
@@ -200,13 +201,14 @@ def epoch(
     steps_per_call: int | None = None,
     cuda_graph: bool = False,
     compile: str | None = None,
+    fused_adam: bool = False,
 ) -> dict:
     """One measured training epoch of a recipe through a data path (and trainer step: ``steps_per_call``).
     With ``compile`` (a torch.compile mode, see :func:`_compiled`) two epochs: the first compiles, the
-    second is the one shown."""
+    second is the one shown. ``fused_adam``: Adam's update in one kernel (conf/optimizer/adam.yaml)."""
     dm.load_images, dm.device_store, dm.steps_per_call = True, device_store, steps_per_call
     compiled = _compiled(compile, gpu)
-    model = _recipe_model(dm, freeze, steps_per_call=steps_per_call, cuda_graph=cuda_graph, **compiled)
+    model = _recipe_model(dm, freeze, steps_per_call=steps_per_call, cuda_graph=cuda_graph, fused_adam=fused_adam, **compiled)
     clock = _EpochClock()
     callbacks = [*setup.fit_callbacks(dm), clock]
     steps = _steps(dm)
@@ -222,7 +224,7 @@ def epoch(
     total = time.perf_counter() - start
     result = {
         "recipe": recipe(freeze),
-        "step": step_label(steps_per_call, cuda_graph, compiled.get("compile")),
+        "step": step_label(steps_per_call, cuda_graph, compiled.get("compile"), fused_adam),
         "path": "device store" if device_store else "loader",
         "triplets": len(dm.train_triplets),
         "steps": steps,
@@ -258,18 +260,33 @@ def warm_up(dm: TripletsDataModule, gpu: bool) -> None:
         _trainer(gpu, max_epochs=1, limit_train_batches=20 if gpu else 2).fit(model, datamodule=dm)
 
 
-def profile_steps(dm: TripletsDataModule, gpu: bool, freeze: bool, path: Path, compile: str | None = None) -> dict:
-    """A profiler trace of 30 steps after 50 (fewer with --smoke) through the device store, in a fit of
-    its own so that the profiler's cost stays out of the measured epochs; the tables go to ``path``.
-    ``compile``: the step compiled in that mode (:func:`_compiled`), its first step compiling."""
-    dm.load_images, dm.device_store = True, True
-    model = _recipe_model(dm, freeze, **_compiled(compile, gpu))
-    steps = _steps(dm)
-    profiler = _Profile(path, skip=min(50, steps // 4), active=min(30, steps // 4))
+def profile_steps(
+    dm: TripletsDataModule,
+    gpu: bool,
+    freeze: bool,
+    path: Path,
+    compile: str | None = None,
+    steps_per_call: int | None = None,
+    cuda_graph: bool = False,
+    fused_adam: bool = False,
+) -> dict:
+    """A profiler trace of 30 trainer calls after 50 (fewer with --smoke, or with ``steps_per_call``)
+    through the device store, in a fit of its own so that the profiler's cost stays out of the measured
+    epochs; the tables go to ``path``, the summary is per optimizer step. The step as :func:`epoch`
+    takes it; with ``compile`` the first step compiles."""
+    dm.load_images, dm.device_store, dm.steps_per_call = True, True, steps_per_call
+    model = _recipe_model(
+        dm, freeze, steps_per_call=steps_per_call, cuda_graph=cuda_graph, fused_adam=fused_adam, **_compiled(compile, gpu)
+    )
+    calls = int(np.ceil(_steps(dm) / (steps_per_call or 1)))
+    profiler = _Profile(path, skip=max(1, min(50, calls // 4)), active=max(1, min(30, calls // 4)), steps_per_batch=steps_per_call or 1)
     trainer = _trainer(
         gpu, max_epochs=1, limit_train_batches=profiler.skip + profiler.active + 1, callbacks=[*setup.fit_callbacks(dm), profiler]
     )
-    trainer.fit(model, datamodule=dm)
+    try:
+        trainer.fit(model, datamodule=dm)
+    finally:
+        dm.steps_per_call = None
     return {"file": path.name, **profiler.summary}
 
 
@@ -381,27 +398,26 @@ def seed_scale(results: dict, out: Path, data: Path, smoke: bool, gpu: bool, sav
             into[key] = value
         save()
 
+    # The frozen recipe's fixed-shape step: (cuda_graph, fused_adam) of each measured epoch, and of its trace.
+    fixed_shape = ((False, False), (True, False), (True, True)) if gpu else ((False, False), (False, True))
     for freeze in (False, True) if "epochs" in parts else ():
         for device_store in PATHS.values():
             part(results["epochs"], None, epoch, dm, gpu, freeze, device_store)
-        for cuda_graph in (False, True) if freeze and gpu else (False,) if freeze else ():
-            part(results["epochs"], None, epoch, dm, gpu, freeze, True, STEPS_PER_CALL, cuda_graph)
+        for cuda_graph, fused in fixed_shape if freeze else ():
+            part(results["epochs"], None, epoch, dm, gpu, freeze, True, STEPS_PER_CALL, cuda_graph, fused_adam=fused)
         trace = out / f"profile-{'frozen' if freeze else 'finetune'}.txt"
         part(results["profiles"], profile_name(recipe(freeze), step_label(None)), profile_steps, dm, gpu, freeze, trace)  # device store
+        if freeze:  # what bounds the fastest fixed-shape step
+            step = {"steps_per_call": STEPS_PER_CALL, "cuda_graph": fixed_shape[-1][0], "fused_adam": fixed_shape[-1][1]}
+            name = profile_name(recipe(True), step_label(STEPS_PER_CALL, step["cuda_graph"], None, step["fused_adam"]))
+            part(results["profiles"], name, profile_steps, dm, gpu, True, out / "profile-frozen-fixed-shape.txt", **step)
     for mode in (BENCH_COMPILE_MODES if gpu else BENCH_COMPILE_MODES[:1]) if "compile" in parts else ():
-        part(results["epochs"], None, epoch, dm, gpu, False, True, compile=mode)
-        if gpu:  # what bounds the compiled step (it compiles again, from inductor's cache)
+        for fused in (False, True) if gpu else (False,):
+            part(results["epochs"], None, epoch, dm, gpu, False, True, compile=mode, fused_adam=fused)
+        if gpu:  # what bounds the compiled step, with fused Adam (it compiles again, from inductor's cache)
             trace = out / f"profile-finetune-{mode}.txt"
-            part(
-                results["profiles"],
-                profile_name(recipe(False), step_label(None, compile=mode)),
-                profile_steps,
-                dm,
-                gpu,
-                False,
-                trace,
-                compile=mode,
-            )
+            name = profile_name(recipe(False), step_label(None, compile=mode, fused_adam=True))
+            part(results["profiles"], name, profile_steps, dm, gpu, False, trace, compile=mode, fused_adam=True)
     for device_store in PATHS.values() if "catalog" in parts else ():
         part(results["catalog"], None, catalog_build, dm, gpu, device_store)
     if "catalog" in parts:

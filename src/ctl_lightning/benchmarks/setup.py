@@ -45,11 +45,14 @@ def datamodule(
     return dm
 
 
-def model(backbone: str = "tf_efficientnet_lite0", pretrained: bool = True, seed: int = 0, **kwargs) -> CompatibilityModule:
+def model(
+    backbone: str = "tf_efficientnet_lite0", pretrained: bool = True, seed: int = 0, fused_adam: bool = False, **kwargs
+) -> CompatibilityModule:
+    """``fused_adam``: conf/optimizer/adam.yaml's ``fused=true`` (one kernel for the whole update)."""
     torch.manual_seed(seed)  # the head's (and a random backbone's) initial weights
     return CompatibilityModule(
         loss=TripletLoss(0.2),
-        optimizer=lambda params: torch.optim.Adam(params, lr=1e-3),
+        optimizer=lambda params: torch.optim.Adam(params, lr=1e-3, fused=fused_adam or None),
         backbone=backbone,
         pretrained=pretrained,
         **kwargs,
