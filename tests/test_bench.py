@@ -93,7 +93,8 @@ def test_gpu_script_smoke_runs_on_the_cpu(tmp_path):
     assert {e["triplets"] for e in runs.values()} == {128}
     assert [e["feature_cache_s"] is not None for e in runs.values()] == [False, False, True, True, True, True, False]
     assert [e["device_store_load_s"] is not None for e in runs.values()] == [False, True, False, True, True, True, True]
-    assert runs[compiled]["compile_backend"] == "aot_eager" and runs[compiled]["first_epoch_s"] > runs[compiled]["epoch_s"]
+    # Both epochs are timed; which is longer is the host's business (no timing thresholds in tests).
+    assert runs[compiled]["compile_backend"] == "aot_eager" and runs[compiled]["first_epoch_s"] > 0
     assert runs[compiled]["compiler_counters"]["stats"]["unique_graphs"] == 1 and "graph_break" not in runs[compiled]["compiler_counters"]
     assert results["errors"] == []
     assert set(results["profiles"]) == {
