@@ -240,17 +240,19 @@ def recording_aot_eager(graph, example_inputs):
 
 
 @pytest.mark.parametrize(
-    "recipe",
+    "recipe, loss_in_graph",
     [
-        ["model=resnet18", "model.pretrained=false", "model.freeze_backbone=false"],
-        ["model.trainable_stages=1", "model.feature_cache=true"],
+        (["model=resnet18", "model.pretrained=false", "model.freeze_backbone=false"], True),
+        (["model.trainable_stages=1", "model.feature_cache=true"], True),
+        (["model.trainable_stages=1", "model.feature_cache=true", "data.batching=outfits", "loss.miner=batch_hard"], False),
     ],
-    ids=["fine-tuning", "last stage over the feature cache"],
+    ids=["fine-tuning", "last stage over the feature cache", "with a miner, the embedding only"],
 )
-def test_compiled_training_step_trains_exactly_like_the_eager_one(data_dir, tmp_path, recipe):
+def test_compiled_training_step_trains_exactly_like_the_eager_one(data_dir, tmp_path, recipe, loss_in_graph):
     """``model.compile`` traces the training step's model work (the whole backbone, or the last stage over
     the cached trunk's maps, then the head, the loss and the triplet accuracy) into one graph for any
-    row count. The aot_eager backend runs
+    row count; with a miner, whose mined triplets' count depends on the data, the embedding only (a
+    graph holding the loss broke at the miner and compiled again at every step: 30 graphs in 5 steps). The aot_eager backend runs
     that traced graph, forward and backward, with eager kernels: the same losses step by step, weights
     and BatchNorm statistics show that the capture changes nothing (batch statistics, running buffers,
     the row count of each deduplicated batch, dropout's draws). The cache itself is no input of the
@@ -265,14 +267,15 @@ def test_compiled_training_step_trains_exactly_like_the_eager_one(data_dir, tmp_
     counters.clear()
     GRAPH_INPUTS.clear()
     compile_ = ["model.compile=default", "model.compile_backend=recording_aot_eager"]
-    compiled, compiled_model, datamodule, _ = _fit(data_dir, tmp_path / "compiled", *compile_, *recipe)
+    compiled, compiled_model, _, _ = _fit(data_dir, tmp_path / "compiled", *compile_, *recipe)
     graphs, breaks = counters["stats"]["unique_graphs"], dict(counters["graph_break"])
     eager, eager_model, _, _ = _fit(data_dir, tmp_path / "eager", *recipe)
     assert graphs == 1 and breaks == {}  # every step ran the one captured graph, whole
     cache = compiled_model.cached_features
     assert (cache is not None) == ("model.feature_cache=true" in recipe)
     assert cache is None or tuple(cache.shape) not in GRAPH_INPUTS
-    assert (datamodule.batch_size, 3) in GRAPH_INPUTS  # the batch's triplets: the loss is in the graph
+    # The batch's triplets ([n, 3] positions) enter the graph with the loss.
+    assert any(len(shape) == 2 and shape[1] == 3 for shape in GRAPH_INPUTS) == loss_in_graph
     assert len(compiled) == len(eager) == 12
     np.testing.assert_allclose(compiled, eager, atol=1e-6, rtol=0)
     eager_state = eager_model.state_dict()

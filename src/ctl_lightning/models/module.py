@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import pytorch_lightning as pl
@@ -146,10 +147,10 @@ class CompatibilityModule(pl.LightningModule):
             check_recipe(self)
             self.member_steps = MemberSteps(self.head, self.loss, cuda_graph)
             self.automatic_optimization = False
-        # The training step's model work (score): compiled by setup("fit") when model.compile names a
-        # mode; validation, test and predict stay eager.
+        # The training step's model work (score, or with a miner its embedding): compiled by
+        # setup("fit") when model.compile names a mode; validation, test and predict stay eager.
         self.compile_mode, self.compile_backend = compile, compile_backend
-        self.compiled_score: Callable | None = None
+        self.compiled: Callable | None = None
 
     def setup(self, stage: str) -> None:
         if self.steps_per_call is not None and stage == "fit" and self.trainer.world_size > 1:
@@ -165,7 +166,10 @@ class CompatibilityModule(pl.LightningModule):
             # Fusion cuts the step's kernel launches, and the CUDA-graph modes replay them. The row count
             # is traced as a variable (_triplet_step marks it), so one compiled graph serves every batch;
             # a CUDA graph, of fixed shape, is still recorded for each row count met.
-            self.compiled_score = torch.compile(self.score, mode=self.compile_mode, backend=self.compile_backend)
+            # With a miner the mined triplets' count depends on the data: a graph holding the loss would
+            # break there and compile again at every step, so only the embedding is compiled.
+            target = self.score if self.loss.miner is None else self.embed_input
+            self.compiled = torch.compile(target, mode=self.compile_mode, backend=self.compile_backend)
 
     # ----------------------------------------------------------------------------------- embedding
     def train(self, mode: bool = True) -> CompatibilityModule:
@@ -271,14 +275,15 @@ class CompatibilityModule(pl.LightningModule):
         return self.head(self.features_of(x, from_cache))
 
     def score(
-        self, x: torch.Tensor, from_cache: bool, batch: dict[str, torch.Tensor], stage: str
+        self, x: torch.Tensor, from_cache: bool, batch: dict[str, torch.Tensor], stage: str, embed: Callable | None = None
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """A triplet batch's loss (``None`` where it has none) and triplet accuracy, from
-        :meth:`step_input`'s tensor: the step's model work, which model.compile compiles for training.
-        The loss is inside, as on a GPU its many small kernels and their backward cost more host time
-        than the backbone's (experiments/benchmarks/GPU.md). The cache's lookup stays outside, so
-        that the whole cache is no input of the graph (a CUDA graph would copy it before every replay)."""
-        embeddings = self.embed_input(x, from_cache)
+        :meth:`step_input`'s tensor (``embed``: how it is embedded, :meth:`embed_input` by default):
+        the step's model work, which model.compile compiles for training. The loss is inside, as on a
+        GPU its many small kernels and their backward cost more host time than the backbone's
+        (experiments/benchmarks/GPU.md). The cache's lookup stays outside, so that the whole cache is
+        no input of the graph (a CUDA graph would copy it before every replay)."""
+        embeddings = (embed or self.embed_input)(x, from_cache)
         loss = None
         # Validation outfits have no class (label -1): a class loss such as SoftTriple has no value on them.
         if stage == "train" or not self.loss.uses_classes:
@@ -291,12 +296,12 @@ class CompatibilityModule(pl.LightningModule):
     def _triplet_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor | None:
         x, from_cache, n = self.step_input(batch), self.cached_features is not None, len(batch["triplets"])
         score = self.score
-        if stage == "train" and self.compiled_score is not None:
+        if stage == "train" and self.compiled is not None:
             # A deduplicated batch's row count, and the epoch's last batch's triplet count, vary: each
             # tensor's first dimension is a variable of the graph, so that it compiles once.
             for tensor in (x, *batch.values()):
                 torch._dynamo.maybe_mark_dynamic(tensor, 0)
-            score = self.compiled_score
+            score = self.compiled if self.loss.miner is None else partial(self.score, embed=self.compiled)
         loss, accuracy = score(x, from_cache, batch, stage)
         if stage == "train":
             self._record_training_step(loss, accuracy, n)
