@@ -150,7 +150,7 @@ class CompatibilityModule(pl.LightningModule):
         # The training step's model work (score, or with a miner its embedding): compiled by
         # setup("fit") when model.compile names a mode; validation, test and predict stay eager.
         self.compile_mode, self.compile_backend = compile, compile_backend
-        self.compiled: Callable | None = None
+        self.compiled_score: Callable | None = None
 
     def setup(self, stage: str) -> None:
         if self.steps_per_call is not None and stage == "fit" and self.trainer.world_size > 1:
@@ -168,8 +168,8 @@ class CompatibilityModule(pl.LightningModule):
             # a CUDA graph, of fixed shape, is still recorded for each row count met.
             # With a miner the mined triplets' count depends on the data: a graph holding the loss would
             # break there and compile again at every step, so only the embedding is compiled.
-            target = self.score if self.loss.miner is None else self.embed_input
-            self.compiled = torch.compile(target, mode=self.compile_mode, backend=self.compile_backend)
+            compile_ = partial(torch.compile, mode=self.compile_mode, backend=self.compile_backend)
+            self.compiled_score = compile_(self.score) if self.loss.miner is None else partial(self.score, embed=compile_(self.embed_input))
 
     # ----------------------------------------------------------------------------------- embedding
     def train(self, mode: bool = True) -> CompatibilityModule:
@@ -296,12 +296,12 @@ class CompatibilityModule(pl.LightningModule):
     def _triplet_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor | None:
         x, from_cache, n = self.step_input(batch), self.cached_features is not None, len(batch["triplets"])
         score = self.score
-        if stage == "train" and self.compiled is not None:
+        if stage == "train" and self.compiled_score is not None:
             # A deduplicated batch's row count, and the epoch's last batch's triplet count, vary: each
             # tensor's first dimension is a variable of the graph, so that it compiles once.
             for tensor in (x, *batch.values()):
                 torch._dynamo.maybe_mark_dynamic(tensor, 0)
-            score = self.compiled if self.loss.miner is None else partial(self.score, embed=self.compiled)
+            score = self.compiled_score
         loss, accuracy = score(x, from_cache, batch, stage)
         if stage == "train":
             self._record_training_step(loss, accuracy, n)
