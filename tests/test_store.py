@@ -127,7 +127,8 @@ def test_read_matches_the_memory_map_and_leaves_no_page_of_it_resident(dataset):
 
 def test_read_into_a_buffer_and_the_resident_copy_of_every_crop(dataset, monkeypatch):
     """``read(out=)`` fills a reused buffer (the device store's pinned staging) with exactly ``read``'s
-    crops; loading the whole store in chunks, the last one short, gives every crop in row order."""
+    crops; loading the whole store in chunks, the last one short, each read by several threads (more
+    threads than some parts have rows), gives every crop in row order."""
     store = build(dataset)
     rows = np.random.default_rng(1).integers(0, len(store), 40)
     buffer = np.full((len(rows), SIZE, SIZE, 3), 7, dtype=np.uint8)
@@ -141,6 +142,7 @@ def test_read_into_a_buffer_and_the_resident_copy_of_every_crop(dataset, monkeyp
             store.read(rows, out=bad)
     images = np.fromfile(store.path / IMAGES, dtype=np.uint8).reshape(store.images.shape)
     monkeypatch.setattr(device_store, "COPY_BYTES", 8 * SIZE * SIZE * 3)  # 8 rows a chunk
+    monkeypatch.setattr(device_store, "LOAD_THREADS", 3)  # parts of 2 or 3 rows, and of 1 in a short last chunk
     assert len(store) % 8, "the last chunk must be short"
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # cuda: the pinned double-buffered copy
     for device in devices:

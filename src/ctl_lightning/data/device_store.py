@@ -15,8 +15,11 @@ stays as it is; ``true`` applies on any device, which is how the CPU tests run t
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -29,6 +32,10 @@ log = logging.getLogger(__name__)
 
 DEVICE_STORE_CHOICES = ("auto", True, False)
 COPY_BYTES = 1 << 27  # bytes of crops per chunk while loading: bounded host memory at any image size, few copies
+# Threads that read one chunk together: one thread copying from the page cache reached about 3.3 GB/s
+# on the H200 host (the store's load, 0.36 s of a 0.93 s catalog build; GPU.md, session 13), and each
+# ``preadv`` releases the GIL.
+LOAD_THREADS = min(8, os.cpu_count() or 1)
 
 
 def check_setting(device_store, share: float) -> None:
@@ -44,9 +51,18 @@ def _chunks(store: ProductStore) -> list[tuple[int, int]]:
     return [(first, min(first + step, len(store))) for first in range(0, len(store), step)]
 
 
-def _copy_staged(store: ProductStore, pixels: torch.Tensor) -> None:
-    """Fill ``pixels`` on a GPU through two reused pinned buffers: the store reads a chunk into one while
-    the other's copy runs. A read into fresh pageable memory takes a page fault per 4 KiB and is copied
+def _read_chunk(store: ProductStore, first: int, last: int, out: np.ndarray, pool: ThreadPoolExecutor) -> None:
+    """Rows ``[first, last)`` into ``out``, split among the pool's threads, each reading its own
+    consecutive rows (positional reads of one descriptor: no shared file offset)."""
+    bounds = np.linspace(first, last, min(LOAD_THREADS, last - first) + 1).astype(np.int64)
+    parts = [(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
+    for done in [pool.submit(store.read, np.arange(a, b), out=out[a - first : b - first]) for a, b in parts]:
+        done.result()
+
+
+def _copy_staged(store: ProductStore, pixels: torch.Tensor, pool: ThreadPoolExecutor) -> None:
+    """Fill ``pixels`` on a GPU through two reused pinned buffers: the store reads a chunk into one (in
+    ``LOAD_THREADS`` threads) while the other's copy runs. A read into fresh pageable memory takes a page fault per 4 KiB and is copied
     once more by the driver before the transfer; these buffers are faulted in once and copied directly.
     Not yet run on a GPU in this project's measurements (experiments/benchmarks/GPU.md, session 10)."""
     chunks = _chunks(store)
@@ -59,7 +75,7 @@ def _copy_staged(store: ProductStore, pixels: torch.Tensor) -> None:
             if chunk >= 2:
                 copied[slot].synchronize()  # the copy two chunks back has left this buffer
             buffer = staging[slot][: last - first]
-            store.read(np.arange(first, last), out=buffer.numpy())
+            _read_chunk(store, first, last, buffer.numpy(), pool)
             pixels[first:last].copy_(buffer, non_blocking=True)
             copied[slot].record()
         torch.cuda.current_stream().synchronize()
@@ -93,11 +109,12 @@ class ResidentPixels:
                     f"device store: {nbytes / 2**30:.2f} GiB does not fit in {share:.0%} of {free / 2**30:.2f} GiB free; pinned host memory"
                 )
         pixels = torch.empty(shape, dtype=torch.uint8, device=where, pin_memory=where.type == "cpu" and device.type == "cuda")
-        if pixels.device.type == "cpu":
-            for first, last in tqdm(_chunks(store), desc="device store", unit="chunk", leave=False):
-                store.read(np.arange(first, last), out=pixels[first:last].numpy())  # straight into place
-        else:
-            _copy_staged(store, pixels)
+        with ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="device-store") as pool:
+            if pixels.device.type == "cpu":
+                for first, last in tqdm(_chunks(store), desc="device store", unit="chunk", leave=False):
+                    _read_chunk(store, first, last, pixels[first:last].numpy(), pool)  # straight into place
+            else:
+                _copy_staged(store, pixels, pool)
         seconds = time.perf_counter() - start
         log.info(f"device store: {shape[0]} crops ({nbytes / 2**30:.2f} GiB) on {pixels.device} in {seconds:.1f} s")
         return cls(pixels, device, store.fingerprint, seconds)
