@@ -15,6 +15,7 @@ from helpers import REPO
 
 from ctl_lightning.benchmarks import fastpaths, retrieval
 from ctl_lightning.benchmarks.report import goals, goals_section, hosts_of, run_of, with_run, write_report
+from ctl_lightning.data import device_store as resident_pixels
 from ctl_lightning.timing import measure_interleaved
 
 
@@ -109,11 +110,16 @@ def test_gpu_script_smoke_runs_on_the_cpu(tmp_path):
             and profile["kernels_per_step"] == 0
             and (tmp_path / "out" / profile["file"]).stat().st_size > 0
         )
-    assert [c["products"] for c in results["catalog"]] == [results["data"]["products"]] * 2
+    # The loader at the eval batch, then the device store at 1, 4 and 8 times it, each loading the store afresh.
+    catalogs = [(c["path"], c["batch_size"], c["products"]) for c in results["catalog"]]
+    products = results["data"]["products"]
+    assert catalogs == [("loader", 128, products)] + [("device store", size, products) for size in (128, 512, 1024)]
+    assert [c["device_store_load_s"] is not None and c["device_store_load_s"] > 0 for c in results["catalog"]] == [False, *[True] * 3]
+    assert [p["batch_size"] for p in results["pure_inference"]] == [128, 512, 1024]
+    threads = results["store_load_threads"]
+    assert threads["threads"] == resident_pixels.LOAD_THREADS and threads["one_thread_s"] > 0 and threads["threads_s"] > 0
     bounds = results["bounds"]
     assert bounds["eager"]["steps"] == bounds["lightning"]["steps"] == 8 and "cuda graph" not in bounds
-    assert [c["batch_size"] for c in bounds["catalog by batch size"]] == [128, 512, 1024]
-    assert {c["products"] for c in bounds["catalog by batch size"]} == {results["data"]["products"]}
     release = results["release"]
     assert release["products"] == 5 * results["data"]["products"] and release["catalog"]["products"] == release["products"]
     assert release["epoch, fixed-shape step"]["step"] == "16 steps a call" and release["epoch, fixed-shape step"]["epoch_s"] > 0
@@ -122,6 +128,7 @@ def test_gpu_script_smoke_runs_on_the_cpu(tmp_path):
     assert "| frozen + feature cache | 16 steps a call | device store |" in table and "Release scale: 750 outfits, 3,600 products" in table
     assert "fine-tuning, one batch a call, compiled (default): the row shows the second epoch" in table
     assert "Compiled graphs: 1; graph breaks: 0; CUDA graphs skipped: 0." in table
+    assert "| device store | 1,024 |" in table and "with one reading thread" in table
 
 
 @pytest.mark.slow

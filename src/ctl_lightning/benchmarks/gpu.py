@@ -14,8 +14,9 @@ each through both data paths, in the same run, so that every speed-up is a ratio
 * ``device store``: the store's pixels live in GPU memory and a batch is a gather by row id
   (``data.device_store``).
 
-It measures the catalog build (predict of every product, both catalogs written) against pure
-inference, records a profiler trace of each recipe's steps, and repeats the frozen recipe and the
+It measures the catalog build (predict of every product, both catalogs written, the device store
+loaded afresh) at several predict batch sizes against pure inference at the same sizes, and the
+device store's load with one reading thread against several; it records a profiler trace of each recipe's steps, and repeats the frozen recipe and the
 catalog build at the real CTL release's scale (:mod:`ctl_lightning.benchmarks.release_scale`). Its
 ``compile`` part runs the fine-tuning epoch with ``model.compile`` (two epochs: the first compiles).
 Results are written after each part into --out: gpu-results.json, GPU-table.md, profile-*.txt.
@@ -40,17 +41,21 @@ from ctl_lightning.benchmarks import bounds, ddp_sweep, setup
 from ctl_lightning.benchmarks.gpu_report import BENCH_COMPILE_MODES, STEPS_PER_CALL, measured_epoch, profile_name, step_label, table
 from ctl_lightning.benchmarks.machine import machine_info
 from ctl_lightning.benchmarks.release_scale import replicate_ctl
+from ctl_lightning.data import device_store as resident_pixels
 from ctl_lightning.data.datamodules import TripletsDataModule
 from ctl_lightning.data.sources import CtlSource, SyntheticCtl
+from ctl_lightning.data.store import ProductStore
 from ctl_lightning.retrieval.writer import CatalogWriter
 
 SEED_TRIPLETS = 77_494
 PATHS = {"loader": False, "device store": True}  # data.device_store of each data path
-# --parts: seed-scale epochs and profiles, seed-scale catalog builds and profile, what bounds the missed
-# goals (benchmarks/bounds.py), release scale, the README's sweep of DDP jobs (issue 10) on this
+# --parts: seed-scale epochs and profiles, seed-scale catalog builds and profile, what bounds the frozen
+# step (benchmarks/bounds.py), release scale, the README's sweep of DDP jobs (issue 10) on this
 # machine's GPUs, and the fine-tuning epoch with model.compile (its compilation takes minutes: its own call)
 PARTS = ("epochs", "catalog", "bounds", "release", "ddp_sweep", "compile")
-CATALOG_BATCHES = (1, 4, 8)  # the bounds part's predict batch sizes, in multiples of the eval batch size
+# The catalog part's predict batch sizes through the device store, in multiples of the eval batch size
+# (1,024 on a GPU): the host's cost a batch (Lightning's predict loop, the writer) is paid fewer times.
+CATALOG_BATCHES = (1, 4, 8)
 RELEASE_COPIES = 5  # 20,000 seed-scale outfits listed 5 times: about the release's 107,000 outfits
 
 
@@ -310,6 +315,7 @@ def catalog_build(dm: TripletsDataModule, gpu: bool, device_store: bool, profile
         return {"file": profile.name, "batch_size": dm.eval_batch_size, "predict_s (profiled)": predict_s, **profiler.summary}
     return {
         "path": "device store" if device_store else "loader",
+        "batch_size": dm.eval_batch_size,
         "products": products,
         "predict_s": predict_s,
         "device_store_load_s": _store_load(dm, resident),
@@ -319,8 +325,52 @@ def catalog_build(dm: TripletsDataModule, gpu: bool, device_store: bool, profile
     }
 
 
+def _at_batch_sizes(dm: TripletsDataModule, measure, *args) -> list[dict]:
+    """``measure(dm, *args)`` at each of CATALOG_BATCHES' predict batch sizes, the data module's restored after."""
+    size, out = dm.eval_batch_size, []
+    try:
+        for factor in CATALOG_BATCHES:
+            dm.eval_batch_size = factor * size
+            out.append(measure(dm, *args))
+    finally:
+        dm.eval_batch_size = size
+    return out
+
+
+def catalog_builds(dm: TripletsDataModule, gpu: bool) -> list[dict]:
+    """The catalog build through the loader, then through the device store at each predict batch size,
+    each loading the store afresh, as a predict in a new process does."""
+
+    def fresh_store(dm: TripletsDataModule, gpu: bool) -> dict:
+        dm.resident = None
+        return catalog_build(dm, gpu, device_store=True)
+
+    return [catalog_build(dm, gpu, device_store=False), *_at_batch_sizes(dm, fresh_store, gpu)]
+
+
+def store_load_threads(store: ProductStore, gpu: bool, repeats: int = 3) -> dict:
+    """The device store's load (the whole store, read and copied where predict runs) with one reading
+    thread against ``LOAD_THREADS``, alternated, median of ``repeats`` each."""
+    device = torch.device("cuda" if gpu else "cpu")
+    default = resident_pixels.LOAD_THREADS
+    seconds = {1: [], default: []}
+    try:
+        for _ in range(repeats):
+            for threads, times in seconds.items():
+                resident_pixels.LOAD_THREADS = threads
+                start = time.perf_counter()
+                resident_pixels.ResidentPixels.load(store, device, share=1.0)
+                times.append(time.perf_counter() - start)
+    finally:
+        resident_pixels.LOAD_THREADS = default
+    one, many = (float(np.median(times)) for times in seconds.values())
+    gib = len(store) * store.size**2 * 3 / 2**30
+    return {"gib": gib, "threads": default, "one_thread_s": one, "threads_s": many, "speedup": one / many}
+
+
 def pure_inference(dm: TripletsDataModule, gpu: bool) -> dict:
-    """The bound of a catalog build: the model alone on uint8 batches already in host memory or on the device."""
+    """The bound of a catalog build: the model alone on uint8 batches already in host memory or on the
+    device, at the data module's predict batch size."""
     device = torch.device("cuda" if gpu else "cpu")
     model = setup.model("resnet18", pretrained=False, feature_cache=False).to(device).eval()
     if gpu:
@@ -341,23 +391,14 @@ def pure_inference(dm: TripletsDataModule, gpu: bool) -> dict:
             _sync()
             return time.perf_counter() - start
 
-    return {"host_img_per_s": len(rows) / run(host), "device_img_per_s": len(rows) / run(resident)}
+    return {"batch_size": size, "host_img_per_s": len(rows) / run(host), "device_img_per_s": len(rows) / run(resident)}
 
 
 def bounds_part(dm: TripletsDataModule, gpu: bool, trainer_epoch: dict | None) -> dict:
     """benchmarks/bounds.py's floors of the frozen recipe's step next to the trainer's own epoch
-    (``trainer_epoch``, where the epochs part measured it in this run; else measured here), and the
-    catalog build through the device store at larger predict batches, all in this run."""
+    (``trainer_epoch``, where the epochs part measured it in this run; else measured here)."""
     out = {"lightning": trainer_epoch or epoch(dm, gpu, freeze=True, device_store=True)}
-    out |= bounds.step_floor(np.asarray(dm.train_triplets), len(dm.store), dm.batch_size, gpu)
-    size, out["catalog by batch size"] = dm.eval_batch_size, []
-    try:
-        for factor in CATALOG_BATCHES:
-            dm.eval_batch_size = factor * size
-            out["catalog by batch size"].append({"batch_size": dm.eval_batch_size, **catalog_build(dm, gpu, device_store=True)})
-    finally:
-        dm.eval_batch_size = size
-    return out
+    return out | bounds.step_floor(np.asarray(dm.train_triplets), len(dm.store), dm.batch_size, gpu)
 
 
 def seed_scale(results: dict, out: Path, data: Path, smoke: bool, gpu: bool, save, parts: set[str]) -> TripletsDataModule:
@@ -418,10 +459,10 @@ def seed_scale(results: dict, out: Path, data: Path, smoke: bool, gpu: bool, sav
             trace = out / f"profile-finetune-{mode}.txt"
             name = profile_name(recipe(False), step_label(None, compile=mode, fused_adam=True))
             part(results["profiles"], name, profile_steps, dm, gpu, False, trace, compile=mode, fused_adam=True)
-    for device_store in PATHS.values() if "catalog" in parts else ():
-        part(results["catalog"], None, catalog_build, dm, gpu, device_store)
     if "catalog" in parts:
-        part(results, "pure_inference", pure_inference, dm, gpu)
+        part(results, "store_load_threads", store_load_threads, dm.store, gpu)
+        part(results, "catalog", catalog_builds, dm, gpu)
+        part(results, "pure_inference", _at_batch_sizes, dm, pure_inference, gpu)
         part(results["profiles"], "catalog build", catalog_build, dm, gpu, True, out / "profile-predict.txt")
     if "bounds" in parts:
         try:

@@ -57,7 +57,7 @@ GOALS = (  # (figure, how to read it from the results, goal text, test)
         (f"the same, {step_label(STEPS_PER_CALL, *step)} (s)", _frozen_epoch(STEPS_PER_CALL, *step), "<= 1.5 s", lambda v: v <= 1.5)
         for step in ((False,), (True,), (True, None, True))
     ),
-    ("catalog build / pure inference", lambda r: _catalog_ratio(r, "device store"), ">= 0.7", lambda v: v >= 0.7),
+    ("catalog build / pure inference (device store, its best predict batch)", lambda r: _catalog_ratio(r), ">= 0.7", lambda v: v >= 0.7),
     ("release scale: catalog build (s)", lambda r: r["release"]["catalog"]["predict_s"], "<= 10 s", lambda v: v <= 10),
     ("release scale: frozen + cache epoch (s)", lambda r: r["release"]["epoch"]["epoch_s"], "reported", None),
     ("release scale: the same, fixed-shape step (s)", lambda r: r["release"]["epoch, fixed-shape step"]["epoch_s"], "reported", None),
@@ -69,10 +69,17 @@ def measured_epoch(results: dict, recipe: str, path: str, step: str = step_label
     return next(e for e in results["epochs"] if e["recipe"] == recipe and e["path"] == path and e.get("step", step_label(None)) == step)
 
 
-def _catalog_ratio(results: dict, path: str) -> float:
-    """Catalog img/s over pure inference from tensors already on the device (the stricter bound)."""
-    build = next(c for c in results["catalog"] if c["path"] == path)
-    return build["img_per_s"] / results["pure_inference"]["device_img_per_s"]
+def _pure_bound(results: dict) -> float:
+    """Pure inference from tensors already on the device, at its fastest predict batch: the strictest bound."""
+    return max(p["device_img_per_s"] for p in results["pure_inference"])
+
+
+def _catalog_ratio(results: dict) -> float:
+    """The fastest device-store catalog build's img/s over :func:`_pure_bound`."""
+    builds = [c["img_per_s"] for c in results["catalog"] if c["path"] == "device store"]
+    if not builds:
+        raise KeyError("no device-store catalog build measured")
+    return max(builds) / _pure_bound(results)
 
 
 def _gib(record: dict) -> str:
@@ -80,7 +87,7 @@ def _gib(record: dict) -> str:
     return f"{gpu:.1f}" if gpu is not None else "-"
 
 
-def _bounds(b: dict, pure: dict | None) -> list[str]:
+def _bounds(b: dict) -> list[str]:
     def timed(name: str) -> str:
         r = b.get(name, {"error": "not measured (no GPU)"})
         return (
@@ -89,18 +96,11 @@ def _bounds(b: dict, pure: dict | None) -> list[str]:
             else f"{name}: {r['epoch_s']:.2f} s ({r['ms_per_step']:.2f} ms a step, {r['steps']:,} steps)"
         )
 
-    lines = [
+    return [
         "What bounds the frozen recipe's epoch (the same step, this run): "
         + "; ".join([timed("eager"), timed("cuda graph")])
         + f"; through the trainer: {b['lightning']['epoch_s']:.2f} s ({1000 * b['lightning']['epoch_s'] / b['lightning']['steps']:.2f} ms a step).",
-        "",
-        "| catalog build through the device store, predict batch | predict (s) | img/s | / pure inference (on device) | publishing (s) |",
-        "|---|---|---|---|---|",
     ]
-    for c in b["catalog by batch size"]:
-        ratio = f"{c['img_per_s'] / pure['device_img_per_s']:.2f}" if pure else "-"
-        lines.append(f"| {c['batch_size']:,} | {c['predict_s']:.2f} | {c['img_per_s']:,.0f} | {ratio} | {c['publish_s']:.2f} |")
-    return lines
 
 
 def table(results: dict) -> str:
@@ -148,20 +148,32 @@ def table(results: dict) -> str:
                     f"CUDA graphs skipped: {count.get('inductor', {}).get('cudagraph_skips', 0)}."
                 )
     if "pure_inference" in results:
-        pure = results["pure_inference"]
+        pure = ", ".join(
+            f"{p['host_img_per_s']:,.0f} from host memory and {p['device_img_per_s']:,.0f} on the device at batches of {p['batch_size']:,}"
+            for p in results["pure_inference"]
+        )
         lines += [
             "",
-            f"Pure inference (ResNet18 forward + head, no writing): {pure['host_img_per_s']:,.0f} img/s from uint8 batches in host "
-            f"memory, {pure['device_img_per_s']:,.0f} img/s from batches already on the device.",
+            f"Pure inference (ResNet18 forward + head, no writing), img/s from uint8 batches: {pure}.",
             "",
-            "| catalog build | products | predict (s) | img/s | / pure inference (on device) | publishing after the last batch (s) | peak GPU (GiB) |",
-            "|---|---|---|---|---|---|---|",
+            "| catalog build | predict batch | products | predict (s) | of which the store's load (s) | img/s "
+            "| / pure inference (on device, fastest batch) | publishing after the last batch (s) | peak GPU (GiB) |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for c in results["catalog"]:
+            load = "-" if c["device_store_load_s"] is None else f"{c['device_store_load_s']:.2f}"
             lines.append(
-                f"| {c['path']} | {c['products']:,} | {c['predict_s']:.2f} | {c['img_per_s']:,.0f} | "
-                f"**{c['img_per_s'] / pure['device_img_per_s']:.2f}** | {c['publish_s']:.2f} | {_gib(c)} |"
+                f"| {c['path']} | {c['batch_size']:,} | {c['products']:,} | {c['predict_s']:.2f} | {load} | {c['img_per_s']:,.0f} | "
+                f"**{c['img_per_s'] / _pure_bound(results):.2f}** | {c['publish_s']:.2f} | {_gib(c)} |"
             )
+    if "store_load_threads" in results:
+        t = results["store_load_threads"]
+        lines += [
+            "",
+            f"The device store's load ({t['gib']:.2f} GiB, read and copied where predict runs, median of 3): "
+            f"{t['one_thread_s']:.2f} s with one reading thread, {t['threads_s']:.2f} s with {t['threads']} "
+            f"({t['speedup']:.1f}x).",
+        ]
     traced = results.get("profiles", {}).get("catalog build")
     if traced:
         lines += [
@@ -171,7 +183,7 @@ def table(results: dict) -> str:
             f"{traced['host_ms_per_step_profiled']:.2f} ms a batch under the profiler ({traced['file']}).",
         ]
     if "bounds" in results:
-        lines += ["", *_bounds(results["bounds"], results.get("pure_inference"))]
+        lines += ["", *_bounds(results["bounds"])]
     if "ddp_sweep" in results:
         sweep = results["ddp_sweep"]
         jobs = ", ".join(f"margin {j['margin']}: test triplet accuracy {j['test/triplet_accuracy']:.3f}" for j in sweep["jobs"])
