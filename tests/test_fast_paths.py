@@ -16,26 +16,20 @@ from ctl_lightning.pipeline import build
 
 
 class LossRecorder(pl.Callback):
-    """Every optimizer step's loss: one a trainer call, or each of the fixed-shape steps a call runs
-    (``model.steps_per_call``), whose steps it wraps."""
+    """Every optimizer step's loss, as the module records it for the epoch's mean: one a trainer call,
+    or each of the fixed-shape steps a call runs (``model.steps_per_call``)."""
 
     def __init__(self):
         self.losses: list[float] = []
 
     def on_train_start(self, trainer, pl_module):
-        if pl_module.member_steps is not None:
-            steps = pl_module.member_steps
+        record = pl_module._record_training_step
 
-            def recorded(*args):
-                loss, accuracy = steps(*args)
-                self.losses.append(float(loss.detach()))
-                return loss, accuracy
+        def recorded(loss, accuracy, n):
+            self.losses.append(float(loss.detach()))
+            record(loss, accuracy, n)
 
-            pl_module.member_steps = recorded
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if pl_module.automatic_optimization:
-            self.losses.append(float(outputs["loss"]))
+        pl_module._record_training_step = recorded
 
 
 def _fit(data_dir, tmp_path, *overrides: str) -> tuple[list[float], object, object, pl.Trainer]:

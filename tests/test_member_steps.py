@@ -11,6 +11,7 @@ from test_fast_paths import _fit as fit_recording_losses
 
 from ctl_lightning.errors import CtlError, user_error
 from ctl_lightning.losses import TripletLoss
+from ctl_lightning.models import member_steps
 from ctl_lightning.models.heads import EmbeddingHead
 from ctl_lightning.pipeline import build
 
@@ -76,6 +77,10 @@ def test_several_steps_a_call_train_exactly_like_one_batch_a_call(data_dir, tmp_
     assert len(steps) == len(plain) > 10
     assert len(plain) % 5 != 0 and stepped_trainer.global_step == plain_trainer.global_step == len(plain)
     np.testing.assert_allclose(steps, plain, atol=1e-5, rtol=0)
+    _assert_same_training(stepped, stepped_trainer, plain_model, plain_trainer)
+
+
+def _assert_same_training(stepped, stepped_trainer, plain_model, plain_trainer) -> None:
     # The first Linear's bias is left out: BatchNorm subtracts it again, so its gradient is zero but
     # for rounding, which Adam scales up to full steps in either run. So the head is compared in
     # training mode too, where that bias cancels: eval mode subtracts the running mean, which lags it.
@@ -90,6 +95,59 @@ def test_several_steps_a_call_train_exactly_like_one_batch_a_call(data_dir, tmp_
         assert float(stepped_trainer.callback_metrics[key]) == pytest.approx(float(plain_trainer.callback_metrics[key]), abs=1e-5)
 
 
+@pytest.mark.slow
+def test_the_update_recorded_in_the_step_trains_exactly_like_lightnings_update(data_dir, tmp_path, monkeypatch):
+    """``model.cuda_graph=step`` with the CPU standing in for the device and the recorded step replayed
+    eagerly: its warm-up steps leave no trace, Lightning counts every step and updates nothing more, and
+    the epoch's last, smaller batch takes Lightning's update. The same losses step by step, optimizer
+    steps and weights as the fixed-shape step without a graph. The capture itself needs a GPU
+    (bench/gpu.sh)."""
+    monkeypatch.setattr(member_steps, "GRAPH_DEVICES", ("cuda", "cpu"))
+    records = []
+    monkeypatch.setattr(member_steps, "_record", lambda run: records.append(run) or run)
+    steps, stepped, stepped_trainer = _fit(data_dir, tmp_path / "graph", "model.steps_per_call=5", "model.cuda_graph=step")
+    plain, plain_model, plain_trainer = _fit(data_dir, tmp_path / "plain", "model.steps_per_call=5")
+    assert len(records) == 1  # one record serves both epochs
+    assert all(p.grad is None for p in stepped.head.parameters())
+    assert len(steps) == len(plain) > 10 and len(plain) % 5 != 0
+    assert stepped_trainer.global_step == plain_trainer.global_step == len(plain)
+    np.testing.assert_allclose(steps, plain, atol=1e-6, rtol=0)
+    _assert_same_training(stepped, stepped_trainer, plain_model, plain_trainer)
+    saved = stepped.optimizers().optimizer.state_dict()["state"]
+    expected = plain_model.optimizers().optimizer.state_dict()["state"]
+    assert [float(s["step"]) for s in saved.values()] == [float(s["step"]) for s in expected.values()] == [len(plain)] * len(saved)
+
+
+def test_the_warm_up_before_a_record_is_undone():
+    """What StepGraph's warm-up changes, weights, BatchNorm statistics and Adam's state (created by the
+    warm-up, or there before it), is put back exactly."""
+    head = EmbeddingHead(24, hidden_dim=16, embedding_dim=8, dropout=0.0).train()
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.1)
+    features = torch.randn(40, 24)
+
+    def step():
+        optimizer.zero_grad()
+        TripletLoss(margin=0.2)(head(features), None, torch.randint(0, 40, (16, 3))).backward()
+        optimizer.step()
+
+    for steps_before in (0, 2):
+        for _ in range(steps_before):
+            step()
+        before = {k: v.clone() for k, v in head.state_dict().items()}
+        state = {(i, k): v.clone() for i, s in optimizer.state_dict()["state"].items() for k, v in s.items()}
+        restore = member_steps._snapshot(head, optimizer)
+        for _ in range(3):
+            step()
+        assert not torch.equal(head.state_dict()["0.weight"], before["0.weight"])
+        restore()
+        for k, v in head.state_dict().items():
+            assert torch.equal(v, before[k]), k
+        after = {(i, k): v for i, s in optimizer.state_dict()["state"].items() for k, v in s.items()}
+        assert set(after) == {(i, k) for i in range(len(list(head.parameters()))) for k in ("step", "exp_avg", "exp_avg_sq")}
+        for key, value in after.items():
+            assert torch.equal(value, state[key]) if state else not value.any(), key
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -99,6 +157,7 @@ def test_several_steps_a_call_train_exactly_like_one_batch_a_call(data_dir, tmp_
         (["model.steps_per_call=4", "loss=softtriple"], "a loss without classes"),
         (["model.steps_per_call=4", "loss.miner=batch_hard"], "loss.miner=none"),
         (["model.cuda_graph=true"], "needs model.steps_per_call"),
+        (["model.steps_per_call=4", "model.cuda_graph=always"], "model.cuda_graph must be false, true or step, got 'always'"),
         (["model.steps_per_call=4", "data.batching=outfits"], "data.batching=triplets"),
     ],
 )
@@ -108,9 +167,24 @@ def test_other_recipes_are_a_clear_error(data_dir, tmp_path, overrides, message)
     assert message in str(user_error(raised.value))
 
 
-def test_cuda_graph_on_the_cpu_is_a_clear_error(data_dir, tmp_path):
-    with pytest.raises(CtlError, match=r"model\.cuda_graph=true needs a CUDA device; this run trains on cpu"):
-        _fit(data_dir, tmp_path, "model.steps_per_call=2", "model.cuda_graph=true", "+trainer.limit_train_batches=1")
+@pytest.mark.parametrize("graph", ["true", "step"])
+def test_cuda_graph_on_the_cpu_is_a_clear_error(data_dir, tmp_path, graph):
+    with pytest.raises(CtlError, match=rf"model\.cuda_graph={graph} needs a CUDA device; this run trains on cpu"):
+        _fit(data_dir, tmp_path, "model.steps_per_call=2", f"model.cuda_graph={graph}", "+trainer.limit_train_batches=1")
+
+
+def test_an_update_recorded_in_the_step_refuses_other_optimizers_and_a_gradient_scaler(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(member_steps, "GRAPH_DEVICES", ("cuda", "cpu"))
+    with pytest.raises(CtlError, match=r"model\.cuda_graph=step records Adam's update \(optimizer=adam\), not SGD"):
+        _fit(
+            data_dir, tmp_path / "sgd", "model.steps_per_call=2", "model.cuda_graph=step", "optimizer=sgd", "+trainer.limit_train_batches=1"
+        )
+    _, model, _ = build(compose_config("train", tmp_path, data_dir, [*TINY, "model.steps_per_call=2", "model.cuda_graph=step"]))
+    from types import SimpleNamespace
+
+    model._trainer = SimpleNamespace(world_size=1, precision_plugin=SimpleNamespace(scaler=object()), precision="16-mixed")
+    with pytest.raises(CtlError, match=r"without the gradient scaler trainer\.precision=16-mixed needs"):
+        model.setup("fit")
 
 
 def test_ddp_is_a_clear_error(data_dir, tmp_path):

@@ -42,7 +42,7 @@ from ctl_lightning.evaluation.metrics import triplet_wins
 from ctl_lightning.models.backbones import check_split, create_backbone, run_modules, split_after_stages
 from ctl_lightning.models.epoch_means import EpochMeans
 from ctl_lightning.models.heads import EmbeddingHead
-from ctl_lightning.models.member_steps import MemberSteps, check_recipe
+from ctl_lightning.models.member_steps import CUDA_GRAPH_CHOICES, MemberSteps, check_recipe
 from ctl_lightning.models.subspaces import CategorySubspaces
 
 FEATURE_CACHE_CHOICES = ("auto", True, False)
@@ -98,7 +98,7 @@ class CompatibilityModule(pl.LightningModule):
         input_size: int | None = None,
         embed_batch_size: int = 256,
         steps_per_call: int | None = None,
-        cuda_graph: bool = False,
+        cuda_graph: bool | str = False,
         compile: str | None = None,
         compile_backend: str = "inductor",
     ):
@@ -141,6 +141,8 @@ class CompatibilityModule(pl.LightningModule):
         # fixed-shape steps a call (models/member_steps.py), the data module grouping their batches.
         self.steps_per_call = steps_per_call
         self.member_steps: MemberSteps | None = None
+        if cuda_graph not in CUDA_GRAPH_CHOICES:
+            raise CtlError(f"model.cuda_graph must be false, true or step, got {cuda_graph!r}")
         if cuda_graph and steps_per_call is None:
             raise CtlError("model.cuda_graph=true needs model.steps_per_call (a number of steps, e.g. 16)")
         if steps_per_call is not None:
@@ -157,6 +159,12 @@ class CompatibilityModule(pl.LightningModule):
             raise CtlError(
                 f"model.steps_per_call runs several backward passes in one trainer call, which DDP's gradient "
                 f"synchronisation does not allow (world size {self.trainer.world_size}); set model.steps_per_call=null"
+            )
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if self.member_steps is not None and self.member_steps.cuda_graph == "step" and stage == "fit" and scaler is not None:
+            raise CtlError(
+                f"model.cuda_graph=step records Adam's update without the gradient scaler trainer.precision="
+                f"{self.trainer.precision} needs: use bf16-mixed or 32-true, or model.cuda_graph=true"
             )
         if self.trainer.strategy.root_device.type == "cuda":
             # The layout normalize_images gives: convolutions then run without a transpose each
@@ -333,9 +341,14 @@ class CompatibilityModule(pl.LightningModule):
         optimizer = self.optimizers()
         size = batch["step_size"]
         for rows in batch["step_rows"].split(size):
-            loss, accuracy = self.member_steps(self.cached_features, rows, size)
-            optimizer.zero_grad()
-            self.manual_backward(loss)
+            if self.member_steps.in_graph_update(rows, size):
+                loss, accuracy = self.member_steps.optimizer_step(self.cached_features, rows, optimizer.optimizer)
+            else:
+                loss, accuracy = self.member_steps(self.cached_features, rows, size)
+                optimizer.zero_grad()
+                self.manual_backward(loss)
+            # After an update in the graph the parameters hold no gradient: this only counts the step and
+            # calls Lightning's hooks.
             optimizer.step()
             self._record_training_step(loss.detach(), accuracy, len(rows))
         loss = loss.detach().clone()  # a graph's output is overwritten by its next replay
