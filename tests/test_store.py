@@ -6,7 +6,9 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -147,7 +149,46 @@ def test_read_into_a_buffer_and_the_resident_copy_of_every_crop(dataset, monkeyp
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # cuda: the pinned double-buffered copy
     for device in devices:
         resident = device_store.ResidentPixels.load(store, torch.device(device), share=1.0)
-        assert resident.on_device and np.array_equal(resident.pixels.cpu().numpy(), images)
+        assert resident.wait() > 0 and resident.on_device and np.array_equal(resident.pixels.cpu().numpy(), images)
+
+
+def test_reads_wait_only_for_the_chunks_their_rows_are_in(dataset, monkeypatch):
+    """The load goes on in the background: a read of the first chunk's rows returns while a later chunk
+    is held back, a read that needs it waits for it, and a failed read is a one-line error naming the
+    store, raised to the reader that waits for its rows."""
+    store = build(dataset)
+    images = np.fromfile(store.path / IMAGES, dtype=np.uint8).reshape(store.images.shape)
+    monkeypatch.setattr(device_store, "COPY_BYTES", 8 * SIZE * SIZE * 3)  # 8 rows a chunk
+    release, real_read = threading.Event(), device_store._read_chunk
+
+    def held(store, first, last, out, pool):
+        if first >= 16:  # the third chunk on waits for the test
+            assert release.wait(30)
+        real_read(store, first, last, out, pool)
+
+    monkeypatch.setattr(device_store, "_read_chunk", held)
+    resident = device_store.ResidentPixels.load(store, torch.device("cpu"), share=1.0)
+    early = torch.tensor([15, 0, 9])
+    assert np.array_equal(resident.gather(early).numpy(), images[early.numpy()])
+    waiting = threading.Thread(target=lambda: resident.gather(torch.tensor([3, len(store) - 1])))
+    waiting.start()
+    waiting.join(0.5)
+    assert waiting.is_alive() and resident._loading is not None  # it waits for the last chunk
+    release.set()
+    waiting.join(30)
+    assert not waiting.is_alive() and resident._loading is None
+    assert np.array_equal(resident.pixels.numpy(), images)
+
+    def failing(store, first, last, out, pool):
+        if first >= 8:
+            raise OSError("disk gone")
+        real_read(store, first, last, out, pool)
+
+    monkeypatch.setattr(device_store, "_read_chunk", failing)
+    resident = device_store.ResidentPixels.load(store, torch.device("cpu"), share=1.0)
+    assert np.array_equal(resident.read(np.arange(8)).numpy(), images[:8])
+    with pytest.raises(CtlError, match=rf"device store: loading {re.escape(str(store.path))} failed: disk gone"):
+        resident.read(np.array([8]))
 
 
 def test_a_store_file_cut_short_is_an_error_not_old_pixels(dataset, monkeypatch):

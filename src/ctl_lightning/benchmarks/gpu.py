@@ -109,7 +109,7 @@ def _store_load(dm: TripletsDataModule, before) -> float | None:
     (the release catalog build reuses the epoch's), ``None`` on the loader path."""
     if dm.resident is None:
         return None
-    return dm.resident.seconds if dm.resident is not before else 0.0
+    return dm.resident.wait() if dm.resident is not before else 0.0
 
 
 def _memory() -> dict:
@@ -359,7 +359,7 @@ def store_load_threads(store: ProductStore, gpu: bool, repeats: int = 3) -> dict
             for threads, times in seconds.items():
                 resident_pixels.LOAD_THREADS = threads
                 start = time.perf_counter()
-                resident_pixels.ResidentPixels.load(store, device, share=1.0)
+                resident_pixels.ResidentPixels.load(store, device, share=1.0).wait()
                 times.append(time.perf_counter() - start)
     finally:
         resident_pixels.LOAD_THREADS = default

@@ -7,7 +7,8 @@ crops at 64 px are 1.2 GB; the 480,000 products of the real CTL release 5.9 GB),
 ``data.device_store`` it is copied there once, and a batch that carries row ids only becomes pixels by
 one ``index_select`` on the device. Where it does not fit within ``data.device_store_share`` of the
 free GPU memory, the pixels stay in pinned host memory: a batch is then gathered on the host into a
-page-locked buffer and copied asynchronously.
+page-locked buffer and copied asynchronously. The copy runs in the background (:class:`_Loading`), so
+that reading rows in ascending order, as predict and the feature cache do, overlaps it.
 
 ``auto`` applies on CUDA devices only, so the CPU default path (loader workers reading the store)
 stays as it is; ``true`` applies on any device, which is how the CPU tests run this path.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -60,44 +62,119 @@ def _read_chunk(store: ProductStore, first: int, last: int, out: np.ndarray, poo
         done.result()
 
 
-def _copy_staged(store: ProductStore, pixels: torch.Tensor, pool: ThreadPoolExecutor) -> None:
-    """Fill ``pixels`` on a GPU through two reused pinned buffers: the store reads a chunk into one (in
-    ``LOAD_THREADS`` threads) while the other's copy runs. A read into fresh pageable memory takes a page fault per 4 KiB and is copied
-    once more by the driver before the transfer; these buffers are faulted in once and copied directly.
-    Not yet run on a GPU in this project's measurements (experiments/benchmarks/GPU.md, session 10)."""
-    chunks = _chunks(store)
-    rows = max((last - first for first, last in chunks), default=0)
-    staging = [torch.empty((rows, *pixels.shape[1:]), dtype=torch.uint8, pin_memory=True) for _ in range(2)]
-    with torch.cuda.device(pixels.device):  # the copies and their events on that device's current stream
-        copied = [torch.cuda.Event(), torch.cuda.Event()]  # recorded after each buffer's latest copy
-        for chunk, (first, last) in enumerate(tqdm(chunks, desc="device store", unit="chunk", leave=False)):
-            slot = chunk % 2
-            if chunk >= 2:
-                copied[slot].synchronize()  # the copy two chunks back has left this buffer
-            buffer = staging[slot][: last - first]
-            _read_chunk(store, first, last, buffer.numpy(), pool)
-            pixels[first:last].copy_(buffer, non_blocking=True)
-            copied[slot].record()
-        torch.cuda.current_stream().synchronize()
+class _Loading:
+    """The store's rows copied into ``pixels`` chunk by chunk, in ascending order, by a background
+    thread. A reader waits only for the chunks its rows are in: predict and the feature cache read rows
+    in ascending order, so they start on the first chunks while the others load (on the H200 host the
+    load was 0.36 s of a 0.93 s catalog build, GPU.md, session 13); a training batch's rows span the
+    store, so its first batch waits for the whole load, as before."""
+
+    def __init__(self, store: ProductStore, pixels: torch.Tensor):
+        self.chunks = _chunks(store)
+        self.chunk_rows = self.chunks[0][1] - self.chunks[0][0] if self.chunks else 1
+        self.ready = [threading.Event() for _ in self.chunks]  # set once a chunk's copy is queued (GPU) or done
+        self.copied: list[torch.cuda.Event | None] = [None] * len(self.chunks)  # on a GPU: after each chunk's copy
+        self.loaded = 0  # chunks in place (on a GPU: queued on the copy stream)
+        self.error: BaseException | None = None
+        self.seconds: float | None = None
+        self.path, self.device = store.path, pixels.device
+        self.thread = threading.Thread(target=self._run, args=(store, pixels), name="device-store-load", daemon=True)
+        self.thread.start()
+
+    def _run(self, store: ProductStore, pixels: torch.Tensor) -> None:
+        start = time.perf_counter()
+        try:
+            with ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="device-store") as pool:
+                if pixels.device.type == "cpu":
+                    for chunk, (first, last) in enumerate(tqdm(self.chunks, desc="device store", unit="chunk", leave=False)):
+                        _read_chunk(store, first, last, pixels[first:last].numpy(), pool)  # straight into place
+                        self._done(chunk)
+                else:
+                    self._copy_staged(store, pixels, pool)
+        except Exception as error:  # raised to the reader that waits for these rows
+            self.error = error
+        finally:
+            self.seconds = time.perf_counter() - start
+            for ready in self.ready:
+                ready.set()
+        if self.error is None:
+            nbytes = pixels.numel()
+            log.info(f"device store: {len(pixels)} crops ({nbytes / 2**30:.2f} GiB) on {pixels.device} in {self.seconds:.1f} s")
+
+    def _copy_staged(self, store: ProductStore, pixels: torch.Tensor, pool: ThreadPoolExecutor) -> None:
+        """Fill ``pixels`` on a GPU through two reused pinned buffers, on a stream of its own: the store
+        reads a chunk into one (in ``LOAD_THREADS`` threads) while the other's copy runs. A read into
+        fresh pageable memory takes a page fault per 4 KiB and is copied once more by the driver before
+        the transfer; these buffers are faulted in once and copied directly."""
+        rows = max((last - first for first, last in self.chunks), default=0)
+        staging = [torch.empty((rows, *pixels.shape[1:]), dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+        stream = torch.cuda.Stream(pixels.device)
+        with torch.cuda.device(pixels.device), torch.cuda.stream(stream):
+            for chunk, (first, last) in enumerate(tqdm(self.chunks, desc="device store", unit="chunk", leave=False)):
+                if chunk >= 2:
+                    self.copied[chunk - 2].synchronize()  # the copy two chunks back has left this buffer
+                buffer = staging[chunk % 2][: last - first]
+                _read_chunk(store, first, last, buffer.numpy(), pool)
+                pixels[first:last].copy_(buffer, non_blocking=True)
+                self.copied[chunk] = torch.cuda.Event()
+                self.copied[chunk].record(stream)
+                if chunk == len(self.chunks) - 1:
+                    stream.synchronize()  # once the last chunk is ready, every copy has landed: no reader waits any more
+                self._done(chunk)
+
+    def _done(self, chunk: int) -> None:
+        self.loaded = chunk + 1
+        self.ready[chunk].set()
+
+    def wait_for(self, row: int | None) -> bool:
+        """Block until the rows up to ``row`` (``None``: every row) are in place for the current stream;
+        whether the whole store is."""
+        chunk = len(self.chunks) - 1 if row is None else min(row // self.chunk_rows, len(self.chunks) - 1)
+        if chunk < 0:
+            return True
+        self.ready[chunk].wait()
+        if chunk >= self.loaded:  # set by a failed load
+            self._raise_error()
+        if self.copied[chunk] is not None and chunk < len(self.chunks) - 1:
+            torch.cuda.current_stream(self.device).wait_event(self.copied[chunk])
+        return chunk == len(self.chunks) - 1
+
+    def finish(self) -> float:
+        """Block until the load has ended; the seconds it took."""
+        self.thread.join()
+        self._raise_error()
+        return self.seconds
+
+    def _raise_error(self) -> None:
+        if self.error is not None:
+            raise CtlError(f"device store: loading {self.path} failed: {self.error}") from self.error
 
 
 class ResidentPixels:
-    """Every crop of a store as one uint8 ``[N, H, W, 3]`` tensor, on ``device`` or in pinned host memory."""
+    """Every crop of a store as one uint8 ``[N, H, W, 3]`` tensor, on ``device`` or in pinned host
+    memory, filled in the background (:class:`_Loading`): reads wait for the rows they ask for."""
 
-    def __init__(self, pixels: torch.Tensor, device: torch.device, fingerprint: str, seconds: float = 0.0):
+    def __init__(self, pixels: torch.Tensor, device: torch.device, fingerprint: str, loading: _Loading | None = None):
         self.pixels = pixels
         self.device = device
         self.fingerprint = fingerprint
-        self.seconds = seconds  # how long loading took
+        self._loading = loading
+        self._seconds = 0.0
 
     @property
     def on_device(self) -> bool:
         return self.pixels.device == self.device
 
+    def wait(self) -> float:
+        """Block until every crop is in place; the seconds the load took."""
+        if self._loading is not None:
+            self._seconds, self._loading = self._loading.finish(), None
+        return self._seconds
+
     @classmethod
     def load(cls, store: ProductStore, device: torch.device, share: float) -> ResidentPixels:
-        """Copy ``store`` onto ``device`` when it fits within ``share`` of its free memory, else into pinned host memory."""
-        start = time.perf_counter()
+        """Start copying ``store`` onto ``device`` when it fits within ``share`` of its free memory, else
+        into pinned host memory; it returns at once, while the copy goes on."""
         shape = (len(store), store.size, store.size, 3)
         nbytes = int(np.prod(shape))
         where = device
@@ -109,18 +186,16 @@ class ResidentPixels:
                     f"device store: {nbytes / 2**30:.2f} GiB does not fit in {share:.0%} of {free / 2**30:.2f} GiB free; pinned host memory"
                 )
         pixels = torch.empty(shape, dtype=torch.uint8, device=where, pin_memory=where.type == "cpu" and device.type == "cuda")
-        with ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="device-store") as pool:
-            if pixels.device.type == "cpu":
-                for first, last in tqdm(_chunks(store), desc="device store", unit="chunk", leave=False):
-                    _read_chunk(store, first, last, pixels[first:last].numpy(), pool)  # straight into place
-            else:
-                _copy_staged(store, pixels, pool)
-        seconds = time.perf_counter() - start
-        log.info(f"device store: {shape[0]} crops ({nbytes / 2**30:.2f} GiB) on {pixels.device} in {seconds:.1f} s")
-        return cls(pixels, device, store.fingerprint, seconds)
+        return cls(pixels, device, store.fingerprint, _Loading(store, pixels))
+
+    def _wait_for(self, rows: torch.Tensor) -> None:
+        """While the load goes on: wait for the chunks up to the largest of ``rows`` (a host read of it)."""
+        if self._loading is not None and len(rows) and self._loading.wait_for(int(rows.max())):
+            self.wait()
 
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
         """uint8 ``[len(rows), H, W, 3]`` on the device, in the order of ``rows``."""
+        self._wait_for(rows)
         if self.on_device:
             return self.pixels.index_select(0, rows.to(self.device, non_blocking=True))
         rows = rows.cpu()
