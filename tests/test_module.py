@@ -74,3 +74,17 @@ def test_trainable_stages_are_checked():
         _module(trainable_stages=1, freeze_backbone=False)
     with pytest.raises(CtlError, match="not its stages in order"):
         _module(backbone="vit_tiny_patch16_224", trainable_stages=1)
+
+
+def test_epoch_means_are_weighted_and_keep_no_reference_to_a_value():
+    """A step's value may be a CUDA graph's output that the next replay overwrites (model.cuda_graph=step):
+    the sums must not alias it."""
+    from ctl_lightning.models.epoch_means import EpochMeans
+
+    means, value = EpochMeans(), torch.tensor(2.0)
+    means.add("loss", value, 1)
+    value.fill_(100.0)  # the next replay
+    means.add("loss", value, 3)
+    means.add("mined", 5.0, 1)
+    assert {k: float(v) for k, v in means.pop().items()} == {"loss": (2.0 + 100.0 * 3) / 4, "mined": 5.0}
+    assert means.pop() == {}

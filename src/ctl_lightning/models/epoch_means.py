@@ -13,12 +13,18 @@ import torch
 
 class EpochMeans:
     def __init__(self):
-        self.sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.sums: dict[str, tuple[torch.Tensor, int]] = {}
 
     def add(self, name: str, value: torch.Tensor | float, weight: int) -> None:
+        """One kernel a value on a GPU, into a sum of its own: ``value`` may be a CUDA graph's output,
+        which the next replay overwrites."""
         value = torch.as_tensor(value).detach().float()
-        total, count = self.sums.get(name, (torch.zeros((), device=value.device), torch.zeros((), device=value.device)))
-        self.sums[name] = (total + value * weight, count + weight)
+        if name in self.sums:
+            total, count = self.sums[name]
+            total.add_(value, alpha=weight)
+            self.sums[name] = (total, count + weight)
+        else:
+            self.sums[name] = (value * weight, weight)
 
     def pop(self) -> dict[str, torch.Tensor]:
         """The weighted mean of each name since the last pop, as Lightning's ``on_epoch=True`` gives it."""
