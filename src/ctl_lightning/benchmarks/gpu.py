@@ -30,6 +30,8 @@ import os
 import resource
 import tempfile
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -185,54 +187,70 @@ def recipe(freeze: bool) -> str:
     return "frozen + feature cache" if freeze else "fine-tuning"
 
 
-def _recipe_model(dm: TripletsDataModule, freeze: bool, **step):
-    """ResNet18 for a recipe: the whole network trains, or the frozen backbone feeds the feature cache;
-    ``step``: ``steps_per_call`` and ``cuda_graph`` (the frozen recipe's fixed-shape step), or
-    ``compile`` and ``compile_backend``; ``fused_adam``."""
-    return setup.model(
-        "resnet18", pretrained=False, freeze_backbone=freeze, feature_cache="auto", embed_batch_size=dm.eval_batch_size, **step
-    )
+@dataclass(frozen=True)
+class Step:
+    """How the trainer runs a recipe's steps: one batch a call or ``steps_per_call`` fixed-shape steps
+    (the frozen recipe), replayed from a CUDA graph (``cuda_graph``: true or step), compiled
+    (``compile``: a torch.compile mode, see :func:`_compiled`), with Adam's fused update."""
+
+    steps_per_call: int | None = None
+    cuda_graph: bool | str = False
+    compile: str | None = None
+    fused_adam: bool = False
+
+    def settings(self, gpu: bool) -> dict:
+        """The model's settings (benchmarks/setup.py's ``model``)."""
+        step = {"steps_per_call": self.steps_per_call, "cuda_graph": self.cuda_graph, "fused_adam": self.fused_adam}
+        return step | _compiled(self.compile, gpu)
+
+    def label(self, gpu: bool) -> str:
+        return step_label(self.steps_per_call, self.cuda_graph, _compiled(self.compile, gpu).get("compile"), self.fused_adam)
+
+
+PLAIN = Step()
+
+
+@contextmanager
+def _recipe(dm: TripletsDataModule, gpu: bool, freeze: bool, device_store: bool, step: Step):
+    """ResNet18 for a recipe, the whole network training or the frozen backbone feeding the feature
+    cache, with the data module set for its data path and step; its grouping of batches reset after."""
+    dm.load_images, dm.device_store, dm.steps_per_call = True, device_store, step.steps_per_call
+    try:
+        yield setup.model(
+            "resnet18",
+            pretrained=False,
+            freeze_backbone=freeze,
+            feature_cache="auto",
+            embed_batch_size=dm.eval_batch_size,
+            **step.settings(gpu),
+        )
+    finally:
+        dm.steps_per_call = None
 
 
 def _steps(dm: TripletsDataModule) -> int:
     return int(np.ceil(len(dm.train_triplets) / dm.batch_size))
 
 
-def epoch(
-    dm: TripletsDataModule,
-    gpu: bool,
-    freeze: bool,
-    device_store: bool,
-    steps_per_call: int | None = None,
-    cuda_graph: bool | str = False,
-    compile: str | None = None,
-    fused_adam: bool = False,
-) -> dict:
-    """One measured training epoch of a recipe through a data path (and trainer step: ``steps_per_call``).
-    With ``compile`` (a torch.compile mode, see :func:`_compiled`) two epochs: the first compiles, the
-    second is the one shown. ``fused_adam``: Adam's update in one kernel (conf/optimizer/adam.yaml)."""
-    dm.load_images, dm.device_store, dm.steps_per_call = True, device_store, steps_per_call
-    compiled = _compiled(compile, gpu)
-    model = _recipe_model(dm, freeze, steps_per_call=steps_per_call, cuda_graph=cuda_graph, fused_adam=fused_adam, **compiled)
+def epoch(dm: TripletsDataModule, gpu: bool, freeze: bool, device_store: bool, step: Step = PLAIN) -> dict:
+    """One measured training epoch of a recipe through a data path with a trainer step. A compiled
+    step runs two epochs: the first compiles, the second is the one shown."""
     clock = _EpochClock()
     callbacks = [*setup.fit_callbacks(dm), clock]
-    steps = _steps(dm)
-    trainer = _trainer(gpu, max_epochs=1 if compile is None else 2, callbacks=callbacks)
-    _memory()
-    counters.clear()
-    resident = dm.resident
-    start = time.perf_counter()
-    try:
+    trainer = _trainer(gpu, max_epochs=1 if step.compile is None else 2, callbacks=callbacks)
+    with _recipe(dm, gpu, freeze, device_store, step) as model:
+        _memory()
+        counters.clear()
+        resident = dm.resident
+        start = time.perf_counter()
         trainer.fit(model, datamodule=dm)
-    finally:
-        dm.steps_per_call = None
-    total = time.perf_counter() - start
+        total = time.perf_counter() - start
     result = {
         "recipe": recipe(freeze),
-        "step": step_label(steps_per_call, cuda_graph, compiled.get("compile"), fused_adam),
+        "step": step.label(gpu),
         "path": "device store" if device_store else "loader",
         "triplets": len(dm.train_triplets),
-        "steps": steps,
+        "steps": _steps(dm),
         "epoch_s": clock.epochs[-1],
         "fit_start_s": total - sum(clock.epochs),
         "device_store_load_s": _store_load(dm, resident),
@@ -240,11 +258,11 @@ def epoch(
         "triplets_per_s": len(dm.train_triplets) / clock.epochs[-1],
         **_memory(),
     }
-    if compile is not None:
+    if step.compile is not None:
         # Dynamo's and inductor's own counts for this fit: graphs, graph breaks, cache hits, and on a GPU
         # any CUDA graph it skipped (inductor's cudagraph_skips) and why (logged).
         compiler = {group: dict(values) for group, values in counters.items() if values and group != "aten_mm_info"}
-        result |= {"first_epoch_s": clock.epochs[0], "compile_backend": compiled["compile_backend"], "compiler_counters": compiler}
+        result |= {"first_epoch_s": clock.epochs[0], "compile_backend": model.compile_backend, "compiler_counters": compiler}
     return result
 
 
@@ -265,33 +283,19 @@ def warm_up(dm: TripletsDataModule, gpu: bool) -> None:
         _trainer(gpu, max_epochs=1, limit_train_batches=20 if gpu else 2).fit(model, datamodule=dm)
 
 
-def profile_steps(
-    dm: TripletsDataModule,
-    gpu: bool,
-    freeze: bool,
-    path: Path,
-    compile: str | None = None,
-    steps_per_call: int | None = None,
-    cuda_graph: bool | str = False,
-    fused_adam: bool = False,
-) -> dict:
+def profile_steps(dm: TripletsDataModule, gpu: bool, freeze: bool, path: Path, step: Step = PLAIN) -> dict:
     """A profiler trace of 30 trainer calls after 50 (fewer with --smoke, or with ``steps_per_call``)
     through the device store, in a fit of its own so that the profiler's cost stays out of the measured
-    epochs; the tables go to ``path``, the summary is per optimizer step. The step as :func:`epoch`
-    takes it; with ``compile`` the first step compiles."""
-    dm.load_images, dm.device_store, dm.steps_per_call = True, True, steps_per_call
-    model = _recipe_model(
-        dm, freeze, steps_per_call=steps_per_call, cuda_graph=cuda_graph, fused_adam=fused_adam, **_compiled(compile, gpu)
-    )
-    calls = int(np.ceil(_steps(dm) / (steps_per_call or 1)))
-    profiler = _Profile(path, skip=max(1, min(50, calls // 4)), active=max(1, min(30, calls // 4)), steps_per_batch=steps_per_call or 1)
+    epochs; the tables go to ``path``, the summary is per optimizer step. With ``compile`` the first
+    step compiles."""
+    per_call = step.steps_per_call or 1
+    calls = int(np.ceil(_steps(dm) / per_call))
+    profiler = _Profile(path, skip=max(1, min(50, calls // 4)), active=max(1, min(30, calls // 4)), steps_per_batch=per_call)
     trainer = _trainer(
         gpu, max_epochs=1, limit_train_batches=profiler.skip + profiler.active + 1, callbacks=[*setup.fit_callbacks(dm), profiler]
     )
-    try:
+    with _recipe(dm, gpu, freeze, True, step) as model:
         trainer.fit(model, datamodule=dm)
-    finally:
-        dm.steps_per_call = None
     return {"file": path.name, **profiler.summary}
 
 
@@ -439,27 +443,26 @@ def seed_scale(results: dict, out: Path, data: Path, smoke: bool, gpu: bool, sav
             into[key] = value
         save()
 
-    # The frozen recipe's fixed-shape step: (cuda_graph, fused_adam) of each measured epoch, and of its
-    # trace (the last). The graph of the whole step, not yet run on a GPU, runs last.
-    fixed_shape = ((False, False), (True, True), ("step", False), ("step", True)) if gpu else ((False, False), (False, True))
+    # The frozen recipe's fixed-shape steps, the last also traced. The graph of the whole step, not yet
+    # run on a GPU, runs last.
+    graphs = ((False, False), (True, True), ("step", False), ("step", True)) if gpu else ((False, False), (False, True))
+    fixed_shape = [Step(STEPS_PER_CALL, cuda_graph, fused_adam=fused) for cuda_graph, fused in graphs]
     for freeze in (False, True) if "epochs" in parts else ():
         for device_store in PATHS.values():
             part(results["epochs"], None, epoch, dm, gpu, freeze, device_store)
-        for cuda_graph, fused in fixed_shape if freeze else ():
-            part(results["epochs"], None, epoch, dm, gpu, freeze, True, STEPS_PER_CALL, cuda_graph, fused_adam=fused)
-        trace = out / f"profile-{'frozen' if freeze else 'finetune'}.txt"
-        part(results["profiles"], profile_name(recipe(freeze), step_label(None)), profile_steps, dm, gpu, freeze, trace)  # device store
-        if freeze:  # what bounds the fastest fixed-shape step
-            step = {"steps_per_call": STEPS_PER_CALL, "cuda_graph": fixed_shape[-1][0], "fused_adam": fixed_shape[-1][1]}
-            name = profile_name(recipe(True), step_label(STEPS_PER_CALL, step["cuda_graph"], None, step["fused_adam"]))
-            part(results["profiles"], name, profile_steps, dm, gpu, True, out / "profile-frozen-fixed-shape.txt", **step)
+        for step in fixed_shape if freeze else ():
+            part(results["epochs"], None, epoch, dm, gpu, freeze, True, step)
+        traced = [(PLAIN, f"profile-{'frozen' if freeze else 'finetune'}.txt")]
+        traced += [(fixed_shape[-1], "profile-frozen-fixed-shape.txt")] if freeze else []  # what bounds the fastest
+        for step, file in traced:
+            part(results["profiles"], profile_name(recipe(freeze), step.label(gpu)), profile_steps, dm, gpu, freeze, out / file, step)
     for mode in (BENCH_COMPILE_MODES if gpu else BENCH_COMPILE_MODES[:1]) if "compile" in parts else ():
         for fused in (False, True) if gpu else (False,):
-            part(results["epochs"], None, epoch, dm, gpu, False, True, compile=mode, fused_adam=fused)
+            part(results["epochs"], None, epoch, dm, gpu, False, True, Step(compile=mode, fused_adam=fused))
         if gpu:  # what bounds the compiled step, with fused Adam (it compiles again, from inductor's cache)
+            step = Step(compile=mode, fused_adam=True)
             trace = out / f"profile-finetune-{mode}.txt"
-            name = profile_name(recipe(False), step_label(None, compile=mode, fused_adam=True))
-            part(results["profiles"], name, profile_steps, dm, gpu, False, trace, compile=mode, fused_adam=True)
+            part(results["profiles"], profile_name(recipe(False), step.label(gpu)), profile_steps, dm, gpu, False, trace, step)
     if "catalog" in parts:
         part(results, "store_load_threads", store_load_threads, dm.store, gpu)
         part(results, "catalog", catalog_builds, dm, gpu)
@@ -494,8 +497,8 @@ def release_scale(results: dict, seed_dm: TripletsDataModule, data: Path, gpu: b
     release["epoch"] = epoch(dm, gpu, freeze=True, device_store=True)
     save()
     try:  # the fixed-shape step at release scale; a failure is recorded, the catalog build still runs
-        graph = "step" if gpu else False
-        release["epoch, fixed-shape step"] = epoch(dm, gpu, True, True, STEPS_PER_CALL, cuda_graph=graph, fused_adam=gpu)
+        step = Step(STEPS_PER_CALL, "step", fused_adam=True) if gpu else Step(STEPS_PER_CALL)
+        release["epoch, fixed-shape step"] = epoch(dm, gpu, True, True, step)
     except Exception as error:
         results["errors"].append(f"release epoch, fixed-shape step: {type(error).__name__}: {error}")
         if not gpu:
