@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Seed-scale GPU benchmark: one epoch of 77,494 synthetic CTL triplets (ResNet18, 64 px, batch 64),
 # fine-tuned and with the frozen recipe + feature cache, plus catalog-build throughput, the release
-# scale, the README's sweep of DDP jobs on this machine's GPUs, and the fine-tuning epoch compiled
-# (model.compile; inductor compiles for a minute or more) (--parts; default: all).
+# scale and the fine-tuning epoch compiled (model.compile; inductor compiles for a minute or more):
+# the parts issue 13's goals are read from (--parts; default: epochs,catalog,release,compile). On
+# request: bounds (the frozen step outside Lightning) and ddp_sweep (the README's sweep of DDP jobs).
 #
-#   bench/gpu.sh [--out DIR] [--data DIR]     # on a machine with a GPU (session 9's parts, without the fixed-shape
-#                                             # and compiled epochs of sessions 11-12: 333 s on an H200;
-#                                             # split a device's 600 s calls with --parts, e.g. compile alone)
+#   bench/gpu.sh [--out DIR] [--data DIR]     # on a machine with a GPU (session 13: 251 s for
+#                                             # epochs,compile,catalog and 125 s for release on an H200, before
+#                                             # session 14 cut the rows the goals do not read)
 #   bench/gpu.sh --smoke --out /tmp/gpu       # the same code on the CPU with tiny sizes (its ddp_sweep part
 #                                             # runs the CPU sweep of tests/test_scaleout.py: --parts to skip it)
 #
