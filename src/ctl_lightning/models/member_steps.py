@@ -123,10 +123,10 @@ class MemberSteps:
         """A full-size step's forward, backward and update, replayed from one graph (``cuda_graph=step``)."""
         self._use(features)
         _require_cuda(self.cuda_graph, triplet_rows)
-        with _autocast_without_cache():
-            if self.graphed is None:
+        if self.graphed is None:
+            with _autocast_without_cache():  # a replay runs the recorded kernels whatever autocast says
                 self.graphed = StepGraph(self.eager, optimizer, triplet_rows)
-            return self.graphed(triplet_rows)
+        return self.graphed(triplet_rows)
 
     def _capture(self, sample_rows: torch.Tensor) -> nn.Module:
         """The step's forward and backward captured at ``sample_rows``'s shape. Capture runs the step
