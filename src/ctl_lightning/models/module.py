@@ -144,7 +144,7 @@ class CompatibilityModule(pl.LightningModule):
         if cuda_graph not in CUDA_GRAPH_CHOICES:
             raise CtlError(f"model.cuda_graph must be false, true or step, got {cuda_graph!r}")
         if cuda_graph and steps_per_call is None:
-            raise CtlError("model.cuda_graph=true needs model.steps_per_call (a number of steps, e.g. 16)")
+            raise CtlError(f"model.cuda_graph={str(cuda_graph).lower()} needs model.steps_per_call (a number of steps, e.g. 16)")
         if steps_per_call is not None:
             check_recipe(self)
             self.member_steps = MemberSteps(self.head, self.loss, cuda_graph)
