@@ -40,7 +40,15 @@ import torch
 from torch._dynamo.utils import counters
 
 from ctl_lightning.benchmarks import bounds, ddp_sweep, setup
-from ctl_lightning.benchmarks.gpu_report import BENCH_COMPILE_MODES, STEPS_PER_CALL, measured_epoch, profile_name, step_label, table
+from ctl_lightning.benchmarks.gpu_report import (
+    BENCH_COMPILE_MODES,
+    GOAL_PARTS,
+    STEPS_PER_CALL,
+    measured_epoch,
+    profile_name,
+    step_label,
+    table,
+)
 from ctl_lightning.benchmarks.machine import machine_info
 from ctl_lightning.benchmarks.release_scale import replicate_ctl
 from ctl_lightning.data import device_store as resident_pixels
@@ -55,8 +63,6 @@ PATHS = {"loader": False, "device store": True}  # data.device_store of each dat
 # step (benchmarks/bounds.py), release scale, the README's sweep of DDP jobs (issue 10) on this
 # machine's GPUs, and the fine-tuning epoch with model.compile (its compilation takes minutes: its own call)
 PARTS = ("epochs", "catalog", "bounds", "release", "ddp_sweep", "compile")
-# The default: the parts the goals of issue 13 are read from, in one run (bounds and ddp_sweep on request).
-GOAL_PARTS = ("epochs", "catalog", "release", "compile")
 # The catalog part's predict batch sizes through the device store, in multiples of the eval batch size
 # (1,024 on a GPU): the host's cost a batch (Lightning's predict loop, the writer) is paid fewer times.
 CATALOG_BATCHES = (1, 4, 8)
@@ -101,6 +107,13 @@ def _trainer(gpu: bool, **kwargs) -> pl.Trainer:
         limit_val_batches=0,
         **kwargs,
     )
+
+
+def process_seconds() -> float:
+    """Seconds since this process started, its imports included (Linux: /proc)."""
+    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in clock ticks since boot
 
 
 def _sync() -> None:
@@ -531,6 +544,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict = {"mode": "smoke (CPU)" if args.smoke else "full", "machine": machine_info()}
 
     def save() -> None:
+        results["script_s"] = process_seconds()  # the issue's whole-script time, up to the latest result
         (out / "gpu-results.json").write_text(json.dumps(results, indent=2) + "\n")
         (out / "GPU-table.md").write_text(table(results))
 
