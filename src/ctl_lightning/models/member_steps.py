@@ -132,12 +132,9 @@ class MemberSteps:
         """The step's forward and backward captured at ``sample_rows``'s shape. Capture runs the step
         a few times to warm up: BatchNorm's running statistics are put back afterwards, so that the
         captured run's state is the eager run's."""
-        norm = self.head[1]
-        saved = {name: value.clone() for name, value in norm.named_buffers()}
+        restore = _snapshot(self.head)
         step = torch.cuda.make_graphed_callables(MemberStep(self.head, self.loss, self.features), (sample_rows,))
-        with torch.no_grad():
-            for name, value in norm.named_buffers():
-                value.copy_(saved[name])
+        restore()
         return step
 
 
@@ -150,20 +147,22 @@ def _require_cuda(cuda_graph: bool | str, triplet_rows: torch.Tensor) -> None:
         raise CtlError(f"model.cuda_graph={str(cuda_graph).lower()} needs a CUDA device; this run trains on {triplet_rows.device}")
 
 
-def _snapshot(module: nn.Module, optimizer: torch.optim.Optimizer) -> Callable[[], None]:
-    """A function that puts back ``module``'s parameters and buffers and ``optimizer``'s state as they
-    are now. State the optimizer creates later is zeroed: Adam's fresh state (step count and both
-    moments) is zeros, so the next update is the first, as it would have been."""
+def _snapshot(module: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> Callable[[], None]:
+    """A function that puts back ``module``'s parameters and buffers (BatchNorm's statistics) and
+    ``optimizer``'s state as they are now, after the warm-up steps a capture runs. State the optimizer
+    creates later is zeroed: Adam's fresh state (step count and both moments) is zeros, so the next
+    update is the first, as it would have been."""
     tensors = [*module.parameters(), *module.buffers()]
     saved = [t.detach().clone() for t in tensors]
-    saved_state = {(p, k): v.clone() for p, state in optimizer.state.items() for k, v in state.items() if torch.is_tensor(v)}
+    state = {} if optimizer is None else optimizer.state
+    saved_state = {(p, k): v.clone() for p, values in state.items() for k, v in values.items() if torch.is_tensor(v)}
 
     @torch.no_grad()
     def restore() -> None:
         for tensor, value in zip(tensors, saved, strict=True):
             tensor.copy_(value)
-        for p, state in optimizer.state.items():
-            for k, v in state.items():
+        for p, values in state.items():
+            for k, v in values.items():
                 if (p, k) in saved_state:
                     v.copy_(saved_state[(p, k)])
                 elif torch.is_tensor(v):
