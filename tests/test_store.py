@@ -144,11 +144,11 @@ def test_read_into_a_buffer_and_the_resident_copy_of_every_crop(dataset, monkeyp
             store.read(rows, out=bad)
     images = np.fromfile(store.path / IMAGES, dtype=np.uint8).reshape(store.images.shape)
     monkeypatch.setattr(device_store, "COPY_BYTES", 8 * SIZE * SIZE * 3)  # 8 rows a chunk
-    monkeypatch.setattr(device_store, "LOAD_THREADS", 3)  # parts of 2 or 3 rows, and of 1 in a short last chunk
     assert len(store) % 8, "the last chunk must be short"
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # cuda: the pinned double-buffered copy
     for device in devices:
-        resident = device_store.ResidentPixels.load(store, torch.device(device), share=1.0)
+        # 3 threads: parts of 2 or 3 rows, and of 1 in a short last chunk
+        resident = device_store.ResidentPixels.load(store, torch.device(device), share=1.0, threads=3)
         assert resident.wait() > 0 and resident.on_device and np.array_equal(resident.pixels.cpu().numpy(), images)
 
 
@@ -161,10 +161,10 @@ def test_reads_wait_only_for_the_chunks_their_rows_are_in(dataset, monkeypatch):
     monkeypatch.setattr(device_store, "COPY_BYTES", 8 * SIZE * SIZE * 3)  # 8 rows a chunk
     release, real_read = threading.Event(), device_store._read_chunk
 
-    def held(store, first, last, out, pool):
+    def held(store, first, last, out, pool, threads):
         if first >= 16:  # the third chunk on waits for the test
             assert release.wait(30)
-        real_read(store, first, last, out, pool)
+        real_read(store, first, last, out, pool, threads)
 
     monkeypatch.setattr(device_store, "_read_chunk", held)
     resident = device_store.ResidentPixels.load(store, torch.device("cpu"), share=1.0)
@@ -179,10 +179,10 @@ def test_reads_wait_only_for_the_chunks_their_rows_are_in(dataset, monkeypatch):
     assert not waiting.is_alive() and resident._loading is None
     assert np.array_equal(resident.pixels.numpy(), images)
 
-    def failing(store, first, last, out, pool):
+    def failing(store, first, last, out, pool, threads):
         if first >= 8:
             raise OSError("disk gone")
-        real_read(store, first, last, out, pool)
+        real_read(store, first, last, out, pool, threads)
 
     monkeypatch.setattr(device_store, "_read_chunk", failing)
     resident = device_store.ResidentPixels.load(store, torch.device("cpu"), share=1.0)

@@ -376,15 +376,11 @@ def store_load_threads(store: ProductStore, gpu: bool, repeats: int = 3) -> dict
     device = torch.device("cuda" if gpu else "cpu")
     default = resident_pixels.LOAD_THREADS
     seconds = {1: [], default: []}
-    try:
-        for _ in range(repeats):
-            for threads, times in seconds.items():
-                resident_pixels.LOAD_THREADS = threads
-                start = time.perf_counter()
-                resident_pixels.ResidentPixels.load(store, device, share=1.0).wait()
-                times.append(time.perf_counter() - start)
-    finally:
-        resident_pixels.LOAD_THREADS = default
+    for _ in range(repeats):
+        for threads, times in seconds.items():
+            start = time.perf_counter()
+            resident_pixels.ResidentPixels.load(store, device, share=1.0, threads=threads).wait()
+            times.append(time.perf_counter() - start)
     one, many = (float(np.median(times)) for times in seconds.values())
     gib = len(store) * store.size**2 * 3 / 2**30
     return {"gib": gib, "threads": default, "one_thread_s": one, "threads_s": many, "speedup": one / many}

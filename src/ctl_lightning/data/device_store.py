@@ -53,10 +53,10 @@ def _chunks(store: ProductStore) -> list[tuple[int, int]]:
     return [(first, min(first + step, len(store))) for first in range(0, len(store), step)]
 
 
-def _read_chunk(store: ProductStore, first: int, last: int, out: np.ndarray, pool: ThreadPoolExecutor) -> None:
-    """Rows ``[first, last)`` into ``out``, split among the pool's threads, each reading its own
+def _read_chunk(store: ProductStore, first: int, last: int, out: np.ndarray, pool: ThreadPoolExecutor, threads: int) -> None:
+    """Rows ``[first, last)`` into ``out``, split among ``threads`` of the pool, each reading its own
     consecutive rows (positional reads of one descriptor: no shared file offset)."""
-    bounds = np.linspace(first, last, min(LOAD_THREADS, last - first) + 1).astype(np.int64)
+    bounds = np.linspace(first, last, min(threads, last - first) + 1).astype(np.int64)
     parts = [(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
     for done in [pool.submit(store.read, np.arange(a, b), out=out[a - first : b - first]) for a, b in parts]:
         done.result()
@@ -69,8 +69,9 @@ class _Loading:
     load was 0.36 s of a 0.93 s catalog build, GPU.md, session 13); a training batch's rows span the
     store, so its first batch waits for the whole load, as before."""
 
-    def __init__(self, store: ProductStore, pixels: torch.Tensor):
+    def __init__(self, store: ProductStore, pixels: torch.Tensor, threads: int):
         self.chunks = _chunks(store)
+        self.threads = threads
         self.chunk_rows = self.chunks[0][1] - self.chunks[0][0] if self.chunks else 1
         self.ready = [threading.Event() for _ in self.chunks]  # set once a chunk's copy is queued (GPU) or done
         self.copied: list[torch.cuda.Event | None] = [None] * len(self.chunks)  # on a GPU: after each chunk's copy
@@ -84,10 +85,10 @@ class _Loading:
     def _run(self, store: ProductStore, pixels: torch.Tensor) -> None:
         start = time.perf_counter()
         try:
-            with ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="device-store") as pool:
+            with ThreadPoolExecutor(self.threads, thread_name_prefix="device-store") as pool:
                 if pixels.device.type == "cpu":
                     for chunk, (first, last) in enumerate(tqdm(self.chunks, desc="device store", unit="chunk", leave=False)):
-                        _read_chunk(store, first, last, pixels[first:last].numpy(), pool)  # straight into place
+                        _read_chunk(store, first, last, pixels[first:last].numpy(), pool, self.threads)  # straight into place
                         self._done(chunk)
                 else:
                     self._copy_staged(store, pixels, pool)
@@ -103,7 +104,7 @@ class _Loading:
 
     def _copy_staged(self, store: ProductStore, pixels: torch.Tensor, pool: ThreadPoolExecutor) -> None:
         """Fill ``pixels`` on a GPU through two reused pinned buffers, on a stream of its own: the store
-        reads a chunk into one (in ``LOAD_THREADS`` threads) while the other's copy runs. A read into
+        reads a chunk into one (in ``threads`` threads) while the other's copy runs. A read into
         fresh pageable memory takes a page fault per 4 KiB and is copied once more by the driver before
         the transfer; these buffers are faulted in once and copied directly."""
         rows = max((last - first for first, last in self.chunks), default=0)
@@ -114,7 +115,7 @@ class _Loading:
                 if chunk >= 2:
                     self.copied[chunk - 2].synchronize()  # the copy two chunks back has left this buffer
                 buffer = staging[chunk % 2][: last - first]
-                _read_chunk(store, first, last, buffer.numpy(), pool)
+                _read_chunk(store, first, last, buffer.numpy(), pool, self.threads)
                 pixels[first:last].copy_(buffer, non_blocking=True)
                 self.copied[chunk] = torch.cuda.Event()
                 self.copied[chunk].record(stream)
@@ -172,9 +173,10 @@ class ResidentPixels:
         return self._seconds
 
     @classmethod
-    def load(cls, store: ProductStore, device: torch.device, share: float) -> ResidentPixels:
+    def load(cls, store: ProductStore, device: torch.device, share: float, threads: int | None = None) -> ResidentPixels:
         """Start copying ``store`` onto ``device`` when it fits within ``share`` of its free memory, else
-        into pinned host memory; it returns at once, while the copy goes on."""
+        into pinned host memory, read by ``threads`` threads (``LOAD_THREADS`` by default); it returns at
+        once, while the copy goes on."""
         shape = (len(store), store.size, store.size, 3)
         nbytes = int(np.prod(shape))
         where = device
@@ -186,7 +188,7 @@ class ResidentPixels:
                     f"device store: {nbytes / 2**30:.2f} GiB does not fit in {share:.0%} of {free / 2**30:.2f} GiB free; pinned host memory"
                 )
         pixels = torch.empty(shape, dtype=torch.uint8, device=where, pin_memory=where.type == "cpu" and device.type == "cuda")
-        return cls(pixels, device, store.fingerprint, _Loading(store, pixels))
+        return cls(pixels, device, store.fingerprint, _Loading(store, pixels, threads or LOAD_THREADS))
 
     def _wait_for(self, rows: torch.Tensor) -> None:
         """While the load goes on: wait for the chunks up to the largest of ``rows`` (a host read of it)."""
