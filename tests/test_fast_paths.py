@@ -246,8 +246,8 @@ def test_compiled_training_step_trains_exactly_like_the_eager_one(data_dir, tmp_
     """``model.compile`` traces the training step's model work (the whole backbone, or the last stage over
     the cached trunk's maps, then the head, the loss and the triplet accuracy) into one graph for any
     row count; with a miner, whose mined triplets' count depends on the data, the embedding only (a
-    graph holding the loss broke at the miner and compiled again at every step: 30 graphs in 5 steps). The aot_eager backend runs
-    that traced graph, forward and backward, with eager kernels: the same losses step by step, weights
+    graph holding the loss broke at the miner and compiled again at every step: 30 graphs in 5 steps).
+    The aot_eager backend runs that traced graph, forward and backward, with eager kernels: the same losses step by step, weights
     and BatchNorm statistics show that the capture changes nothing (batch statistics, running buffers,
     the row count of each deduplicated batch, dropout's draws). The cache itself is no input of the
     graph, only the batch's rows of it. Inductor's kernels round differently, and in the fine-tuning
