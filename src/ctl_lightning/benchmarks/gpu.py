@@ -18,8 +18,9 @@ It measures the catalog build (predict of every product, both catalogs written, 
 loaded afresh) at several predict batch sizes against pure inference at the same sizes, and the
 device store's load with one reading thread against several; it records a profiler trace of each
 recipe's steps, and repeats the frozen recipe and the catalog build at the real CTL release's scale
-(:mod:`ctl_lightning.benchmarks.release_scale`). Its ``compile`` part runs the fine-tuning epoch with ``model.compile`` (two epochs: the first compiles).
-Results are written after each part into --out: gpu-results.json, GPU-table.md, profile-*.txt.
+(:mod:`ctl_lightning.benchmarks.release_scale`). Its ``compile`` part runs the fine-tuning epoch with
+``model.compile`` (two epochs: the first compiles). Results are written after each part into --out:
+gpu-results.json, GPU-table.md, profile-*.txt.
 """
 
 from __future__ import annotations
