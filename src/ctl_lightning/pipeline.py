@@ -22,15 +22,20 @@ from ctl_lightning.errors import CtlError
 from ctl_lightning.evaluation.ceilings import oracle_metrics
 from ctl_lightning.evaluation.metrics import HELD_OUT_METRICS
 from ctl_lightning.io import write_json
-from ctl_lightning.models.checkpoint import (
-    CONFIG_GROUPS,
-    RunConfigInCheckpoint,
-    load_checkpoint,
-    saved_run_config,
-)
+from ctl_lightning.models.checkpoint import CONFIG_GROUPS, RUN_CONFIG, load_checkpoint, saved_run_config
 from ctl_lightning.run_summary import log_recommendation_grid, print_metric_table
 
 log = logging.getLogger(__name__)
+
+
+class RunConfigInCheckpoint(pl.Callback):
+    """Writes the run's data, model and loss configs into every checkpoint (read by ``models.checkpoint``)."""
+
+    def __init__(self, cfg: DictConfig):
+        self.config = {group: OmegaConf.to_container(cfg[group], resolve=False) for group in CONFIG_GROUPS if group in cfg}
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        checkpoint[RUN_CONFIG] = self.config
 
 
 def runtime_values(node: DictConfig, **available: Any) -> dict[str, Any]:

@@ -3,13 +3,15 @@
 A checkpoint carries the data, model and loss configs of the run that wrote it (unresolved, so
 ``${paths.data_dir}`` follows the machine it is used on). ``eval.py`` and the image embedder then need
 the checkpoint alone, not the run folder's ``.hydra/`` next to it, and a run folder can be moved.
+
+The callback that writes them lives with the training pipeline, so that reading a checkpoint (the
+server, the recommender) does not import Lightning.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -17,16 +19,6 @@ from ctl_lightning.errors import CtlError
 
 RUN_CONFIG = "ctl_run_config"
 CONFIG_GROUPS = ("data", "model", "loss")
-
-
-class RunConfigInCheckpoint(pl.Callback):
-    """Writes the run's data, model and loss configs into every checkpoint."""
-
-    def __init__(self, cfg: DictConfig):
-        self.config = {group: OmegaConf.to_container(cfg[group], resolve=False) for group in CONFIG_GROUPS if group in cfg}
-
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        checkpoint[RUN_CONFIG] = self.config
 
 
 def load_checkpoint(path: str | Path) -> dict:
