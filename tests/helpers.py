@@ -13,7 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -52,6 +52,18 @@ def compose_config(config_name: str, output_dir: Path, data_dir: Path, overrides
             cfg.paths.output_dir = str(output_dir)
     GlobalHydra.instance().clear()
     return cfg
+
+
+def train_in_process(output_dir: Path, data_dir: Path, overrides: list[str] = ()) -> dict:
+    """What ``python train.py`` runs, in this process: the run's outputs (metrics.json, catalogs,
+    ``.hydra/config.yaml``) land in ``output_dir``. A test whose point is not the command line (its
+    errors, signals or launchers) saves the 8 s that a fresh process spends importing torch and Lightning."""
+    from ctl_lightning.pipeline import train
+
+    cfg = compose_config("train", output_dir, data_dir, overrides)
+    (output_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    OmegaConf.save({k: v for k, v in cfg.items() if k != "hydra"}, output_dir / ".hydra" / "config.yaml")
+    return train(cfg)
 
 
 def default_sigint() -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TINY, compose_config, run_script, script_paths
+from helpers import TINY, compose_config, train_in_process
 
 from ctl_lightning.app.logic import catalog_summary
 from ctl_lightning.config_checks import validate
@@ -232,11 +232,8 @@ TINY_POLYVORE = [
     ],
 )
 def test_tiny_training_run_of_each_subspace_kind(tmp_path, kind, data, size):
-    result = run_script(
-        "train.py", "model=type_aware", f"model.subspaces={kind}", f"data={data}", *size, *script_paths(tmp_path / "out", tmp_path / "data")
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    run = tmp_path / "out" / "run"
+    run = tmp_path / "out"
+    train_in_process(run, tmp_path / "data", ["model=type_aware", f"model.subspaces={kind}", f"data={data}", *size])
     scores = json.loads((run / "metrics.json").read_text())
     for key in ("test/triplet_accuracy", "test/fitb_accuracy", "test/compatibility_auc"):
         assert 0.0 <= scores[key] <= 1.0, key
