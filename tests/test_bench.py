@@ -14,6 +14,7 @@ import pytest
 from helpers import REPO
 
 from ctl_lightning.benchmarks import fastpaths, retrieval
+from ctl_lightning.benchmarks.__main__ import main as bench_main
 from ctl_lightning.benchmarks.gpu_report import GOAL_PARTS
 from ctl_lightning.benchmarks.gpu_report import table as table_of
 from ctl_lightning.benchmarks.report import goals, goals_section, hosts_of, run_of, with_run, write_report
@@ -141,15 +142,10 @@ def test_gpu_script_smoke_runs_on_the_cpu(tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_bench_writes_every_section(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "ctl_lightning.benchmarks", "--quick", "--out", str(tmp_path), "--data", str(tmp_path / "data")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_quick_bench_writes_every_section(tmp_path, capsys):
+    """`make bench-quick`'s entry point, in this process (its catalog step and load test still start the
+    fresh processes they measure)."""
+    bench_main(["--quick", "--out", str(tmp_path), "--data", str(tmp_path / "data")])
     recorded = json.loads((tmp_path / "results-quick.json").read_text())
     (results,) = recorded["hosts"]
     assert results["machine"]["vendor"] and results["machine"]["cpu"]
@@ -185,27 +181,10 @@ def test_quick_bench_writes_every_section(tmp_path):
 
     # --only reruns one step into this host's run: the other steps and the full run's time stay, and
     # the line printed at the end gives this invocation's own time
+    capsys.readouterr()
     started = time.perf_counter()
-    again = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ctl_lightning.benchmarks",
-            "--quick",
-            "--only",
-            "catalog_merge",
-            "--out",
-            str(tmp_path),
-            "--data",
-            str(tmp_path / "data"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    bench_main(["--quick", "--only", "catalog_merge", "--out", str(tmp_path), "--data", str(tmp_path / "data")])
     wall = time.perf_counter() - started
-    assert again.returncode == 0, again.stderr[-3000:]
     (rerun,) = json.loads((tmp_path / "results-quick.json").read_text())["hosts"]
     assert rerun["catalog_merge"] != results["catalog_merge"]
     assert {k: v for k, v in rerun.items() if k not in ("catalog_merge", "reruns")} == {
@@ -213,7 +192,7 @@ def test_quick_bench_writes_every_section(tmp_path):
     }
     assert rerun["reruns"] == {"catalog_merge": rerun["commit"]}, "the step records the code it ran"
     assert f"Rerun since with `--only`: `catalog_merge` (code at {rerun['commit']})." in (tmp_path / "RESULTS-quick.md").read_text()
-    printed = float(re.search(r"\[bench\] done in (\d+) s", again.stdout).group(1))
+    printed = float(re.search(r"\[bench\] done in (\d+) s", capsys.readouterr().out).group(1))
     assert printed <= wall + 1 and rerun["total_seconds"] == results["total_seconds"], (printed, wall, results["total_seconds"])
 
 
