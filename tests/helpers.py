@@ -66,6 +66,13 @@ def train_in_process(output_dir: Path, data_dir: Path, overrides: list[str] = ()
     return train(cfg)
 
 
+def import_with_blocked(modules: list[str], blocked: list[str]) -> subprocess.CompletedProcess:
+    """Import ``modules`` in a fresh interpreter where each of ``blocked`` fails to import: what a
+    dependency boundary test runs (this process has imported everything already)."""
+    code = f"import sys\nfor name in {blocked!r}: sys.modules[name] = None\n" + "".join(f"import {m}\n" for m in modules)
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
 def default_sigint() -> None:
     """``preexec_fn`` for children a test interrupts: a job started in the background by a shell
     without job control inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import REPO
+from helpers import REPO, import_with_blocked
 
 from ctl_lightning.benchmarks import fastpaths, retrieval
 from ctl_lightning.benchmarks.__main__ import main as bench_main
@@ -53,8 +53,7 @@ def test_gpu_script_imports_without_hydra_or_omegaconf():
     """GPU hosts may carry torch and Lightning only (the H200 run of this session failed once on an
     `import omegaconf` the feature cache reached through checkpoint.py)."""
     blocked = ["omegaconf", "hydra", "optuna", "wandb", "fastapi", "onnxruntime", "faiss", "streamlit"]
-    code = f"import sys\nfor name in {blocked!r}: sys.modules[name] = None\nimport ctl_lightning.benchmarks.gpu"
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = import_with_blocked(["ctl_lightning.benchmarks.gpu"], blocked)
     assert result.returncode == 0, result.stderr[-2000:]
 
 

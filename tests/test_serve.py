@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from helpers import REPO
+from helpers import import_with_blocked
 from test_faults import bomb_png, one_line_error, run_cli
 
 from ctl_lightning.benchmarks import loadtest
@@ -380,8 +380,7 @@ def test_serving_and_recommending_do_not_import_lightning():
     about 3 s to every start (ctl-serve --help went from 5.8 s to 2.5 s when it stopped)."""
     blocked = ["pytorch_lightning", "lightning_fabric"]
     modules = ["ctl_lightning.serve.cli", "ctl_lightning.serve.app", "ctl_lightning.cli.recommend", "ctl_lightning.cli.export"]
-    code = f"import sys\nfor name in {blocked!r}: sys.modules[name] = None\n" + "".join(f"import {m}\n" for m in modules)
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = import_with_blocked(modules, blocked)
     assert result.returncode == 0, result.stderr[-2000:]
 
 
