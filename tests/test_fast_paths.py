@@ -10,6 +10,7 @@ import torch
 from helpers import TINY, compose_config
 from torch._dynamo import register_backend
 from torch._dynamo.backends.registry import lookup_backend
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ctl_lightning.data.batches import TripletCollate
 from ctl_lightning.pipeline import build
@@ -223,6 +224,44 @@ def test_device_deduplication_gives_the_host_collates_batch(data_dir, tmp_path):
         assert host.keys() == device.keys()
         for key in host:
             torch.testing.assert_close(device[key], host[key], rtol=0, atol=0, msg=key)
+
+
+class ScalarReads(TorchDispatchMode):
+    """Every value read from a tensor into Python (``.item()``, ``int()``, ``bool()``): on a GPU, a read
+    of a device tensor waits for all the work queued before it."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default):
+            self.reads.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_device_store_batches_read_no_value_after_their_transfer(data_dir, tmp_path, monkeypatch):
+    """While the device store loads, a batch waits for its rows' chunks by its largest row, taken on
+    the host before the transfer: after it (on a GPU the batch is there) nothing reads a value from
+    the batch, which would make each predict batch wait for the GPU to finish the one before. Its
+    pixels are still the store's, for a predict batch and a training batch."""
+    from ctl_lightning.data import device_store
+    from ctl_lightning.data.batches import ProductCollate, triplet_rows
+
+    datamodule, _, _ = build(compose_config("train", tmp_path, data_dir, TINY))
+    datamodule.setup("fit")
+    store = datamodule.store
+    monkeypatch.setattr(device_store, "COPY_BYTES", 8 * store.size**2 * 3)  # 8 rows a chunk
+    datamodule.resident = device_store.ResidentPixels.load(store, torch.device("cpu"), share=1.0)
+    predict = ProductCollate(store, load_images=False)(list(datamodule.predict_rows[:32]))
+    training = triplet_rows(list(datamodule.train_triplets[:16]))
+    for batch in (predict, training):
+        assert datamodule.resident._loading is not None  # the load's waits are on the path
+        batch = datamodule.on_before_batch_transfer(batch, 0)
+        with ScalarReads() as scalars:
+            batch = datamodule.on_after_batch_transfer(batch, 0)
+        assert scalars.reads == []
+        np.testing.assert_array_equal(batch["images"].numpy(), store.read(batch["row_ids"].numpy()))
 
 
 GRAPH_INPUTS: list[tuple[int, ...]] = []  # the shapes of every input of the graphs recording_aot_eager compiled

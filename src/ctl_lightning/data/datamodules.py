@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 # (triplets per outfit, validation share), so runs and sweeps are comparable. New streams go last.
 STREAMS = ("train", "val", "heldout", "compat", "val_triplets", "outfit_groups")
 BATCHINGS = ("triplets", "outfits")
+# Where a batch carries store rows: predict and outfit batches, and triplet batches on the device-store path.
+ROW_KEYS = ("row_ids", "triplet_rows")
 
 
 @dataclass
@@ -135,6 +137,7 @@ class _StoreDataModule(pl.LightningDataModule):
         self.device_store = device_store
         self.device_store_share = device_store_share
         self.resident: ResidentPixels | None = None  # the store's pixels where the model runs
+        self._last_row: int | None = None  # the batch in transfer's largest row (on_before_batch_transfer)
 
     @property
     def resolved_image_size(self) -> int:
@@ -177,9 +180,17 @@ class _StoreDataModule(pl.LightningDataModule):
         if self.resident is None or self.resident.device != device or self.resident.fingerprint != store.fingerprint:
             self.resident = ResidentPixels.load(store, device, self.device_store_share)
 
+    def on_before_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
+        # The largest row the batch reads, while its ids are still on the host: the device store, while
+        # it loads, waits for that row's chunk without reading a value from the GPU (a wait for the GPU).
+        rows = [batch[key] for key in ROW_KEYS if key in batch and batch[key].numel()]
+        self._last_row = max(int(ids.max()) for ids in rows) if rows else None
+        return batch
+
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
+        last_row, self._last_row = self._last_row, None  # this batch's only
         if self.resident is not None and self.load_images and "images" not in batch and "row_ids" in batch:
-            batch["images"] = self.resident.gather(batch["row_ids"])
+            batch["images"] = self.resident.gather(batch["row_ids"], last_row)
         return batch
 
     def _loader(self, rows: np.ndarray, collate, batch_size: int, shuffle: bool) -> DataLoader:

@@ -190,14 +190,22 @@ class ResidentPixels:
         pixels = torch.empty(shape, dtype=torch.uint8, device=where, pin_memory=where.type == "cpu" and device.type == "cuda")
         return cls(pixels, device, store.fingerprint, _Loading(store, pixels, threads or LOAD_THREADS))
 
-    def _wait_for(self, rows: torch.Tensor) -> None:
-        """While the load goes on: wait for the chunks up to the largest of ``rows`` (a host read of it)."""
-        if self._loading is not None and len(rows) and self._loading.wait_for(int(rows.max())):
+    def _wait_for(self, rows: torch.Tensor, last_row: int | None) -> None:
+        """While the load goes on: wait for the chunks up to ``last_row``, the largest of ``rows``. Rows
+        already on a GPU are not read for it: reading a value from the device waits for all the work
+        queued there (every predict batch waited for the one before it). Without ``last_row`` they
+        wait for the whole load instead, a wait on the host."""
+        if self._loading is None or not len(rows):
+            return
+        if last_row is None and rows.device.type == "cpu":
+            last_row = int(rows.max())
+        if self._loading.wait_for(last_row):
             self.wait()
 
-    def gather(self, rows: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[len(rows), H, W, 3]`` on the device, in the order of ``rows``."""
-        self._wait_for(rows)
+    def gather(self, rows: torch.Tensor, last_row: int | None = None) -> torch.Tensor:
+        """uint8 ``[len(rows), H, W, 3]`` on the device, in the order of ``rows``; ``last_row``: their
+        largest, where the caller knows it on the host (see :meth:`_wait_for`)."""
+        self._wait_for(rows, last_row)
         if self.on_device:
             return self.pixels.index_select(0, rows.to(self.device, non_blocking=True))
         rows = rows.cpu()
