@@ -30,7 +30,10 @@ A batch is written one batch late. On a CUDA device its predictions are copied w
 pinned host memory and a CUDA event recorded; the copy is written to disk when the next batch ends,
 after its event, so the device computes the next batch while the host writes this one, instead of a
 blocking ``.cpu()`` per batch serialising the two. On the CPU the batch is kept as it is (no copy);
-the deferral is the same code, and predict's end writes the batch still pending.
+the deferral is the same code, and predict's end writes the batch still pending. The weights'
+fingerprint, which both manifests carry, is hashed in a thread while predict runs, from a host copy
+taken at its start: hashed at publish, ResNet18's took 40 ms of the 57 ms from the last batch to the
+published catalogs.
 
 ``merge_seconds``: the time from the end of the last batch to the published catalogs (on several
 ranks, rank 0's, not counting its wait for the other ranks).
@@ -43,6 +46,7 @@ import os
 import shutil
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +59,7 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from ctl_lightning.data.store import TABLE as STORE_TABLE
 from ctl_lightning.errors import CtlError
 from ctl_lightning.io import write_json
-from ctl_lightning.models.fingerprint import state_fingerprint
+from ctl_lightning.models.fingerprint import host_fingerprint, host_state
 from ctl_lightning.retrieval.catalog import KINDS, CatalogBuild, file_fingerprint
 from ctl_lightning.retrieval.merge import Shard, merge_catalogs
 from ctl_lightning.retrieval.subspaces import PairSubspaces
@@ -113,6 +117,7 @@ class CatalogWriter(BasePredictionWriter):
         self._pending: deque[HostBatch] = deque()
         self.written: dict[str, Path] = {}
         self.merge_seconds = 0.0  # from the last batch to the published catalogs
+        self._fingerprint: Future[str] | None = None  # the manifests' state_fingerprint, hashed while predict runs
 
     def _shard_dir(self, rank: int) -> Path:
         return self.output_dir / ".shards" / f"rank{rank}"
@@ -126,6 +131,8 @@ class CatalogWriter(BasePredictionWriter):
         self._dims: dict[str, int] = {}
         self._rows = 0
         self._stream = trainer.world_size == 1 and not self.shards
+        writes_manifests = self._stream or trainer.is_global_zero
+        self._fingerprint = _in_background(host_fingerprint, host_state(pl_module.state_dict())) if writes_manifests else None
         if not self._stream:
             shard = self._shard_dir(trainer.global_rank)
             shutil.rmtree(shard, ignore_errors=True)
@@ -196,7 +203,7 @@ class CatalogWriter(BasePredictionWriter):
         common = {
             "model": {
                 "backbone": getattr(pl_module, "backbone_name", type(pl_module).__name__),
-                "state_fingerprint": state_fingerprint(pl_module.state_dict()),
+                "state_fingerprint": self._fingerprint.result(),
                 "checkpoint": relative_to(trainer.ckpt_path, self.run_dir) if trainer.ckpt_path else None,
             },
             "config": {
@@ -253,6 +260,15 @@ class CatalogWriter(BasePredictionWriter):
 
 
 DONE = "done.json"
+
+
+def _in_background(function, *args) -> Future:
+    """``function(*args)`` in a thread of its own; its result, or its error, from the future."""
+    executor = ThreadPoolExecutor(1, thread_name_prefix="catalog-writer")
+    try:
+        return executor.submit(function, *args)
+    finally:
+        executor.shutdown(wait=False)  # the thread ends once the call returns
 
 
 def complete_shards(shards: list[Path]) -> dict[str, int]:
