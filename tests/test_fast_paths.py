@@ -210,6 +210,11 @@ def test_device_store_trains_and_predicts_exactly_like_the_loader_path(data_dir,
 
 
 def test_device_deduplication_gives_the_host_collates_batch(data_dir, tmp_path):
+    """With the number of distinct rows counted on the host, as the data module does, or found by
+    ``torch.unique``: the loader path's batch exactly. Given the count, every size is known before the
+    data (it runs on fake tensors, which have none), so a GPU never waits; ``torch.unique`` cannot."""
+    from torch._subclasses.fake_tensor import DynamicOutputShapeException, FakeTensorMode
+
     from ctl_lightning.data.batches import category_codes
     from ctl_lightning.data.device_store import deduplicate
 
@@ -217,34 +222,50 @@ def test_device_deduplication_gives_the_host_collates_batch(data_dir, tmp_path):
     datamodule.setup("fit")
     store, labels, categories = datamodule.store, datamodule.labels, datamodule.categories
     tables = torch.from_numpy(labels), torch.from_numpy(category_codes(store, categories))
-    for dedup in (True, False):
-        samples = datamodule.train_triplets[:64]
+    samples = datamodule.train_triplets[:64]
+    distinct = len(np.unique(samples))
+    assert distinct < samples.size  # a batch with repeated members
+    for dedup, count in ((True, distinct), (True, None), (False, None)):
         host = TripletCollate(store, labels, categories, load_images=False, dedup=dedup)(samples)
-        device = deduplicate(torch.from_numpy(samples), *tables, unique=dedup)
+        device = deduplicate(torch.from_numpy(samples), *tables, unique=dedup, distinct=count)
         assert host.keys() == device.keys()
         for key in host:
             torch.testing.assert_close(device[key], host[key], rtol=0, atol=0, msg=key)
+    with FakeTensorMode() as fake:
+        rows, fake_tables = fake.from_tensor(torch.from_numpy(samples)), [fake.from_tensor(t) for t in tables]
+        assert deduplicate(rows, *fake_tables, distinct=distinct)["row_ids"].shape == (distinct,)
+        with pytest.raises(DynamicOutputShapeException):
+            deduplicate(rows, *fake_tables)
 
 
-class ScalarReads(TorchDispatchMode):
-    """Every value read from a tensor into Python (``.item()``, ``int()``, ``bool()``): on a GPU, a read
-    of a device tensor waits for all the work queued before it."""
+class DeviceWaits(TorchDispatchMode):
+    """Every op the host must see a tensor's data for before it goes on: a value read into Python
+    (``.item()``, ``int()``) or a result whose size depends on the data (``torch.unique``,
+    ``nonzero``). On a GPU each waits for all the work queued there before it."""
+
+    TAGS = (torch.Tag.data_dependent_output, torch.Tag.dynamic_output_shape)
 
     def __init__(self):
         super().__init__()
-        self.reads: list[str] = []
+        self.ops: list[str] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default):
-            self.reads.append(str(func))
+        if any(tag in func.tags for tag in self.TAGS) and not self._integer_indexing(func, args):
+            self.ops.append(str(func))
         return func(*args, **(kwargs or {}))
 
+    @staticmethod
+    def _integer_indexing(func, args) -> bool:
+        """``x[rows]``: tagged as indexing may be by a mask, but by integer rows its size is theirs."""
+        return func is torch.ops.aten.index.Tensor and all(i is None or i.dtype != torch.bool for i in args[1])
 
-def test_device_store_batches_read_no_value_after_their_transfer(data_dir, tmp_path, monkeypatch):
-    """While the device store loads, a batch waits for its rows' chunks by its largest row, taken on
-    the host before the transfer: after it (on a GPU the batch is there) nothing reads a value from
-    the batch, which would make each predict batch wait for the GPU to finish the one before. Its
-    pixels are still the store's, for a predict batch and a training batch."""
+
+def test_device_store_batches_wait_for_no_device_data_after_their_transfer(data_dir, tmp_path, monkeypatch):
+    """What the host must know of a device-store batch, it learns before the transfer, from the ids
+    still on the host: its largest row (while the store loads, the chunk to wait for) and, for a
+    training batch, its number of distinct rows (the deduplication's size). After the transfer (on a
+    GPU the batch is there) no op needs the batch's data on the host, which would make each batch wait
+    for the GPU to finish the one before. The pixels are still the store's."""
     from ctl_lightning.data import device_store
     from ctl_lightning.data.batches import ProductCollate, triplet_rows
 
@@ -258,9 +279,9 @@ def test_device_store_batches_read_no_value_after_their_transfer(data_dir, tmp_p
     for batch in (predict, training):
         assert datamodule.resident._loading is not None  # the load's waits are on the path
         batch = datamodule.on_before_batch_transfer(batch, 0)
-        with ScalarReads() as scalars:
+        with DeviceWaits() as waits:
             batch = datamodule.on_after_batch_transfer(batch, 0)
-        assert scalars.reads == []
+        assert waits.ops == []
         np.testing.assert_array_equal(batch["images"].numpy(), store.read(batch["row_ids"].numpy()))
 
 

@@ -273,6 +273,7 @@ class TripletsDataModule(_StoreDataModule):
         self.dedup = dedup
         self.labels: np.ndarray | None = None
         self._device_tables: tuple[torch.Tensor, torch.Tensor] | None = None  # labels, category codes on the device
+        self._distinct_rows: int | None = None  # the batch in transfer's distinct rows (on_before_batch_transfer)
 
     def _stream(self, name: str) -> np.random.Generator:
         return random_stream(self.seed, name)
@@ -353,9 +354,16 @@ class TripletsDataModule(_StoreDataModule):
         collate = TripletCollate(self._open(), self.labels, self.categories, self.load_images, self.dedup)
         return self._loader(triplets, collate, self.batch_size, shuffle)
 
+    def on_before_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
+        # How many distinct rows a device-store batch has, counted on the host: deduplicating it on the
+        # GPU then needs no wait to learn its size.
+        self._distinct_rows = len(np.unique(batch["triplet_rows"].numpy())) if "triplet_rows" in batch and self.dedup else None
+        return super().on_before_batch_transfer(batch, dataloader_idx)
+
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
+        distinct, self._distinct_rows = self._distinct_rows, None  # this batch's only
         if "triplet_rows" in batch:  # device store: deduplicated here, on the device
-            batch = deduplicate(batch["triplet_rows"], *self._tables(batch["triplet_rows"].device), unique=self.dedup)
+            batch = deduplicate(batch["triplet_rows"], *self._tables(batch["triplet_rows"].device), unique=self.dedup, distinct=distinct)
         return super().on_after_batch_transfer(batch, dataloader_idx)
 
     def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -219,13 +219,31 @@ class ResidentPixels:
         return self.gather(torch.from_numpy(np.asarray(rows, dtype=np.int64)))
 
 
-def deduplicate(triplet_rows: torch.Tensor, labels: torch.Tensor, categories: torch.Tensor, unique: bool = True) -> dict[str, torch.Tensor]:
+def deduplicate(
+    triplet_rows: torch.Tensor, labels: torch.Tensor, categories: torch.Tensor, unique: bool = True, distinct: int | None = None
+) -> dict[str, torch.Tensor]:
     """``[B, 3]`` row ids -> the batch's distinct products once and triplets indexing them, on the
     rows' device: what :class:`~ctl_lightning.data.batches.TripletCollate` does on the host with
     ``np.unique``, in the same sorted order, so both paths give the same batch (``unique=False``:
-    every triplet member its own entry, as ``data.dedup=false`` asks)."""
-    if unique:
+    every triplet member its own entry, as ``data.dedup=false`` asks). ``distinct``: the number of
+    distinct rows where the caller knows it on the host; without it ``torch.unique`` finds it, which on
+    a GPU waits for all the work queued there, once a training step."""
+    if not unique:
+        rows, inverse = triplet_rows.reshape(-1), torch.arange(triplet_rows.numel(), device=triplet_rows.device)
+    elif distinct is None:
         rows, inverse = torch.unique(triplet_rows, sorted=True, return_inverse=True)
     else:
-        rows, inverse = triplet_rows.reshape(-1), torch.arange(triplet_rows.numel(), device=triplet_rows.device)
+        rows, inverse = sorted_unique(triplet_rows.reshape(-1), distinct)
     return {"row_ids": rows, "labels": labels[rows], "categories": categories[rows], "triplets": inverse.reshape(-1, 3)}
+
+
+def sorted_unique(values: torch.Tensor, distinct: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.unique(values, sorted=True, return_inverse=True)`` of 1-d ``values`` holding ``distinct``
+    different ones: every size is then known beforehand, so nothing waits for the device, and each op
+    is deterministic (no scatter of repeated indices)."""
+    ordered, order = torch.sort(values)
+    first = torch.ones_like(ordered, dtype=torch.bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    slot = torch.cumsum(first, 0) - 1  # each sorted value's place among the distinct ones
+    starts = torch.searchsorted(slot, torch.arange(distinct, device=values.device))  # where each place begins
+    return ordered[starts], slot[torch.argsort(order)]

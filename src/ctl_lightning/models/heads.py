@@ -26,8 +26,8 @@ class EmbeddingHead(nn.Sequential):
         """What training-mode ``forward`` gives over a batch's distinct products, at the shape of
         every triplet member: ``features[i]`` are those of store row ``rows[i]``, duplicates included.
 
-        A batch deduplicated first (``torch.unique``) has a row count that varies from batch to batch,
-        and finding it waits on the GPU; a fixed shape can be captured in a CUDA graph. So each member
+        A batch deduplicated first has a row count that varies from batch to batch; a fixed shape
+        can be captured in a CUDA graph. So each member
         counts ``1 / (its row's multiplicity)`` in the BatchNorm statistics (each distinct product
         once, as in the deduplicated batch, running statistics included), and duplicates share one
         dropout mask (one draw per distinct product). The loss, a function of the distinct products'

@@ -7,7 +7,7 @@ and 3.6 ms of PyTorch's per-op launches. Two things remove that host work withou
 optimisation:
 
 * the step takes a batch's ``[B, 3]`` triplet rows as they come, each member its own row, instead of
-  the deduplicated batch, whose row count varies and is only known after a wait on the GPU
+  the deduplicated batch, whose row count varies from batch to batch (a CUDA graph has one shape)
   (:meth:`~ctl_lightning.models.heads.EmbeddingHead.forward_members` gives the deduplicated batch's
   loss and gradients at that fixed shape);
 * one trainer call runs ``steps_per_call`` such steps (Lightning's manual optimisation), and on a
