@@ -183,7 +183,7 @@ class _StoreDataModule(pl.LightningDataModule):
     def on_before_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
         # The largest row the batch reads, while its ids are still on the host: the device store, while
         # it loads, waits for that row's chunk without reading a value from the GPU (a wait for the GPU).
-        rows = [batch[key] for key in ROW_KEYS if key in batch and batch[key].numel()]
+        rows = [batch[key] for key in ROW_KEYS if key in batch and batch[key].numel()] if self.resident is not None else []
         self._last_row = max(int(ids.max()) for ids in rows) if rows else None
         return batch
 
