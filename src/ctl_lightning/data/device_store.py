@@ -193,8 +193,8 @@ class ResidentPixels:
     def _wait_for(self, rows: torch.Tensor, last_row: int | None) -> None:
         """While the load goes on: wait for the chunks up to ``last_row``, the largest of ``rows``. Rows
         already on a GPU are not read for it: reading a value from the device waits for all the work
-        queued there (every predict batch waited for the one before it). Without ``last_row`` they
-        wait for the whole load instead, a wait on the host."""
+        queued there (in a catalog build, each batch would wait for the one before). Without
+        ``last_row`` they wait for the whole load instead, a wait on the host."""
         if self._loading is None or not len(rows):
             return
         if last_row is None and rows.device.type == "cpu":

@@ -32,8 +32,8 @@ after its event, so the device computes the next batch while the host writes thi
 blocking ``.cpu()`` per batch serialising the two. On the CPU the batch is kept as it is (no copy);
 the deferral is the same code, and predict's end writes the batch still pending. The weights'
 fingerprint, which both manifests carry, is hashed in a thread while predict runs, from a host copy
-taken at its start: hashed at publish, ResNet18's took 40 ms of the 57 ms from the last batch to the
-published catalogs.
+taken at its start: hashed at publish, ResNet18's took about 40 ms of the 49 ms from the last batch
+to the published catalogs (experiments/benchmarks/GPU.md, session 16).
 
 ``merge_seconds``: the time from the end of the last batch to the published catalogs (on several
 ranks, rank 0's, not counting its wait for the other ranks).
