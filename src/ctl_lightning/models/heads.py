@@ -29,9 +29,9 @@ class EmbeddingHead(nn.Sequential):
         A batch deduplicated first has a row count that varies from batch to batch; a fixed shape
         can be captured in a CUDA graph. So each member counts ``1 / (its row's multiplicity)`` in the
         BatchNorm statistics (each distinct product once, as in the deduplicated batch, running
-        statistics included), and duplicates share one
-        dropout mask (one draw per distinct product). The loss, a function of the distinct products'
-        embeddings, is then the deduplicated batch's, and so are its gradients.
+        statistics included), and duplicates share one dropout mask (one draw per distinct product).
+        The loss, a function of the distinct products' embeddings, is then the deduplicated batch's,
+        and so are its gradients.
         """
         linear, norm, dropout, out = self
         same = rows[:, None] == rows[None, :]
