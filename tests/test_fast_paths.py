@@ -10,8 +10,8 @@ import torch
 from helpers import TINY, compose_config
 from torch._dynamo import register_backend
 from torch._dynamo.backends.registry import lookup_backend
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from ctl_lightning.benchmarks.device_waits import DeviceWaits
 from ctl_lightning.data.batches import TripletCollate
 from ctl_lightning.pipeline import build
 
@@ -236,28 +236,6 @@ def test_device_deduplication_gives_the_host_collates_batch(data_dir, tmp_path):
         assert deduplicate(rows, *fake_tables, distinct=distinct)["row_ids"].shape == (distinct,)
         with pytest.raises(DynamicOutputShapeException):
             deduplicate(rows, *fake_tables)
-
-
-class DeviceWaits(TorchDispatchMode):
-    """Every op the host must see a tensor's data for before it goes on: a value read into Python
-    (``.item()``, ``int()``) or a result whose size depends on the data (``torch.unique``,
-    ``nonzero``). On a GPU each waits for all the work queued there before it."""
-
-    TAGS = (torch.Tag.data_dependent_output, torch.Tag.dynamic_output_shape)
-
-    def __init__(self):
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if any(tag in func.tags for tag in self.TAGS) and not self._integer_indexing(func, args):
-            self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-    @staticmethod
-    def _integer_indexing(func, args) -> bool:
-        """``x[rows]``: tagged as indexing may be by a mask, but by integer rows its size is theirs."""
-        return func is torch.ops.aten.index.Tensor and all(i is None or i.dtype != torch.bool for i in args[1])
 
 
 def test_device_store_batches_wait_for_no_device_data_after_their_transfer(data_dir, tmp_path, monkeypatch):

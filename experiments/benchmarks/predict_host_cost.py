@@ -12,8 +12,8 @@ zeros, so that only that host work is timed:
   ``--repeats`` after one warm-up;
 * next to them, in the same run, hashing the weights' fingerprint (ResNet18), the step that publish
   included until session 16 and that now runs in a thread while predict does;
-* in one more predict, the values read from a batch after its transfer (on a GPU each waits for all
-  queued work), counted by a dispatch mode.
+* in one more predict, the ops that need a batch's data on the host after its transfer (on a GPU each
+  waits for all queued work), counted by :class:`~ctl_lightning.benchmarks.device_waits.DeviceWaits`.
 
 It prints one line and writes ``experiments/benchmarks/predict-host-cost.json``.
 """
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from ctl_lightning.benchmarks import setup
+from ctl_lightning.benchmarks.device_waits import DeviceWaits
 from ctl_lightning.benchmarks.gpu import _datamodule, _trainer
 from ctl_lightning.benchmarks.machine import machine_info
 from ctl_lightning.data.sources import SyntheticCtl
@@ -38,19 +38,6 @@ from ctl_lightning.models.fingerprint import host_fingerprint, host_state
 from ctl_lightning.retrieval.writer import CatalogWriter
 
 OUT = Path(__file__).with_name("predict-host-cost.json")
-SCALAR_READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default)
-
-
-class ReadsAfterTransfer(TorchDispatchMode):
-    """Counts the values read into Python while a batch is handled after its transfer."""
-
-    def __init__(self):
-        super().__init__()
-        self.reads = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.reads += func in SCALAR_READS
-        return func(*args, **(kwargs or {}))
 
 
 def main() -> None:
@@ -70,9 +57,9 @@ def main() -> None:
         return {"row_ids": rows, "similar": torch.zeros(len(rows), model.backbone.num_features), "compatible": torch.zeros(len(rows), 128)}
 
     model._embed_batch = zeros
-    after_transfer = {"batches": 0, "reads": 0}
+    after_transfer = {"batches": 0, "ops": 0}
 
-    def predict(count_reads: bool = False) -> tuple[float, float]:
+    def predict() -> tuple[float, float]:
         dm.resident = None  # a fresh device store, loading in the background, as in a new process
         with tempfile.TemporaryDirectory() as tmp:
             writer = CatalogWriter(Path(tmp) / "catalogs", dm, run_dir=tmp)
@@ -91,10 +78,10 @@ def main() -> None:
     handle = dm.on_after_batch_transfer
 
     def counted(batch, dataloader_idx):
-        with ReadsAfterTransfer() as mode:
+        with DeviceWaits() as waits:
             out = handle(batch, dataloader_idx)
         after_transfer["batches"] += 1
-        after_transfer["reads"] += mode.reads
+        after_transfer["ops"] += len(waits.ops)
         return out
 
     dm.on_after_batch_transfer = counted
@@ -112,14 +99,14 @@ def main() -> None:
         "predict_ms": median_ms([t for t, _ in times]),
         "publish_ms": median_ms([p for _, p in times]),
         "fingerprint_hash_ms": median_ms(hashes),
-        "values_read_after_transfer": after_transfer,
+        "device_waits_after_transfer": after_transfer,
         "machine": machine_info(),
     }
     OUT.write_text(json.dumps(result, indent=2) + "\n")
     print(
         f"{result['products']} products in {result['batches']} batches of {args.batch}, median of {args.repeats}: "
         f"predict {result['predict_ms']:.1f} ms, publish {result['publish_ms']:.1f} ms; hashing the weights "
-        f"{result['fingerprint_hash_ms']:.1f} ms; values read after a batch's transfer: {after_transfer['reads']} "
+        f"{result['fingerprint_hash_ms']:.1f} ms; ops needing a batch's data on the host after its transfer: {after_transfer['ops']} "
         f"in {after_transfer['batches']} batches -> {OUT}"
     )
 
