@@ -23,11 +23,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# The suite runs in one pytest-xdist worker per core (at most 8), each with its share of torch's threads
+# (tests/conftest.py); `make test ARGS="-n 0"` runs it in this process, as a plain `pytest` does.
+WORKERS := -n auto --maxprocesses 8 --dist worksteal
+
 test: lint
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest $(WORKERS) $(ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PY) -m pytest $(WORKERS) -m "not slow" $(ARGS)
 
 # Benchmarks: every figure as a ratio against its reference, written to experiments/benchmarks/.
 bench: $(STAMP)

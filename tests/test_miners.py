@@ -109,12 +109,14 @@ def test_bad_miner_and_batching_are_one_line_errors(tmp_path):
 
 
 # The first training losses of the default config (seed 7, TINY with the default last stage trained,
-# model.trainable_stages=1) before miners existed (commit d825515), recorded on the AMD EPYC host. The
-# first two match on every host to 1e-6 (the first update's rounding barely shows); from the third on,
-# the CPU's own kernels (the Intel host's AVX-512 and AMX against AMD's AVX2) round the trained stage's
-# updates differently, and the same code gives losses up to 4e-4 away on the Intel host.
+# model.trainable_stages=1) before miners existed (commit d825515), recorded on the AMD EPYC host with
+# two threads, and the tolerance each has on any host and thread count. The first comes before any
+# update. The second, after one update, moves by 3.5e-6 on one thread (the reductions' order). From the
+# third on, the CPU's own kernels (the Intel host's AVX-512 and AMX against AMD's AVX2) round the trained
+# stage's updates differently, and the same code gives losses up to 4e-4 away on the Intel host. A change
+# to the default path moves the first loss by far more than 1e-6.
 LOSSES_BEFORE_MINERS = [0.3253078, 0.2723016, 0.3269763, 0.2172068, 0.2616166, 0.2307188]
-EXACT_ON_EVERY_HOST = 2
+TOLERANCES = [1e-6, 1e-5, 2e-3, 2e-3, 2e-3, 2e-3]
 
 
 @pytest.mark.slow
@@ -125,6 +127,6 @@ def test_default_path_trains_exactly_as_before_miners(data_dir, tmp_path):
         data_dir, tmp_path, "seed=7", "trainer.max_epochs=1", "+trainer.limit_val_batches=0", "model.trainable_stages=1"
     )
     assert model.loss.miner is None
-    exact, rounded = EXACT_ON_EVERY_HOST, len(LOSSES_BEFORE_MINERS)
-    assert losses[:exact] == pytest.approx(LOSSES_BEFORE_MINERS[:exact], abs=1e-6)
-    assert losses[exact:rounded] == pytest.approx(LOSSES_BEFORE_MINERS[exact:], abs=2e-3)
+    assert len(losses) >= len(LOSSES_BEFORE_MINERS)
+    for step, (loss, before, tolerance) in enumerate(zip(losses, LOSSES_BEFORE_MINERS, TOLERANCES)):
+        assert loss == pytest.approx(before, abs=tolerance), f"step {step}"
