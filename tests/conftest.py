@@ -20,7 +20,7 @@ keep_freed_memory()
 def share_the_cores_among_workers() -> None:
     """Under pytest-xdist (`make test`), each worker and the processes its tests start get their share
     of the cores. With torch's default of one thread per core in every worker, two workers on 2 cores
-    took 23 min against 19 serially; with one thread each, 11."""
+    took 23 min against 16 to 20 in series; with one thread each, 11."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         threads = str(max(1, len(os.sched_getaffinity(0)) // workers))
