@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,11 +16,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import REPO, free_port
 
 from ctl_lightning.app import logic
 from ctl_lightning.retrieval.recommend import Recommender
 
-REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "src" / "ctl_lightning" / "app" / "streamlit_app.py"
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "") if p and os.access(p, os.X_OK)), None)
@@ -43,12 +42,6 @@ const [selector, count] = arguments;
 const imgs = Array.from(document.querySelectorAll(selector + ' img'));
 return imgs.length === count && imgs.every(img => img.complete && img.naturalWidth > 0 && img.naturalHeight > 0);
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +23,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from helpers import import_with_blocked
+from helpers import free_port, import_with_blocked
 from test_faults import bomb_png, one_line_error, run_cli
 
 from ctl_lightning.benchmarks import loadtest
@@ -367,12 +366,6 @@ def test_onnx_export_embeds_store_crops_like_torch_and_the_server_uses_it(runs, 
 def test_a_bad_run_dir_is_a_one_line_error(tmp_path, capsys):
     code, stderr = run_cli(serve_main, [str(tmp_path / "nothing")], capsys)
     assert code == 2 and "no such catalog folder" in one_line_error(stderr, "ctl-serve")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_serving_and_recommending_do_not_import_lightning():
