@@ -8,12 +8,14 @@ import re
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from helpers import REPO, import_with_blocked
 
-from ctl_lightning.benchmarks import fastpaths, retrieval
+from ctl_lightning.benchmarks import fastpaths, gpu, retrieval
 from ctl_lightning.benchmarks.__main__ import main as bench_main
 from ctl_lightning.benchmarks.gpu_report import GOAL_PARTS
 from ctl_lightning.benchmarks.gpu_report import table as table_of
@@ -47,6 +49,53 @@ def test_retrieval_bench_compares_engines_on_the_same_answers():
     assert result["exact_single_vs_bound"] == pytest.approx(result["exact_single"]["median_s"] / result["bound_single_s"])
     for key in ("exact_single", "faiss_flat_single", "exact_batch16", "faiss_flat_batch16"):
         assert result[key]["median_s"] > 0
+
+
+def reads_a_value(x: torch.Tensor) -> float:
+    return x.sum().item()
+
+
+def reads_another(x: torch.Tensor) -> int:
+    return int(x.max())
+
+
+def test_gpu_profile_names_the_caller_of_each_op_that_reads_a_tensors_data(tmp_path):
+    """Session 13's trace counted two ``aten::item`` a step in the compiled fine-tuning step and could not
+    say where they came from: each profile now lists the ops that need a tensor's data on the host, which
+    on a GPU tensor wait for the GPU, with their Python callers (a frame names its function's first
+    line). Integer indexing needs none; ``aten::item`` is counted as the ``_local_scalar_dense`` it runs.
+    On the CPU nothing is copied from a GPU."""
+    profile = gpu._Profile(tmp_path / "profile.txt", skip=2, active=3)
+    profile.on_train_start(None, None)
+    x = torch.arange(10.0)
+    for batch in range(6):
+        reads_a_value(x), torch.unique(x), x[torch.tensor([0, 1])]
+        if batch == 3:  # once in the traced steps
+            reads_another(x)
+        profile.on_train_batch_end(None, None, None, None, batch)
+    profile.on_train_end(None, None)
+    assert profile.summary["data_reads_per_step"] == {"aten::_local_scalar_dense": pytest.approx(4 / 3), "aten::_unique2": 1.0}
+    assert profile.summary["gpu_waits_per_step"] == {}
+    listed = (tmp_path / "profile.txt").read_text().split(gpu.READS_HEADING)[1].splitlines()[1:]
+    for function, per_step in ((reads_a_value, 1.0), (reads_another, 1 / 3)):
+        (line,) = [line for line in listed if f": {function.__name__} <- " in line]
+        count, from_gpu, op, frames = line.split(maxsplit=3)
+        innermost, caller = frames.split(" <- ")[:2]
+        assert (float(count), float(from_gpu), op) == (pytest.approx(per_step, abs=0.01), 0.0, "aten::_local_scalar_dense")
+        assert innermost.endswith(f"test_bench.py({function.__code__.co_firstlineno}): {function.__name__}")
+        assert caller.endswith(": test_gpu_profile_names_the_caller_of_each_op_that_reads_a_tensors_data")
+    assert [line.split()[2] for line in listed if "torch/functional.py" in line] == ["aten::_unique2"]
+
+
+def test_a_read_counts_as_a_wait_for_the_gpu_when_a_cuda_copy_or_sync_runs_under_it():
+    """What a GPU trace holds under ``.item()`` of a CUDA tensor (a copy, then a sync), built by hand."""
+
+    def event(name: str, *children):
+        return SimpleNamespace(name=name, cpu_children=list(children))
+
+    read = event("aten::_local_scalar_dense", event("cudaMemcpyAsync"), event("cudaStreamSynchronize"))
+    assert gpu.copies_from_gpu(event("aten::item", read))
+    assert not gpu.copies_from_gpu(event("aten::_local_scalar_dense", event("aten::empty")))
 
 
 def test_gpu_script_imports_without_hydra_or_omegaconf():
@@ -110,8 +159,10 @@ def test_gpu_script_smoke_runs_on_the_cpu(tmp_path):
         assert (
             profile["host_ms_per_step_profiled"] > 0
             and profile["kernels_per_step"] == 0
-            and (tmp_path / "out" / profile["file"]).stat().st_size > 0
+            and gpu.READS_HEADING in (tmp_path / "out" / profile["file"]).read_text()
         )
+    # the device store's training batches are deduplicated with their size counted on the host
+    assert "aten::_unique2" not in results["profiles"]["fine-tuning"]["data_reads_per_step"]
     # The loader at the eval batch, then the device store at 1, 4 and 8 times it, each loading the store afresh.
     catalogs = [(c["path"], c["batch_size"], c["products"]) for c in results["catalog"]]
     products = results["data"]["products"]
@@ -131,6 +182,7 @@ def test_gpu_script_smoke_runs_on_the_cpu(tmp_path):
     assert "fine-tuning, one batch a call, compiled (default): the row shows the second epoch" in table
     assert "Compiled graphs: 1; graph breaks: 0; CUDA graphs skipped: 0." in table
     assert "| device store | 1,024 |" in table and "with one reading thread" in table
+    assert table.count("(0 kernels, 0.0 waits for the GPU) |") == 3  # the device store's profiled epochs on the CPU
     # The whole script's time is a goal only where every goal part ran in the one process (the default).
     assert 0 < results["script_s"] < 600 and "s from the process's start to its latest result" in table
     assert "the whole script" not in table

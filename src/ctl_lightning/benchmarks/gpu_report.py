@@ -29,6 +29,13 @@ def step_label(steps_per_call: int | None, cuda_graph: bool | str = False, compi
     return label + (", fused Adam" if fused_adam else "")
 
 
+def _gpu_waits(profile: dict) -> str:
+    """How often a step read data from the GPU (and so waited for it), where the trace counted it."""
+    if "gpu_waits_per_step" not in profile:  # traced before session 17
+        return ""
+    return f", {sum(profile['gpu_waits_per_step'].values()):.1f} waits for the GPU"
+
+
 def profile_name(recipe: str, step: str) -> str:
     """The key of a device-store run's profiler trace: the recipe's for its plain step, else with the step."""
     return recipe if step == step_label(None) else f"{recipe}, {step}"
@@ -141,7 +148,7 @@ def table(results: dict) -> str:
             base = next((b for b in epochs if b["recipe"] == e["recipe"] and b["path"] == "loader"), None)
             speed_up = f"{base['epoch_s'] / e['epoch_s']:.1f}x" if base else "-"  # no loader run of the recipe in this run
             p = results.get("profiles", {}).get(profile_name(e["recipe"], step)) if e["path"] == "device store" else None
-            traced = f"{p['gpu_kernel_ms_per_step']:.2f} ({p['kernels_per_step']:.0f} kernels)" if p else ""
+            traced = f"{p['gpu_kernel_ms_per_step']:.2f} ({p['kernels_per_step']:.0f} kernels{_gpu_waits(p)})" if p else ""
             lines.append(
                 f"| {e['recipe']} | {step} | {e['path']} | **{e['epoch_s']:.2f}** | {1000 * e['epoch_s'] / e['steps']:.2f} | {e['triplets_per_s']:,.0f} | "
                 f"{speed_up} | "
@@ -192,7 +199,7 @@ def table(results: dict) -> str:
         lines += [
             "",
             f"Profiled catalog build (device store, batches of {traced['batch_size']:,}): the GPU's kernels take "
-            f"{traced['gpu_kernel_ms_per_step']:.2f} ms a batch ({traced['kernels_per_step']:.0f} kernels), the host "
+            f"{traced['gpu_kernel_ms_per_step']:.2f} ms a batch ({traced['kernels_per_step']:.0f} kernels{_gpu_waits(traced)}), the host "
             f"{traced['host_ms_per_step_profiled']:.2f} ms a batch under the profiler ({traced['file']}).",
         ]
     if "bounds" in results:
