@@ -17,6 +17,7 @@ from helpers import REPO, import_with_blocked
 
 from ctl_lightning.benchmarks import fastpaths, gpu, retrieval
 from ctl_lightning.benchmarks.__main__ import main as bench_main
+from ctl_lightning.benchmarks.device_waits import READS_HEADING, copies_from_gpu
 from ctl_lightning.benchmarks.gpu_report import GOAL_PARTS
 from ctl_lightning.benchmarks.gpu_report import table as table_of
 from ctl_lightning.benchmarks.report import goals, goals_section, hosts_of, run_of, with_run, write_report
@@ -59,32 +60,48 @@ def reads_another(x: torch.Tensor) -> int:
     return int(x.max())
 
 
-def test_gpu_profile_names_the_caller_of_each_op_that_reads_a_tensors_data(tmp_path):
-    """Session 13's trace counted two ``aten::item`` a step in the compiled fine-tuning step and could not
-    say where they came from: each profile now lists the ops that need a tensor's data on the host, which
-    on a GPU tensor wait for the GPU, with their Python callers (a frame names its function's first
-    line). Integer indexing needs none; ``aten::item`` is counted as the ``_local_scalar_dense`` it runs.
-    On the CPU nothing is copied from a GPU."""
-    profile = gpu._Profile(tmp_path / "profile.txt", skip=2, active=3)
+def traced_reads(tmp_path, stacks: bool) -> tuple[dict, list[list[str]]]:
+    """A profile of 3 steps after 2, each reading a value, running ``torch.unique`` and indexing by
+    integer rows, and one of them reading another value too, within a range of its own."""
+    profile = gpu._Profile(tmp_path / "profile.txt", skip=2, active=3, stacks=stacks)
     profile.on_train_start(None, None)
     x = torch.arange(10.0)
     for batch in range(6):
         reads_a_value(x), torch.unique(x), x[torch.tensor([0, 1])]
         if batch == 3:  # once in the traced steps
-            reads_another(x)
+            with torch.profiler.record_function("once"):
+                reads_another(x)
         profile.on_train_batch_end(None, None, None, None, batch)
     profile.on_train_end(None, None)
-    assert profile.summary["data_reads_per_step"] == {"aten::_local_scalar_dense": pytest.approx(4 / 3), "aten::_unique2": 1.0}
-    assert profile.summary["gpu_waits_per_step"] == {}
-    listed = (tmp_path / "profile.txt").read_text().split(gpu.READS_HEADING)[1].splitlines()[1:]
-    for function, per_step in ((reads_a_value, 1.0), (reads_another, 1 / 3)):
-        (line,) = [line for line in listed if f": {function.__name__} <- " in line]
-        count, from_gpu, op, frames = line.split(maxsplit=3)
-        innermost, caller = frames.split(" <- ")[:2]
-        assert (float(count), float(from_gpu), op) == (pytest.approx(per_step, abs=0.01), 0.0, "aten::_local_scalar_dense")
-        assert innermost.endswith(f"test_bench.py({function.__code__.co_firstlineno}): {function.__name__}")
-        assert caller.endswith(": test_gpu_profile_names_the_caller_of_each_op_that_reads_a_tensors_data")
-    assert [line.split()[2] for line in listed if "torch/functional.py" in line] == ["aten::_unique2"]
+    listed = (tmp_path / "profile.txt").read_text().split(READS_HEADING)[1].splitlines()[1:]
+    return profile.summary, [line.split(maxsplit=3) for line in listed]
+
+
+@pytest.mark.parametrize("stacks", [True, False], ids=["with Python frames", "ops and ranges"])
+def test_gpu_profile_names_the_caller_of_each_op_that_reads_a_tensors_data(tmp_path, stacks):
+    """Session 13's trace counted two ``aten::item`` a step in the compiled fine-tuning step and could not
+    say where they came from: each profile now lists the ops that need a tensor's data on the host, which
+    on a GPU tensor wait for the GPU, with their callers. Integer indexing needs none; ``aten::item`` is
+    counted as the ``_local_scalar_dense`` it runs. On the CPU nothing is copied from a GPU."""
+    summary, listed = traced_reads(tmp_path, stacks)
+    assert summary["data_reads_per_step"] == {"aten::_local_scalar_dense": pytest.approx(4 / 3), "aten::_unique2": 1.0}
+    assert summary["gpu_waits_per_step"] == {}
+    assert sorted((op, float(count), float(from_gpu)) for count, from_gpu, op, _ in listed) == [
+        ("aten::_local_scalar_dense", pytest.approx(1 / 3, abs=0.01), 0.0),
+        ("aten::_local_scalar_dense", 1.0, 0.0),
+        ("aten::_unique2", 1.0, 0.0),
+    ]
+    within = {op + (" once" if "once" in callers else ""): callers.split(" <- ") for _, _, op, callers in listed}
+    if stacks:  # then aten::item, the function (a frame names its first line), ..., the range, its caller
+        for function, key in ((reads_a_value, "aten::_local_scalar_dense"), (reads_another, "aten::_local_scalar_dense once")):
+            assert within[key][:2] == ["aten::item", f"test_bench.py({function.__code__.co_firstlineno}): {function.__name__}"]
+        assert "once" in within["aten::_local_scalar_dense once"] and any(c.endswith(": traced_reads") for c in within["aten::_unique2"])
+    else:
+        assert within == {
+            "aten::_local_scalar_dense": ["aten::item"],
+            "aten::_local_scalar_dense once": ["aten::item", "once"],
+            "aten::_unique2": ["-"],
+        }
 
 
 def test_a_read_counts_as_a_wait_for_the_gpu_when_a_cuda_copy_or_sync_runs_under_it():
@@ -94,8 +111,8 @@ def test_a_read_counts_as_a_wait_for_the_gpu_when_a_cuda_copy_or_sync_runs_under
         return SimpleNamespace(name=name, cpu_children=list(children))
 
     read = event("aten::_local_scalar_dense", event("cudaMemcpyAsync"), event("cudaStreamSynchronize"))
-    assert gpu.copies_from_gpu(event("aten::item", read))
-    assert not gpu.copies_from_gpu(event("aten::_local_scalar_dense", event("aten::empty")))
+    assert copies_from_gpu(event("aten::item", read))
+    assert not copies_from_gpu(event("aten::_local_scalar_dense", event("aten::empty")))
 
 
 def test_gpu_script_imports_without_hydra_or_omegaconf():
@@ -159,7 +176,7 @@ def test_gpu_script_smoke_runs_on_the_cpu(tmp_path):
         assert (
             profile["host_ms_per_step_profiled"] > 0
             and profile["kernels_per_step"] == 0
-            and gpu.READS_HEADING in (tmp_path / "out" / profile["file"]).read_text()
+            and READS_HEADING in (tmp_path / "out" / profile["file"]).read_text()
         )
     # the device store's training batches are deduplicated with their size counted on the host
     assert "aten::_unique2" not in results["profiles"]["fine-tuning"]["data_reads_per_step"]

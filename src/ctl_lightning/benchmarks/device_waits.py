@@ -3,6 +3,7 @@ where a batch must not wait (GPU.md, session 16)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from functools import cache
 
 import torch
@@ -44,3 +45,50 @@ def waits_for_data(event: str) -> bool:
     packet = getattr(torch.ops.aten, name, None)
     overloads = packet.overloads() if isinstance(packet, torch._ops.OpOverloadPacket) else []
     return any(tag in getattr(packet, overload).tags for overload in overloads for tag in DeviceWaits.TAGS)
+
+
+READS_HEADING = "Ops that need a tensor's data on the host, by caller"
+CALLERS = 8  # enclosing ranges that tell apart the callers of such an op
+GPU_SYNC_CALLS = ("cudaMemcpy", "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+
+
+def reads_by_caller(events, steps: int) -> tuple[str, dict[str, float], dict[str, float]]:
+    """The ops of a profiler trace's ``events`` that need a tensor's data on the host, by caller: a
+    table, and each op's count a step, in all and of those that waited for the GPU (copied from it).
+    Adam's step count, for one, is a CPU tensor, and reading it waits for nothing."""
+    calls: Counter[tuple[str, tuple[str, ...]]] = Counter()
+    from_gpu: Counter[tuple[str, tuple[str, ...]]] = Counter()
+    for event in events:
+        if waits_for_data(event.name):
+            key = event.name, tuple(callers(event)[:CALLERS])
+            calls[key] += 1
+            from_gpu[key] += copies_from_gpu(event)
+    lines = [f"{READS_HEADING} (innermost first): a step, of them copied from the GPU, op, callers"]
+    for (name, within), count in calls.most_common():
+        lines.append(f"{count / steps:8.2f} {from_gpu[name, within] / steps:8.2f}  {name}  " + " <- ".join(within or ["-"]))
+    return "\n".join(lines) + "\n", _per_op(calls, steps), _per_op(from_gpu, steps)
+
+
+def callers(event) -> list[str]:
+    """The ranges a profiler event ran in, innermost first: the ops that called it, annotated ranges
+    (``Optimizer.step#Adam.step``) and, in a trace taken ``with_stack``, Python frames (``file.py(line):
+    function``, the line the function's first). Left out: C functions' events, whose names hold an
+    object's address, and the range of each step (``ProfilerStep#4``, or ``ProfilerStep*``)."""
+    names, parent = [], event.cpu_parent
+    while parent is not None:
+        if not parent.name.startswith(("<built-in", "ProfilerStep")):
+            names.append(parent.name)
+        parent = parent.cpu_parent
+    return names
+
+
+def copies_from_gpu(event) -> bool:
+    """Whether a traced op copied from the GPU or synchronised with it (a CUDA runtime call below it)."""
+    return any(child.name.startswith(GPU_SYNC_CALLS) or copies_from_gpu(child) for child in event.cpu_children)
+
+
+def _per_op(counts: Counter, steps: int) -> dict[str, float]:
+    ops: Counter[str] = Counter()
+    for (name, _), count in counts.items():
+        ops[name] += count
+    return {name: count / steps for name, count in ops.items() if count}

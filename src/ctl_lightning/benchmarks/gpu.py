@@ -28,11 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import tempfile
 import time
-from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +41,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from ctl_lightning.benchmarks import bounds, ddp_sweep, setup
-from ctl_lightning.benchmarks.device_waits import waits_for_data
+from ctl_lightning.benchmarks.device_waits import reads_by_caller
 from ctl_lightning.benchmarks.gpu_report import (
     BENCH_COMPILE_MODES,
     GOAL_PARTS,
@@ -157,27 +155,22 @@ class _EpochClock(pl.Callback):
         self.epochs.append(time.perf_counter() - self.start)
 
 
-CALLER_FRAMES = 8  # Python frames that tell apart the callers of an op that reads a tensor's data
-READS_HEADING = "Ops that need a tensor's data on the host, by Python caller"
-GPU_SYNC_CALLS = ("cudaMemcpy", "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
-PYTHON_FRAME = re.compile(r"^[^<(]+\(\d+\): ")  # a traced Python frame's event name: file.py(12): function
-
-
 class _Profile(pl.Callback):
     """A torch.profiler trace of ``active`` training steps or predict batches after ``skip`` of them;
     its tables are written to ``path``. The summary compares the GPU's kernel time per step with the
-    host's time per step (inflated by the profiler itself, and by its Python stacks: compare the kernel
-    time with the unprofiled run's ms a step), and counts the ops a step that need a tensor's data on
-    the host (:func:`~ctl_lightning.benchmarks.device_waits.waits_for_data`), with those that copied
-    it from the GPU, and the file lists their Python callers: session 13's trace counted two
-    ``aten::item`` a step and could not say where they came from."""
+    host's time per step (inflated by the profiler itself: compare the kernel time with the unprofiled
+    run's ms a step). It also counts the ops a step that need a tensor's data on the host, and those of
+    them that waited for the GPU; the file lists each with its callers
+    (:func:`~ctl_lightning.benchmarks.device_waits.reads_by_caller`). ``stacks``: the callers include
+    Python frames; tracing them slows the profiled steps and more than doubles the events to read
+    afterwards (GPU.md, session 17)."""
 
-    def __init__(self, path: Path, skip: int, active: int, steps_per_batch: int = 1):
+    def __init__(self, path: Path, skip: int, active: int, steps_per_batch: int = 1, stacks: bool = False):
         self.path, self.skip, self.active = path, skip, active
         self.steps = active * steps_per_batch  # optimizer steps traced (several a batch with model.steps_per_call)
         activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
         schedule = torch.profiler.schedule(wait=skip - 1, warmup=1, active=active, repeat=1)
-        self.profiler = torch.profiler.profile(activities=activities, schedule=schedule, on_trace_ready=self._write, with_stack=True)
+        self.profiler = torch.profiler.profile(activities=activities, schedule=schedule, on_trace_ready=self._write, with_stack=stacks)
         self.summary: dict = {}
 
     def on_train_start(self, trainer, pl_module):
@@ -207,50 +200,9 @@ class _Profile(pl.Callback):
             }
         )
         sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
-        reads = self._reads_by_caller(profiler)  # and their counts a step, into the summary
+        reads, self.summary["data_reads_per_step"], self.summary["gpu_waits_per_step"] = reads_by_caller(profiler.events(), self.steps)
         tables = [events.table(sort_by=sort, row_limit=30), events.table(sort_by="cpu_time_total", row_limit=30), reads]
         self.path.write_text("\n\n".join(tables))
-
-    def _reads_by_caller(self, profiler) -> str:
-        """The ops that need a tensor's data on the host, each with the Python frames it was called from
-        (a trace taken ``with_stack`` records the frames as events of their own, the op's ancestors), and
-        how many of them copied from the GPU, waiting for it: Adam's step count, for one, is read on the
-        host without any."""
-        calls: Counter[tuple[str, tuple[str, ...]]] = Counter()
-        from_gpu: Counter[tuple[str, tuple[str, ...]]] = Counter()
-        for event in profiler.events():
-            if waits_for_data(event.name):
-                key = event.name, tuple(python_frames(event)[:CALLER_FRAMES])
-                calls[key] += 1
-                from_gpu[key] += copies_from_gpu(event)
-        self.summary["data_reads_per_step"] = self._per_step(calls)
-        self.summary["gpu_waits_per_step"] = self._per_step(from_gpu)
-        lines = [f"{READS_HEADING} (innermost frame first): a step, of them copied from the GPU, op, frames"]
-        for (name, frames), count in calls.most_common():
-            lines.append(f"{count / self.steps:8.2f} {from_gpu[name, frames] / self.steps:8.2f}  {name}  " + " <- ".join(frames or ["-"]))
-        return "\n".join(lines) + "\n"
-
-    def _per_step(self, counts: Counter) -> dict[str, float]:
-        ops: Counter[str] = Counter()
-        for (name, _), count in counts.items():
-            ops[name] += count
-        return {name: count / self.steps for name, count in ops.items() if count}
-
-
-def python_frames(event) -> list[str]:
-    """The Python frames above a profiler event, innermost first, as ``file.py(line): function`` (the
-    file relative to its ``sys.path`` entry, the line its function's first)."""
-    frames, parent = [], event.cpu_parent
-    while parent is not None:
-        if PYTHON_FRAME.match(parent.name):
-            frames.append(parent.name)
-        parent = parent.cpu_parent
-    return frames
-
-
-def copies_from_gpu(event) -> bool:
-    """Whether a traced op copied from the GPU or synchronised with it (a CUDA runtime call below it)."""
-    return any(child.name.startswith(GPU_SYNC_CALLS) or copies_from_gpu(child) for child in event.cpu_children)
 
 
 def recipe(freeze: bool) -> str:
@@ -363,7 +315,9 @@ def profile_steps(dm: TripletsDataModule, gpu: bool, freeze: bool, path: Path, s
     step compiles."""
     per_call = step.steps_per_call or 1
     calls = int(np.ceil(_steps(dm) / per_call))
-    profiler = _Profile(path, skip=max(1, min(50, calls // 4)), active=max(1, min(30, calls // 4)), steps_per_batch=per_call)
+    # Python frames for the compiled step only: session 13's trace of it held reads of unknown origin.
+    skip, active = max(1, min(50, calls // 4)), max(1, min(30, calls // 4))
+    profiler = _Profile(path, skip, active, steps_per_batch=per_call, stacks=step.compile is not None)
     trainer = _trainer(
         gpu, max_epochs=1, limit_train_batches=profiler.skip + profiler.active + 1, callbacks=[*setup.fit_callbacks(dm), profiler]
     )
