@@ -23,9 +23,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# The suite runs in one pytest-xdist worker per core (at most 8), each with its share of torch's threads
-# (tests/conftest.py); `make test ARGS="-n 0"` runs it in this process, as a plain `pytest` does.
-WORKERS := -n auto --maxprocesses 8 --dist worksteal
+# The suite runs in one pytest-xdist worker per core this process may use (at most 8; xdist's own `auto`
+# counts the machine's cores), each with its share of torch's threads (tests/conftest.py);
+# `make test ARGS="-n 0"` runs it in this process, as a plain `pytest` does.
+CORES := $(shell $(PYTHON) -c "import os; print(min(8, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()))")
+WORKERS := -n $(CORES) --dist worksteal
 
 test: lint
 	$(PY) -m pytest $(WORKERS) $(ARGS)

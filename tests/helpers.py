@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -72,13 +71,6 @@ def import_with_blocked(modules: list[str], blocked: list[str]) -> subprocess.Co
     dependency boundary test runs (this process has imported everything already)."""
     code = f"import sys\nfor name in {blocked!r}: sys.modules[name] = None\n" + "".join(f"import {m}\n" for m in modules)
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-
-
-def free_port() -> int:
-    """A loopback port free now, for a server a test starts in another process (which binds it itself)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def default_sigint() -> None:

@@ -16,9 +16,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import REPO, free_port
+from helpers import REPO
 
 from ctl_lightning.app import logic
+from ctl_lightning.benchmarks.loadtest import free_port
 from ctl_lightning.retrieval.recommend import Recommender
 
 APP = REPO / "src" / "ctl_lightning" / "app" / "streamlit_app.py"

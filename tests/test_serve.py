@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from helpers import free_port, import_with_blocked
+from helpers import import_with_blocked
 from test_faults import bomb_png, one_line_error, run_cli
 
 from ctl_lightning.benchmarks import loadtest
@@ -378,7 +378,7 @@ def test_serving_and_recommending_do_not_import_lightning():
 
 
 def test_ctl_serve_on_loopback_answers_and_stops(runs):
-    port = free_port()
+    port = loadtest.free_port()
     env = {
         **os.environ,
         "CTL_SERVE_TOKEN": TOKEN,

@@ -34,11 +34,12 @@ class DeviceWaits(TorchDispatchMode):
 
 
 @cache
-def waits_for_data(event: str) -> bool:
-    """Whether a profiler event (``aten::name``) is an op :class:`DeviceWaits` records, so that a GPU
-    trace can name the callers of each. Two are left out: ``aten::item``, which runs
-    ``aten::_local_scalar_dense`` (counted itself), and ``aten::index``, which the profiler does not
-    tell apart by its indices' dtype (by integer rows, a gather that waits for nothing)."""
+def needs_data_on_host(event: str) -> bool:
+    """Whether a profiler event (``aten::name``) is of an op torch tags as needing its input's data on
+    the host (the tags :class:`DeviceWaits` checks). The profiler names an op without its overload, so
+    an op counts where any overload is tagged: ``repeat_interleave`` given ``output_size`` needs no
+    data, yet is counted. Two are left out: ``aten::item``, which runs ``aten::_local_scalar_dense``
+    (counted itself), and ``aten::index``, which by integer rows is a gather that needs no data."""
     namespace, _, name = event.partition("::")
     if namespace != "aten" or name in ("item", "index"):
         return False
@@ -48,25 +49,28 @@ def waits_for_data(event: str) -> bool:
 
 
 READS_HEADING = "Ops that need a tensor's data on the host, by caller"
-CALLERS = 8  # enclosing ranges that tell apart the callers of such an op
-GPU_SYNC_CALLS = ("cudaMemcpy", "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+MAX_CALLERS = 8  # enclosing ranges that tell apart the callers of such an op
+# What reading a CUDA tensor's value calls after copying it (cudaMemcpy: the synchronous copy).
+GPU_SYNCS = frozenset({"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy"})
 
 
 def reads_by_caller(events, steps: int) -> tuple[str, dict[str, float], dict[str, float]]:
     """The ops of a profiler trace's ``events`` that need a tensor's data on the host, by caller: a
-    table, and each op's count a step, in all and of those that waited for the GPU (copied from it).
-    Adam's step count, for one, is a CPU tensor, and reading it waits for nothing."""
+    table, and each op's count a step, in all and of those that waited for the GPU. Adam's step count,
+    for one, is a CPU tensor, and reading it waits for nothing. Of such ops nested in one another
+    (``torch.unique`` on CUDA reads its output's length with ``.item()``), only the innermost counts:
+    one read, one wait."""
     calls: Counter[tuple[str, tuple[str, ...]]] = Counter()
-    from_gpu: Counter[tuple[str, tuple[str, ...]]] = Counter()
+    waits: Counter[tuple[str, tuple[str, ...]]] = Counter()
     for event in events:
-        if waits_for_data(event.name):
-            key = event.name, tuple(callers(event)[:CALLERS])
+        if needs_data_on_host(event.name) and not _reads_below(event):
+            key = event.name, tuple(callers(event)[:MAX_CALLERS])
             calls[key] += 1
-            from_gpu[key] += copies_from_gpu(event)
-    lines = [f"{READS_HEADING} (innermost first): a step, of them copied from the GPU, op, callers"]
+            waits[key] += waits_for_gpu(event)
+    lines = [f"{READS_HEADING} (innermost first): a step, of them waiting for the GPU, op, callers"]
     for (name, within), count in calls.most_common():
-        lines.append(f"{count / steps:8.2f} {from_gpu[name, within] / steps:8.2f}  {name}  " + " <- ".join(within or ["-"]))
-    return "\n".join(lines) + "\n", _per_op(calls, steps), _per_op(from_gpu, steps)
+        lines.append(f"{count / steps:8.2f} {waits[name, within] / steps:8.2f}  {name}  " + " <- ".join(within or ["-"]))
+    return "\n".join(lines) + "\n", _per_op(calls, steps), _per_op(waits, steps)
 
 
 def callers(event) -> list[str]:
@@ -82,9 +86,13 @@ def callers(event) -> list[str]:
     return names
 
 
-def copies_from_gpu(event) -> bool:
-    """Whether a traced op copied from the GPU or synchronised with it (a CUDA runtime call below it)."""
-    return any(child.name.startswith(GPU_SYNC_CALLS) or copies_from_gpu(child) for child in event.cpu_children)
+def waits_for_gpu(event) -> bool:
+    """Whether a traced op synchronised with the GPU: a CUDA runtime sync among the calls below it."""
+    return any(child.name in GPU_SYNCS or waits_for_gpu(child) for child in event.cpu_children)
+
+
+def _reads_below(event) -> bool:
+    return any(needs_data_on_host(child.name) or _reads_below(child) for child in event.cpu_children)
 
 
 def _per_op(counts: Counter, steps: int) -> dict[str, float]:

@@ -33,7 +33,7 @@ def _gpu_waits(profile: dict) -> str:
     """How often a step read data from the GPU (and so waited for it), where the trace counted it."""
     if "gpu_waits_per_step" not in profile:  # traced before session 17
         return ""
-    return f", {sum(profile['gpu_waits_per_step'].values()):.1f} waits for the GPU"
+    return f", {sum(profile['gpu_waits_per_step'].values()):.1f} waits for the GPU"  # a step
 
 
 def profile_name(recipe: str, step: str) -> str:
@@ -140,7 +140,7 @@ def table(results: dict) -> str:
         lines += [
             "",
             "| recipe | trainer step | data path | epoch (s) | ms a step | triplets/s | speed-up over the loader | fit start (s) "
-            "| peak GPU (GiB) | profiled: GPU kernel ms a step |",
+            "| peak GPU (GiB) | profiled: GPU kernel ms a step (kernels, waits for the GPU a step) |",
         ]
         lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for e in epochs:
