@@ -183,7 +183,15 @@ def test_gpu_script_smoke_runs_on_the_cpu(tmp_path):
         "frozen + feature cache",
         "frozen + feature cache, 16 steps a call, fused Adam",
         "catalog build",
+        "fine-tuning, one batch a call, compiled (default)",
     }
+    # The compiled step's trace, with Python frames, is the script's last part (after the catalog build's and the release scale).
+    compiled = results["profiles"]["fine-tuning, one batch a call, compiled (default)"]
+    assert (
+        compiled["file"] == "profile-finetune-default.txt"
+        and list(results["profiles"])[-1] == "fine-tuning, one batch a call, compiled (default)"
+    )
+    assert "ctl_lightning/data/datamodules.py" in (tmp_path / "out" / compiled["file"]).read_text().split(READS_HEADING)[1]
     for profile in results["profiles"].values():
         assert (
             profile["host_ms_per_step_profiled"] > 0
@@ -209,7 +217,7 @@ def test_gpu_script_smoke_runs_on_the_cpu(tmp_path):
     assert "fine-tuning, one batch a call, compiled (default): the row shows the second epoch" in table
     assert "Compiled graphs: 1; graph breaks: 0; CUDA graphs skipped: 0." in table
     assert "| device store | 1,024 |" in table and "with one reading thread" in table
-    assert table.count("(0 kernels, 0.0 waits for the GPU) |") == 3  # the device store's profiled epochs on the CPU
+    assert table.count("(0 kernels, 0.0 waits for the GPU) |") == 4  # the device store's profiled epochs on the CPU, the compiled one too
     # The whole script's time is a goal only where every goal part ran in the one process (the default).
     assert 0 < results["script_s"] < 600 and "s from the process's start to its latest result" in table
     assert "the whole script" not in table

@@ -31,6 +31,7 @@ import os
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -428,7 +429,9 @@ def bounds_part(dm: TripletsDataModule, gpu: bool, trainer_epoch: dict | None) -
     return out | bounds.step_floor(np.asarray(dm.train_triplets), len(dm.store), dm.batch_size, gpu)
 
 
-def seed_scale(results: dict, out: Path, data: Path, smoke: bool, gpu: bool, save, parts: set[str]) -> TripletsDataModule:
+def seed_scale(
+    results: dict, out: Path, data: Path, smoke: bool, gpu: bool, save, parts: set[str]
+) -> tuple[TripletsDataModule, Callable[[], None]]:
     outfits, triplets, size, batch = (150, 128, 32, 16) if smoke else (20_000, SEED_TRIPLETS, 64, 64)
     workers = 0 if smoke else min(8, os.cpu_count() or 1)
     start = time.perf_counter()
@@ -482,13 +485,11 @@ def seed_scale(results: dict, out: Path, data: Path, smoke: bool, gpu: bool, sav
         for step, file in traced:
             part(results["profiles"], profile_name(recipe(freeze), step.label(gpu)), profile_steps, dm, gpu, freeze, out / file, step)
     # The compiled fine-tuning step with fused Adam on a GPU (without it, 7.11 s against 5.84 s on an
-    # H200: GPU.md, session 13), and what bounds it (it compiles again, from inductor's cache).
-    for mode in (BENCH_COMPILE_MODES if gpu else BENCH_COMPILE_MODES[:1]) if "compile" in parts else ():
-        step = Step(compile=mode, fused_adam=gpu)
+    # H200: GPU.md, session 13), and what bounds it: traced last of the whole script (it compiles again,
+    # from inductor's cache), since its trace takes Python frames, which have frozen compiled programs.
+    compiled = [Step(compile=mode, fused_adam=gpu) for mode in (BENCH_COMPILE_MODES if gpu else BENCH_COMPILE_MODES[:1])]
+    for step in compiled if "compile" in parts else ():
         part(results["epochs"], None, epoch, dm, gpu, False, True, step)
-        if gpu:
-            trace = out / f"profile-finetune-{mode}.txt"
-            part(results["profiles"], profile_name(recipe(False), step.label(gpu)), profile_steps, dm, gpu, False, trace, step)
     if "catalog" in parts:
         part(results, "store_load_threads", store_load_threads, dm.store, gpu)
         part(results, "catalog", catalog_builds, dm, gpu)
@@ -500,7 +501,13 @@ def seed_scale(results: dict, out: Path, data: Path, smoke: bool, gpu: bool, sav
         except StopIteration:  # the epochs part did not run
             trainer_epoch = None
         part(results, "bounds", bounds_part, dm, gpu, trainer_epoch)
-    return dm
+
+    def trace_compiled() -> None:
+        for step in compiled if "compile" in parts else ():
+            trace = out / f"profile-finetune-{_compiled(step.compile, gpu)['compile']}.txt"
+            part(results["profiles"], profile_name(recipe(False), step.label(gpu)), profile_steps, dm, gpu, False, trace, step)
+
+    return dm, trace_compiled
 
 
 def release_scale(results: dict, seed_dm: TripletsDataModule, data: Path, gpu: bool, save) -> None:
@@ -569,7 +576,7 @@ def main(argv: list[str] | None = None) -> None:
     if not parts & {"epochs", "catalog", "bounds", "release", "compile"}:
         print(table(results))
         return
-    dm = seed_scale(results, out, Path(args.data), args.smoke, gpu, save, parts)
+    dm, trace_compiled = seed_scale(results, out, Path(args.data), args.smoke, gpu, save, parts)
     if "release" in parts:
         try:
             release_scale(results, dm, Path(args.data), gpu, save)
@@ -577,6 +584,7 @@ def main(argv: list[str] | None = None) -> None:
             results["errors"].append(f"release scale: {type(error).__name__}: {error}")
             save()
             raise
+    trace_compiled()
     print(table(results))
 
 
