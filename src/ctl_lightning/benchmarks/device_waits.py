@@ -9,6 +9,12 @@ from functools import cache
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+TAGS = (torch.Tag.data_dependent_output, torch.Tag.dynamic_output_shape)  # torch's marks of such ops
+
+
+def _tagged(op: torch._ops.OpOverload) -> bool:
+    return any(tag in op.tags for tag in TAGS)
+
 
 class DeviceWaits(TorchDispatchMode):
     """Every op the host must see a tensor's data for before it goes on: a value read into Python
@@ -16,14 +22,12 @@ class DeviceWaits(TorchDispatchMode):
     ``nonzero``). On a GPU each waits for all the work queued there before it; on the CPU the same
     ops run, so they are found there too."""
 
-    TAGS = (torch.Tag.data_dependent_output, torch.Tag.dynamic_output_shape)
-
     def __init__(self):
         super().__init__()
         self.ops: list[str] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if any(tag in func.tags for tag in self.TAGS) and not self._integer_indexing(func, args):
+        if _tagged(func) and not self._integer_indexing(func, args):
             self.ops.append(str(func))
         return func(*args, **(kwargs or {}))
 
@@ -36,7 +40,7 @@ class DeviceWaits(TorchDispatchMode):
 @cache
 def needs_data_on_host(event: str) -> bool:
     """Whether a profiler event (``aten::name``) is of an op torch tags as needing its input's data on
-    the host (the tags :class:`DeviceWaits` checks). The profiler names an op without its overload, so
+    the host (``TAGS``, as :class:`DeviceWaits` checks). The profiler names an op without its overload, so
     an op counts where any overload is tagged: ``repeat_interleave`` given ``output_size`` needs no
     data, yet is counted. Two are left out: ``aten::item``, which runs ``aten::_local_scalar_dense``
     (counted itself), and ``aten::index``, which by integer rows is a gather that needs no data."""
@@ -45,7 +49,7 @@ def needs_data_on_host(event: str) -> bool:
         return False
     packet = getattr(torch.ops.aten, name, None)
     overloads = packet.overloads() if isinstance(packet, torch._ops.OpOverloadPacket) else []
-    return any(tag in getattr(packet, overload).tags for overload in overloads for tag in DeviceWaits.TAGS)
+    return any(_tagged(getattr(packet, overload)) for overload in overloads)
 
 
 READS_HEADING = "Ops that need a tensor's data on the host, by caller"
@@ -88,11 +92,16 @@ def callers(event) -> list[str]:
 
 def waits_for_gpu(event) -> bool:
     """Whether a traced op synchronised with the GPU: a CUDA runtime sync among the calls below it."""
-    return any(child.name in GPU_SYNCS or waits_for_gpu(child) for child in event.cpu_children)
+    return _any_below(event, GPU_SYNCS.__contains__)
 
 
 def _reads_below(event) -> bool:
-    return any(needs_data_on_host(child.name) or _reads_below(child) for child in event.cpu_children)
+    return _any_below(event, needs_data_on_host)
+
+
+def _any_below(event, matches) -> bool:
+    """Whether the name of any event below ``event`` in the trace's tree ``matches``."""
+    return any(matches(child.name) or _any_below(child, matches) for child in event.cpu_children)
 
 
 def _per_op(counts: Counter, steps: int) -> dict[str, float]:

@@ -487,8 +487,9 @@ def seed_scale(
     # The compiled fine-tuning step with fused Adam on a GPU (without it, 7.11 s against 5.84 s on an
     # H200: GPU.md, session 13), and what bounds it: traced last of the whole script (it compiles again,
     # from inductor's cache), since its trace takes Python frames, which have frozen compiled programs.
-    compiled = [Step(compile=mode, fused_adam=gpu) for mode in (BENCH_COMPILE_MODES if gpu else BENCH_COMPILE_MODES[:1])]
-    for step in compiled if "compile" in parts else ():
+    modes = (BENCH_COMPILE_MODES if gpu else BENCH_COMPILE_MODES[:1]) if "compile" in parts else ()
+    compiled = [Step(compile=mode, fused_adam=gpu) for mode in modes]
+    for step in compiled:
         part(results["epochs"], None, epoch, dm, gpu, False, True, step)
     if "catalog" in parts:
         part(results, "store_load_threads", store_load_threads, dm.store, gpu)
@@ -503,7 +504,7 @@ def seed_scale(
         part(results, "bounds", bounds_part, dm, gpu, trainer_epoch)
 
     def trace_compiled() -> None:
-        for step in compiled if "compile" in parts else ():
+        for step in compiled:
             trace = out / f"profile-finetune-{_compiled(step.compile, gpu)['compile']}.txt"
             part(results["profiles"], profile_name(recipe(False), step.label(gpu)), profile_steps, dm, gpu, False, trace, step)
 
