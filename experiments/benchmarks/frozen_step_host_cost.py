@@ -19,8 +19,8 @@ one that returns its outputs without running, so that only the host's work aroun
   initialised, which on such a host it never is); a GPU host caches the count once CUDA starts, so
   it is left out of the projection.
 
-The launch of the graph and the copy of each step's rows into it are not in this figure (no GPU). It
-prints one line and writes ``experiments/benchmarks/frozen-step-host-cost.json``.
+The CUDA launches a GPU adds (the graph's, and those of the few ops outside it, which here run as plain
+CPU ops) are not in this figure. It prints one line and writes ``experiments/benchmarks/frozen-step-host-cost.json``.
 """
 
 from __future__ import annotations
