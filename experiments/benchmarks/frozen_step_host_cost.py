@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from pytorch_lightning.core.optimizer import LightningOptimizer
 
-from ctl_lightning.benchmarks.gpu import SEED_TRIPLETS, STEPS_PER_CALL, Step, _datamodule, epoch
+from ctl_lightning.benchmarks.gpu import SEED_TRIPLETS, STEPS_PER_CALL, Step, _datamodule, _steps, epoch
 from ctl_lightning.benchmarks.machine import machine_info
 from ctl_lightning.data.sources import SyntheticCtl
 from ctl_lightning.models import member_steps
@@ -54,9 +54,8 @@ class Timed:
     """Replaces ``owner.name`` with a wrapper that adds each call's wall time to ``seconds``."""
 
     def __init__(self, owner, name: str):
-        self.owner, self.name, self.original = owner, name, getattr(owner, name)
         self.seconds, self.calls = 0.0, 0
-        original = self.original
+        original = getattr(owner, name)
 
         def timed(*args, **kwargs):
             start = time.perf_counter()
@@ -114,11 +113,11 @@ def main() -> None:
         recording.reset()
         lightning_step.reset()
         result = epoch(dm, False, True, True, Step(STEPS_PER_CALL, cuda_graph="step"))
-        fits.append((result["epoch_s"] - recording.seconds, lightning_step.seconds, lightning_step.calls, result["steps"]))
+        fits.append((result["epoch_s"] - recording.seconds, lightning_step.seconds, lightning_step.calls))
     fits = fits[1:]
-    steps = fits[0][3]
+    steps = _steps(dm)
     step_ms = 1000 * float(np.median([seconds for seconds, *_ in fits])) / steps
-    lightning_ms = 1000 * float(np.median([seconds / calls for _, seconds, calls, _ in fits]))
+    lightning_ms = 1000 * float(np.median([seconds / calls for _, seconds, calls in fits]))
     nvml = nvml_check_us()
     nvml_ms = (nvml["adam_step_us"] - nvml["adam_step_without_nvml_check_us"]) / 1000 if not torch.cuda.is_available() else 0.0
     gpu_host_ms = step_ms - nvml_ms
